@@ -1,0 +1,25 @@
+"""splice: adapter layers spliced into frozen Hugging Face models.
+
+    import splice
+    model = splice.attach(hf_model)                       # base frozen from here on
+    model.add("sentiment", splice.Bottleneck())           # Pfeiffer bottleneck
+    model.train_adapter("sentiment")                      # only its parameters train
+    model.save("sentiment", "out/sentiment")
+
+A model is a frozen base plus named deltas, applied through forward hooks at
+the sites the anatomy finds (attention projections, FFN, sublayers).
+"""
+
+from .adapter import BASE_NAME, Adapter
+from .anatomy import Anatomy, Site
+from .errors import AdapterError, AnatomyError, CheckpointError, ConfigError, SpliceError
+from .methods import IA3, METHODS, BitFit, Bottleneck, LoRA, MethodConfig
+from .model import AdaptedModel, attach
+from .version import __version__
+
+__all__ = [
+    "attach", "AdaptedModel", "Adapter", "Anatomy", "Site", "BASE_NAME",
+    "Bottleneck", "LoRA", "IA3", "BitFit", "MethodConfig", "METHODS",
+    "SpliceError", "ConfigError", "AnatomyError", "AdapterError", "CheckpointError",
+    "__version__",
+]

@@ -1,0 +1,83 @@
+"""One named adapter: a method config, a delta module per site, and an optional head."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+from torch import nn
+
+from .anatomy import Anatomy, Site
+from .errors import AdapterError
+from .methods.base import MethodConfig
+
+BASE_NAME = "__base__"  # reserved: "no adapter" in per-row routing
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
+
+
+def check_name(name: str) -> str:
+    """Adapter names become ModuleDict keys and folder names: keep them plain."""
+    if not isinstance(name, str) or not _NAME.match(name) or name == BASE_NAME:
+        raise AdapterError(
+            f"Invalid adapter name {name!r}: use 1-128 letters, digits, '_' or '-' "
+            f"(no dots, slashes or spaces), and not the reserved {BASE_NAME!r}."
+        )
+    return name
+
+
+class Adapter(nn.Module):
+    """The trainable part of one adapter (ΔΘ), kept apart from the frozen base (Θ₀).
+
+    ``deltas`` nests stack -> layer -> role, so checkpoint keys read like
+    ``layers.3.ffn.down.weight``. ``head`` is the adapter's own copy of a base
+    prediction head (``head_path``), swapped in while the adapter is active.
+    """
+
+    def __init__(self, config: MethodConfig, anatomy: Anatomy, head_path: str | None = None):
+        super().__init__()
+        self.config = config
+        sites = config.sites(anatomy)
+        self.sites: dict[str, Site] = {site.key: site for site in sites}  # plain dict: base modules stay out
+        self.deltas = nn.ModuleDict()
+        for site in sites:
+            layers = self.deltas[site.stack] if site.stack in self.deltas else nn.ModuleDict()
+            self.deltas[site.stack] = layers
+            roles = layers[str(site.layer)] if str(site.layer) in layers else nn.ModuleDict()
+            layers[str(site.layer)] = roles
+            roles[site.role] = config.build(site, anatomy)
+        self.head_path = head_path
+        self.head_site: Site | None = None
+        self.head: nn.Module | None = None
+        if head_path is not None:
+            module = anatomy.head(head_path)
+            self.head_site = Site("head", "model", -1, "head", module, module, 0, 0)
+            self.head = copy.deepcopy(module)
+
+    def delta(self, key: str) -> nn.Module:
+        site = self.sites[key]
+        return self.deltas[site.stack][str(site.layer)][site.role]
+
+    def items(self):
+        """(site, delta) pairs, in block order."""
+        for key, site in self.sites.items():
+            yield site, self.delta(key)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def num_bytes(self) -> int:
+        """Bytes of tensor data this adapter writes to ``adapter.safetensors``."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+
+class HeadSwap:
+    """A plan entry that replaces a base head's output with the adapter's own head."""
+
+    stage = "output"
+    reads_input = True
+
+    def __init__(self, head: nn.Module):
+        self.head = head
+
+    def __call__(self, x, y):
+        return self.head(x)

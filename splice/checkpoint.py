@@ -1,0 +1,188 @@
+"""Adapter folders: ``adapter.json`` + ``adapter.safetensors`` + a generated ``README.md``.
+
+Writes are atomic (a temporary folder renamed into place), so an interrupted
+save never leaves a half-written adapter. Loads check the base fingerprint and
+every tensor's name and shape before touching the model, so a bad file raises
+a clear error and leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .version import __version__
+from .adapter import Adapter, check_name
+from .errors import CheckpointError, ConfigError
+from .methods import config_from_dict
+
+if TYPE_CHECKING:
+    from .model import AdaptedModel
+
+CONFIG_FILE = "adapter.json"
+WEIGHTS_FILE = "adapter.safetensors"
+CARD_FILE = "README.md"
+FORMAT = "splice-adapter"
+
+
+def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike) -> Path:
+    """Write adapter ``name`` of ``model`` to the folder ``path`` (replacing an older save there)."""
+    adapter = model._get(name)
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"Cannot save adapter to {target}: a file of that name exists. Choose a folder path.")
+    if target.is_dir() and any(target.iterdir()) and not (target / CONFIG_FILE).exists():
+        raise CheckpointError(
+            f"Cannot save adapter to {target}: the folder holds other files and no {CONFIG_FILE}. "
+            "Choose an empty or new folder so nothing of yours is overwritten."
+        )
+    meta = {
+        "format": FORMAT,
+        "splice_version": __version__,
+        "name": name,
+        "config": adapter.config.to_dict(),
+        "head": adapter.head_path,
+        "base": model.anatomy.fingerprint(),
+        "parameters": adapter.num_parameters(),
+    }
+    tensors = {key: t.detach().contiguous().cpu() for key, t in checkpoint_tensors(adapter).items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (staging / CARD_FILE).write_text(model_card(meta, os.path.getsize(staging / WEIGHTS_FILE)))
+        _replace_dir(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_adapter(model: "AdaptedModel", path: str | os.PathLike, name: str | None = None) -> str:
+    """Add the adapter saved in folder ``path`` to ``model``; returns its name."""
+    folder = Path(path)
+    meta = read_meta(folder)
+    name = check_name(name or meta.get("name") or folder.name)
+    if name in model.adapters:
+        raise CheckpointError(
+            f"The model already has an adapter named {name!r}; load under another name with "
+            f"model.load({str(folder)!r}, name='...') or delete the existing one first."
+        )
+    check_fingerprint(meta.get("base", {}), model.anatomy.fingerprint(), folder)
+    try:
+        config = config_from_dict(meta["config"])
+    except (ConfigError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{folder / CONFIG_FILE} holds an invalid method config: {error}") from error
+    adapter = Adapter(config, model.anatomy, meta.get("head"))
+    state = read_tensors(folder / WEIGHTS_FILE, expected=checkpoint_tensors(adapter))
+    with torch.no_grad():
+        for key, tensor in checkpoint_tensors(adapter).items():
+            tensor.copy_(state[key])
+    model._register(name, adapter)
+    return name
+
+
+def checkpoint_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under their checkpoint names (``layers.3.ffn.down.weight``, ``head.weight``)."""
+    return {key.removeprefix("deltas."): value for key, value in adapter.state_dict(keep_vars=True).items()}
+
+
+def read_meta(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise CheckpointError(f"No adapter folder at {folder}.")
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        hint = ""
+        if (folder / "adapter_config.json").is_file():
+            hint = " It holds adapter_config.json: a peft or AdapterHub adapter, which splice does not read yet."
+        raise CheckpointError(f"{folder} is not a splice adapter: {CONFIG_FILE} is missing.{hint}")
+    try:
+        meta = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{config_path} is not valid JSON ({error}); the file is corrupted.") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{config_path} is not a splice adapter config (no \"format\": \"{FORMAT}\").")
+    return meta
+
+
+def check_fingerprint(saved: dict, current: dict, folder: Path) -> None:
+    """Refuse an adapter trained on a base of another shape, naming every difference."""
+    diffs = [f"{key}: adapter expects {saved[key]!r}, model has {current.get(key)!r}"
+             for key in saved if saved[key] != current.get(key)]
+    if diffs:
+        raise CheckpointError(
+            f"The adapter in {folder} was trained on a different base model ({'; '.join(diffs)}). "
+            "Load it into the model it was trained on."
+        )
+
+
+def read_tensors(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Read ``path``, checking names and shapes against ``expected`` before returning anything."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the adapter folder is incomplete.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = set(handle.keys())
+            missing, unexpected = sorted(set(expected) - keys), sorted(keys - set(expected))
+            if missing or unexpected:
+                raise CheckpointError(
+                    f"{path} does not match this adapter's layout: missing {missing[:5]}, unexpected "
+                    f"{unexpected[:5]}. It was written for a different config or model."
+                )
+            for key in sorted(keys):
+                found, want = tuple(handle.get_slice(key).get_shape()), tuple(expected[key].shape)
+                if found != want:
+                    raise CheckpointError(
+                        f"{path}: tensor {key} has shape {list(found)}, but this model needs {list(want)}."
+                    )
+            return {key: handle.get_tensor(key) for key in keys}
+    except (SafetensorError, OSError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{path} is corrupted or truncated ({error}). Save the adapter again.") from error
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``; an old ``target`` is swapped out, then removed."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+def model_card(meta: dict, size: int) -> str:
+    config = meta["config"]
+    base = meta["base"]
+    options = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.items() if k != "method")
+    return f"""# {meta['name']}
+
+A **{config['method']}** adapter made with [splice](https://pypi.org/project/splice/) {meta['splice_version']}.
+
+- Trainable parameters: {meta['parameters']:,}
+- Size on disk: {size / 1e6:.2f} MB (`{WEIGHTS_FILE}`)
+- Base model: `{base.get('model_type')}`, hidden size {base.get('hidden_size')}, {base.get('num_layers')} layers, \
+{base.get('num_heads')} heads, vocabulary {base.get('vocab_size')}
+- Prediction head: {f"`{meta['head']}`" if meta.get('head') else 'none (uses the base model\\'s outputs)'}
+
+```python
+import splice
+model = splice.attach(base_model)
+name = model.load("path/to/this/folder")
+model.activate(name)
+```
+
+| option | value |
+|---|---|
+{options}
+"""

@@ -1,0 +1,150 @@
+"""Sites and hooks: how deltas reach the base model without touching it.
+
+Each module that hosts a site gets one forward pre-hook and one forward hook
+(PyTorch's own), installed the first time an adapter needs a site there. The
+hooks dispatch to a *plan* — for each site key, the deltas of the active setup
+— which the adapted model rebuilds whenever the setup changes. A site with
+nothing planned costs one dictionary lookup; adding the hundredth adapter adds
+no hooks. Removing the hooks gives back the original model, bit for bit: no
+module is replaced, so the base ``state_dict`` keys never change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .anatomy import Site
+
+
+@dataclass
+class SitePlan:
+    """What runs at one site in the current setup, in order."""
+
+    input_deltas: list[nn.Module] = field(default_factory=list)  # x -> x', before the module runs
+    output_deltas: list[nn.Module] = field(default_factory=list)  # (x, y) -> y', after it runs
+
+    @property
+    def reads_input(self) -> bool:
+        return any(delta.reads_input for delta in self.output_deltas)
+
+
+class HookSet:
+    """The hooks splice installed on one base model, and the plan they dispatch to."""
+
+    def __init__(self) -> None:
+        self.plan: dict[str, SitePlan] = {}
+        self._sites_at: dict[nn.Module, list[Site]] = {}  # module -> sites whose output it produces
+        self._inputs_at: dict[nn.Module, list[Site]] = {}  # module -> sites whose input it receives
+        self._handles: list[RemovableHandle] = []
+        self._hooked: set[nn.Module] = set()
+        self._stash: dict[str, torch.Tensor] = {}  # site inputs captured upstream, used downstream
+
+    def ensure(self, sites: list[Site]) -> None:
+        """Install hooks for ``sites`` where none exist yet (idempotent)."""
+        for site in sites:
+            for registry, module in ((self._sites_at, site.module), (self._inputs_at, site.input_module)):
+                hosted = registry.get(module)
+                if hosted is None:
+                    registry[module] = hosted = []
+                if module not in self._hooked:
+                    self._hooked.add(module)
+                    self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
+                    self._handles.append(module.register_forward_hook(self._after, with_kwargs=True))
+                if all(s.key != site.key for s in hosted):
+                    hosted.append(site)
+                    # Projections run before the sublayer sites sharing their module
+                    # (a LoRA on BERT's attention output precedes a Houlsby adapter there).
+                    hosted.sort(key=lambda s: not s.is_projection)
+
+    def remove(self) -> None:
+        """Remove every hook: the base model is exactly as it was before attach."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._hooked.clear()
+        self._sites_at.clear()
+        self._inputs_at.clear()
+        self._stash.clear()
+        self.plan = {}
+
+    # -- the hot path -----------------------------------------------------------------
+    def _before(self, module: nn.Module, args: tuple, kwargs: dict):
+        if not self.plan:
+            return None
+        changed = False
+        for site in self._sites_at.get(module, ()):
+            plan = self.plan.get(site.key)
+            if plan is not None and plan.input_deltas:
+                x = first_input(args, kwargs)
+                for delta in plan.input_deltas:
+                    x = delta(x)
+                args, kwargs = replace_first_input(args, kwargs, x)
+                changed = True
+        for site in self._inputs_at.get(module, ()):
+            if site.input_module is not site.module:
+                plan = self.plan.get(site.key)
+                if plan is not None and plan.reads_input:
+                    self._stash[site.key] = first_input(args, kwargs)
+        return (args, kwargs) if changed else None
+
+    def _after(self, module: nn.Module, args: tuple, kwargs: dict, output):
+        if not self.plan:
+            return None
+        is_tuple = isinstance(output, tuple)
+        y_full = output[0] if is_tuple else output
+        changed = False
+        for site in self._sites_at.get(module, ()):
+            plan = self.plan.get(site.key)
+            if plan is None or not plan.output_deltas:
+                continue
+            if site.input_module is module:
+                x = first_input(args, kwargs)
+            else:
+                x = self._stash.pop(site.key, None)
+            y = take_columns(y_full, site.columns)
+            for delta in plan.output_deltas:
+                y = delta(x, y)
+            y_full = put_columns(y_full, site.columns, y)
+            changed = True
+        if not changed:
+            return None
+        return (y_full, *output[1:]) if is_tuple else y_full
+
+
+def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a module was called with, positionally or as ``hidden_states=``."""
+    if args:
+        return args[0]
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+
+
+def replace_first_input(args: tuple, kwargs: dict, x: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (x, *args[1:]), kwargs
+    key = "hidden_states" if "hidden_states" in kwargs else next(
+        k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+    return args, {**kwargs, key: x}
+
+
+def take_columns(y: torch.Tensor, columns) -> torch.Tensor:
+    """This site's share of a (possibly fused) output's last dimension."""
+    if columns is None:
+        return y
+    if isinstance(columns, slice):
+        return y[..., columns]
+    return y.index_select(-1, columns.to(y.device))
+
+
+def put_columns(y: torch.Tensor, columns, part: torch.Tensor) -> torch.Tensor:
+    """``y`` with this site's columns replaced by ``part`` (out of place, so autograd sees it)."""
+    if columns is None:
+        return part
+    if isinstance(columns, slice):
+        return torch.cat([y[..., : columns.start], part, y[..., columns.stop :]], dim=-1)
+    return y.index_copy(-1, columns.to(y.device), part)

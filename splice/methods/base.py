@@ -1,0 +1,150 @@
+"""The method contract: a frozen config that says *where* a method acts, and a
+small module per site that says *what* it does there.
+
+A site delta is an ``nn.Module`` with one of two stages:
+
+- ``stage = "output"``: ``forward(x, y) -> y'`` gets the site's input ``x`` and
+  output ``y`` (only this role's columns of a fused projection) and returns the
+  new output: ``y + f(y)`` (sequential bottleneck), ``y + f(x)`` (parallel
+  bottleneck, LoRA, bias delta), ``y * l`` (IA³ on an output);
+- ``stage = "input"``: ``forward(x) -> x'`` changes the site's input before the
+  module runs (IA³ on the FFN's inner activation).
+
+``reads_input`` says whether an output-stage delta needs ``x`` (hooks stash it
+only then). Mergeable deltas also implement ``merge(site)`` / ``unmerge(site)``,
+folding themselves into, and back out of, the base weight in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..anatomy import Anatomy, Site, linear_weight
+from ..errors import AdapterError, ConfigError
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """Base of every method config: frozen, validated on construction, JSON round-trippable.
+
+    ``layers`` restricts the method to those block indices (``None``: every block).
+    """
+
+    method: ClassVar[str] = ""
+    mergeable: ClassVar[bool] = False
+
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # JSON gives lists; configs hold tuples so they stay hashable
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+        if self.layers is not None and not all(isinstance(i, int) and i >= 0 for i in self.layers):
+            raise ConfigError(f"{type(self).__name__}.layers must be non-negative block indices, got {self.layers!r}.")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the bad field and the values it accepts."""
+
+    def sites(self, anatomy: Anatomy) -> list[Site]:
+        """The sites this method acts on in ``anatomy``'s model."""
+        raise NotImplementedError
+
+    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+        """A fresh delta module for ``site``; a fresh adapter must not change the model's output."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"method": self.method}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MethodConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names - {"method"}
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__} has no option(s) {sorted(unknown)}; its options are {sorted(names)}. "
+                "Was this adapter written by a newer splice?"
+            )
+        return cls(**{k: v for k, v in data.items() if k != "method"})
+
+    # -- helpers for subclasses ---------------------------------------------------
+    def _require_choice(self, field: str, value: Any, choices) -> None:
+        if value not in choices:
+            raise ConfigError(f"{type(self).__name__}.{field} must be one of {sorted(choices)}, got {value!r}.")
+
+    def _require_positive(self, field: str, value: float | None, allow_none: bool = False) -> None:
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{type(self).__name__}.{field} must be a positive number, got {value!r}.")
+
+    def _sites_for_roles(self, anatomy: Anatomy, roles: typing.Iterable[str]) -> list[Site]:
+        return [site for role in roles for site in anatomy.require(role, self.layers)]
+
+
+def expand_targets(targets: tuple[str, ...], anatomy: Anatomy) -> tuple[str, ...]:
+    """Roles named by ``targets``, with ``"all-linear"`` standing for every projection the model has."""
+    if targets == ("all-linear",):
+        return tuple(anatomy.linear_roles())
+    return targets
+
+
+def normalise_targets(config: MethodConfig, field: str, allowed: tuple[str, ...]) -> None:
+    """Accept a single role or "all-linear" as a string; store a tuple; reject unknown roles."""
+    value = getattr(config, field)
+    if isinstance(value, str):
+        value = (value,)
+        object.__setattr__(config, field, value)
+    if not value:
+        raise ConfigError(f"{type(config).__name__}.{field} is empty; name at least one role, e.g. ('q', 'v').")
+    if value != ("all-linear",):
+        bad = [role for role in value if role not in allowed]
+        if bad:
+            raise ConfigError(
+                f"{type(config).__name__}.{field} has unknown role(s) {bad}; "
+                f"use 'all-linear' or roles from {', '.join(allowed)}."
+            )
+
+
+def columns_of(tensor: torch.Tensor, columns, dim: int) -> torch.Tensor:
+    """The part of a weight or bias along ``dim`` that a fused-projection site owns (a view for slices)."""
+    if columns is None:
+        return tensor
+    if isinstance(columns, slice):
+        return tensor.narrow(dim, columns.start, columns.stop - columns.start)
+    return tensor.index_select(dim, columns.to(tensor.device))
+
+
+def add_to_rows(module: nn.Module, columns, delta: torch.Tensor) -> None:
+    """``W[columns] += delta`` on a linear-like module's ``[out, in]`` weight, in place."""
+    weight = linear_weight(module)
+    with torch.no_grad():
+        if isinstance(columns, torch.Tensor):
+            weight.index_add_(0, columns.to(weight.device), delta.to(weight.dtype))
+        else:
+            columns_of(weight, columns, 0).add_(delta.to(weight.dtype))
+
+
+def base_bias(site: Site, purpose: str) -> torch.Tensor:
+    """The base module's bias, or a clear error where the layer has none."""
+    bias = getattr(site.module, "bias", None)
+    if bias is None:
+        raise AdapterError(
+            f"Cannot {purpose} at {site.key}: the base layer has no bias, and adding one would change the "
+            "base model's parameters. Keep this adapter unmerged (it still runs through hooks)."
+        )
+    return bias

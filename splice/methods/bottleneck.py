@@ -1,0 +1,122 @@
+"""Bottleneck adapters: down-projection -> activation -> up-projection, added back.
+
+Placements (Houlsby et al. 2019; Pfeiffer et al. 2021; He et al. 2022):
+
+- ``pfeiffer``: after the FFN sublayer, ``y + f(y)``;
+- ``houlsby``: after the attention sublayer and after the FFN, ``y + f(y)``;
+- ``parallel``: beside the FFN, fed the sublayer's *input*, ``y + scale * f(x)``;
+- any placement with ``roles=(...)`` to choose the sublayers yourself.
+
+``y`` is the sublayer's output before the model's own residual add. The
+up-projection starts at zero, so a fresh adapter leaves the output unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..anatomy import SUBLAYER_ROLES, Anatomy, Site
+from ..errors import ConfigError
+from .base import ACTIVATIONS, MethodConfig
+
+PLACEMENTS = {"pfeiffer": ("ffn",), "houlsby": ("attn", "ffn"), "parallel": ("ffn",)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bottleneck(MethodConfig):
+    """A bottleneck adapter; size it by ``r`` (hidden units) or ``reduction_factor`` (hidden / r).
+
+    Defaults to Pfeiffer placement with reduction factor 16, ReLU, and scale 1.
+    ``ln_before`` / ``ln_after`` add the adapter's own LayerNorm on its input /
+    on the up-projection's output, as the ``adapters`` library offers.
+    """
+
+    method: ClassVar[str] = "bottleneck"
+
+    placement: str = "pfeiffer"
+    roles: tuple[str, ...] | None = None
+    r: int | None = None
+    reduction_factor: float | None = None
+    non_linearity: str = "relu"
+    scale: float = 1.0
+    ln_before: bool = False
+    ln_after: bool = False
+    dropout: float = 0.0
+    init: str = "bert"
+
+    def validate(self) -> None:
+        self._require_choice("placement", self.placement, PLACEMENTS)
+        self._require_choice("non_linearity", self.non_linearity, ACTIVATIONS)
+        self._require_choice("init", self.init, {"bert", "kaiming"})
+        if self.r is not None and self.reduction_factor is not None:
+            raise ConfigError(
+                "Bottleneck takes r or reduction_factor, not both: r is the hidden width, "
+                "reduction_factor = hidden_size / r."
+            )
+        if self.r is None and self.reduction_factor is None:
+            object.__setattr__(self, "reduction_factor", 16)
+        if self.r is not None and (not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0):
+            raise ConfigError(f"Bottleneck.r must be a positive integer, got {self.r!r}.")
+        self._require_positive("reduction_factor", self.reduction_factor, allow_none=True)
+        self._require_positive("scale", self.scale)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"Bottleneck.dropout must be in [0, 1), got {self.dropout!r}.")
+        if self.roles is not None:
+            bad = [role for role in self.roles if role not in SUBLAYER_ROLES]
+            if bad or not self.roles:
+                raise ConfigError(
+                    f"Bottleneck.roles must be sublayer roles from {SUBLAYER_ROLES}, got {self.roles!r}."
+                )
+
+    @property
+    def parallel(self) -> bool:
+        return self.placement == "parallel"
+
+    def sites(self, anatomy: Anatomy) -> list[Site]:
+        return self._sites_for_roles(anatomy, self.roles or PLACEMENTS[self.placement])
+
+    def hidden_units(self, features: int) -> int:
+        """The bottleneck width at a site with ``features`` input features."""
+        return self.r if self.r is not None else max(1, int(features // self.reduction_factor))
+
+    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+        return BottleneckDelta(site.out_features, self.hidden_units(site.out_features), self)
+
+
+class BottleneckDelta(nn.Module):
+    """``y + scale * up(act(down(h)))`` with ``h = y`` (sequential) or ``h = x`` (parallel)."""
+
+    stage = "output"
+
+    def __init__(self, features: int, units: int, config: Bottleneck):
+        super().__init__()
+        self.reads_input = config.parallel
+        self.scale = config.scale
+        self.ln_before = nn.LayerNorm(features) if config.ln_before else None
+        self.down = nn.Linear(features, units)
+        self.act = ACTIVATIONS[config.non_linearity]()
+        self.dropout = nn.Dropout(config.dropout)
+        self.up = nn.Linear(units, features)
+        self.ln_after = nn.LayerNorm(features) if config.ln_after else None
+        if config.init == "bert":
+            nn.init.normal_(self.down.weight, std=0.02)
+        else:
+            nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)  # zero up-projection: a fresh adapter is the identity
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = (x if self.reads_input else y).to(self.down.weight.dtype)
+        if self.ln_before is not None:
+            h = self.ln_before(h)
+        h = self.up(self.dropout(self.act(self.down(h))))
+        if self.ln_after is not None:
+            h = self.ln_after(h)
+        return y + (self.scale * h).to(y.dtype)
+

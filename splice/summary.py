@@ -1,0 +1,55 @@
+"""``model.summary()``: what each adapter costs, next to the base it rides on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import AdaptedModel
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    name: str
+    method: str
+    status: str  # "active", "merged", "active, merged" or "-"
+    parameters: int
+    percent_of_base: float
+    megabytes: float  # tensor bytes written to adapter.safetensors, in MB (10^6 bytes)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One row per adapter; ``str()`` renders the table."""
+
+    model_type: str
+    base_parameters: int
+    rows: tuple[SummaryRow, ...]
+
+    @classmethod
+    def of(cls, model: "AdaptedModel") -> "Summary":
+        base = sum(p.numel() for p in model.base.parameters())
+        rows = []
+        for name, adapter in model.adapters.items():
+            status = ", ".join(s for s, on in (("active", name in model.active), ("merged", name in model.merged)) if on)
+            params = adapter.num_parameters()
+            rows.append(SummaryRow(name, adapter.config.method, status or "-", params,
+                                   100.0 * params / base if base else 0.0, adapter.num_bytes() / 1e6))
+        return cls(model.anatomy.model_type, base, tuple(rows))
+
+    def __str__(self) -> str:
+        header = ("adapter", "method", "status", "trainable params", "% of base", "MB on disk")
+        body = [(r.name, r.method, r.status, f"{r.parameters:,}", f"{r.percent_of_base:.3f}", f"{r.megabytes:.2f}")
+                for r in self.rows]
+        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+        lines = [f"base: {self.model_type}, {self.base_parameters:,} parameters (frozen)"]
+        for row in [header, *body]:
+            lines.append("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                                   for i, (cell, w) in enumerate(zip(row, widths))))
+        if not body:
+            lines.append("(no adapters yet: model.add(name, config))")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Summary({self.model_type}, {len(self.rows)} adapter(s))"

@@ -1,0 +1,3 @@
+"""The splice version, written into every adapter.json."""
+
+__version__ = "0.1.0"
