@@ -165,6 +165,7 @@ def model_card(meta: dict, size: int) -> str:
     config = meta["config"]
     base = meta["base"]
     options = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.items() if k != "method")
+    head = f"`{meta['head']}`" if meta.get("head") else "none (the base model's own outputs)"
     return f"""# {meta['name']}
 
 A **{config['method']}** adapter made with [splice](https://pypi.org/project/splice/) {meta['splice_version']}.
@@ -173,7 +174,7 @@ A **{config['method']}** adapter made with [splice](https://pypi.org/project/spl
 - Size on disk: {size / 1e6:.2f} MB (`{WEIGHTS_FILE}`)
 - Base model: `{base.get('model_type')}`, hidden size {base.get('hidden_size')}, {base.get('num_layers')} layers, \
 {base.get('num_heads')} heads, vocabulary {base.get('vocab_size')}
-- Prediction head: {f"`{meta['head']}`" if meta.get('head') else 'none (uses the base model\\'s outputs)'}
+- Prediction head: {head}
 
 ```python
 import splice

@@ -137,7 +137,7 @@ class AdaptedModel(nn.Module):
         self.train()
         # With reentrant gradient checkpointing, a checkpointed block whose inputs need no
         # grad returns none: make the (frozen) embeddings' output require grad, as peft does.
-        if hasattr(self.base, "enable_input_require_grads"):
+        if hasattr(self.base, "enable_input_require_grads") and not getattr(self.base, "_require_grads_hook", None):
             try:
                 self.base.enable_input_require_grads()
             except NotImplementedError:  # models without input embeddings (e.g. some vision models)
