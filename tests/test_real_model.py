@@ -1,0 +1,73 @@
+"""Integration on the real all-MiniLM-L6-v2 and real tweets (installed by scripts/setup.sh)."""
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+import splice
+from splice.assets import minilm_dir, tweet_sentiment
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(minilm_dir())
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer):
+    texts = [text for text, _ in tweet_sentiment()[:8]]
+    return tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+
+
+def minilm():
+    return splice.attach(AutoModel.from_pretrained(minilm_dir()))
+
+
+def test_anatomy_and_costs_of_the_real_model():
+    model = minilm()
+    assert model.anatomy.fingerprint() == {
+        "model_type": "bert", "hidden_size": 384, "num_layers": 6, "num_heads": 12, "vocab_size": 30522}
+    model.add("sentiment", splice.Bottleneck(reduction_factor=16))
+    # Pfeiffer: one 384 -> 24 -> 384 bottleneck (with biases) after each of the 6 FFNs.
+    assert model.summary(print_table=False).rows[0].parameters == 6 * (384 * 24 + 24 + 24 * 384 + 384)
+
+
+def test_train_save_load_merge_on_real_text(batch, tmp_path):
+    model = minilm()
+    with torch.no_grad():
+        reference = model(**batch).last_hidden_state
+    model.add("sentiment", splice.Bottleneck(reduction_factor=16))
+    model.add("nli", splice.LoRA(r=8, alpha=16, targets=["q", "v"]))
+    model.activate("sentiment", "nli")
+    with torch.no_grad():
+        assert torch.equal(model(**batch).last_hidden_state, reference)
+
+    before = {k: v.clone() for k, v in model.base.state_dict().items()}
+    for name in ("sentiment", "nli"):
+        model.train_adapter(name)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(2):
+            loss = model(**batch).last_hidden_state[:, 0].pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    assert all(torch.equal(v, before[k]) for k, v in model.base.state_dict().items())
+
+    model.activate("sentiment", "nli")
+    with torch.no_grad():
+        adapted = model(**batch).last_hidden_state
+    assert not torch.allclose(adapted, reference)
+    for name in ("sentiment", "nli"):
+        model.save(name, tmp_path / name)
+    assert (tmp_path / "sentiment" / "adapter.safetensors").stat().st_size < 1_000_000
+
+    fresh = minilm()
+    fresh.activate(fresh.load(tmp_path / "sentiment"), fresh.load(tmp_path / "nli"))
+    with torch.no_grad():
+        assert torch.equal(fresh(**batch).last_hidden_state, adapted)
+        fresh.merge("nli")
+        torch.testing.assert_close(fresh(**batch).last_hidden_state, adapted, atol=1e-5, rtol=1e-5)
+        fresh.unmerge("nli")
+        fresh.disable()
+        torch.testing.assert_close(fresh(**batch).last_hidden_state, reference, atol=1e-5, rtol=1e-5)
