@@ -1,0 +1,22 @@
+"""The README's figures come from code, not from hand."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_method_cost_table_matches_the_script():
+    readme = (ROOT / "README.md").read_text()
+    table = re.search(r"<!-- method-costs:start -->\n(.*?)\n<!-- method-costs:end -->", readme, re.S).group(1)
+    printed = subprocess.run([sys.executable, str(ROOT / "scripts" / "method_costs.py")],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert table == printed
+
+
+def test_ci_runs_the_readme_test_command():
+    command = "bash scripts/setup.sh && .venv/bin/python -m pytest -q"
+    assert command in (ROOT / "README.md").read_text()
+    assert command in (ROOT / ".ci" / "run").read_text()
