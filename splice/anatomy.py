@@ -215,15 +215,34 @@ class Anatomy:
                 "splice.attach(model, roles={'blocks': 'path.to.layers', 'q': 'attn.q_proj', ...})."
             )
         self._sites: dict[str, list[Site]] = {}
+        for role, spec in (roles or {}).items():
+            if role != "blocks" and not self.sites(role):
+                raise AnatomyError(
+                    f"roles={{{role!r}: {spec!r}}} matches no module in any block. {self._block_listing()} "
+                    "Paths are relative to one block."
+                )
 
     # -- facts about the model ------------------------------------------------
     @property
     def hidden_size(self) -> int:
-        return int(config_value(self.config, "hidden_size", "d_model", "n_embd", "dim"))
+        """The residual-stream width: from the config, else read off the projections."""
+        value = config_value(self.config, "hidden_size", "d_model", "n_embd", "dim")
+        if value is not None:
+            return int(value)
+        for role, side in (("q", "in_features"), ("up", "in_features"), ("o", "out_features"), ("down", "out_features")):
+            if self.sites(role):
+                return getattr(self.sites(role)[0], side)
+        raise AnatomyError(
+            "Cannot tell this model's hidden size: it has no config.hidden_size and splice finds no q, up, o or "
+            "down projection to read it from. Map one with splice.attach(model, roles={'q': '<path in a block>'})."
+        )
 
     @property
     def num_heads(self) -> int:
-        return int(config_value(self.config, "num_attention_heads", "num_heads", "n_head", "n_heads"))
+        value = config_value(self.config, "num_attention_heads", "num_heads", "n_head", "n_heads")
+        if value is None:
+            raise AnatomyError("This model's config does not say how many attention heads it has (num_attention_heads).")
+        return int(value)
 
     @property
     def num_kv_heads(self) -> int:
@@ -239,11 +258,17 @@ class Anatomy:
 
     def fingerprint(self) -> dict:
         """What an adapter checks before it loads into a model: the base's shape."""
+        def known(read):
+            try:
+                return read()
+            except AnatomyError:  # a model without an HF config may not say; the shapes still get checked
+                return None
+
         return {
             "model_type": self.model_type,
-            "hidden_size": self.hidden_size,
+            "hidden_size": known(lambda: self.hidden_size),
             "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
+            "num_heads": known(lambda: self.num_heads),
             "vocab_size": config_value(self.config, "vocab_size"),
         }
 
@@ -272,12 +297,8 @@ class Anatomy:
             raise AnatomyError(f"Unknown role {role!r}. Roles are: {', '.join(ALL_ROLES)}.")
         sites = self.sites(role)
         if not sites:
-            stack, blocks = next((s, b) for s, b in self.blocks.items() if b)
-            path, block = blocks[0]
-            children = [name for name, _ in block.named_modules() if name]
             raise AnatomyError(
-                f"model_type {self.model_type!r} has no module for role {role!r}. "
-                f"Its first block ({path}) contains: {', '.join(children)}. "
+                f"model_type {self.model_type!r} has no module for role {role!r}. {self._block_listing()} "
                 f"Map the role yourself: splice.attach(model, roles={{{role!r}: '<path inside a block>'}})."
             )
         if layers is not None:
@@ -287,6 +308,11 @@ class Anatomy:
                 raise AnatomyError(f"layers {bad} do not exist: this model has layers 0..{count - 1} per stack.")
             sites = [site for site in sites if site.layer in layers]
         return sites
+
+    def _block_listing(self) -> str:
+        path, block = next(blocks for blocks in self.blocks.values() if blocks)[0]
+        children = [name for name, _ in block.named_modules() if name]
+        return f"The first block ({path}) contains: {', '.join(children)}."
 
     def linear_roles(self) -> list[str]:
         """Projection roles this model has: what ``"all-linear"`` expands to."""

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from .version import __version__
 from .adapter import Adapter, check_name
-from .errors import CheckpointError, ConfigError
+from .errors import AnatomyError, CheckpointError, ConfigError
 from .methods import config_from_dict
 
 if TYPE_CHECKING:
@@ -53,6 +53,11 @@ def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike) -> P
         "base": model.anatomy.fingerprint(),
         "parameters": adapter.num_parameters(),
     }
+    if any(t.is_meta for t in adapter.state_dict().values()):
+        raise CheckpointError(
+            f"Adapter {name!r} lives on the meta device (shapes only, no values) and cannot be saved. "
+            "Build the model on a real device, or materialise it with model.to_empty(device='cpu') first."
+        )
     tensors = {key: t.detach().contiguous().cpu() for key, t in checkpoint_tensors(adapter).items()}
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -77,11 +82,16 @@ def load_adapter(model: "AdaptedModel", path: str | os.PathLike, name: str | Non
             f"model.load({str(folder)!r}, name='...') or delete the existing one first."
         )
     check_fingerprint(meta.get("base", {}), model.anatomy.fingerprint(), folder)
+    if "config" not in meta:
+        raise CheckpointError(f"{folder / CONFIG_FILE} has no \"config\" entry: the method config is missing.")
     try:
         config = config_from_dict(meta["config"])
-    except (ConfigError, KeyError, TypeError) as error:
+    except (ConfigError, TypeError) as error:
         raise CheckpointError(f"{folder / CONFIG_FILE} holds an invalid method config: {error}") from error
-    adapter = Adapter(config, model.anatomy, meta.get("head"))
+    try:
+        adapter = Adapter(config, model.anatomy, meta.get("head"))
+    except AnatomyError as error:
+        raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
     state = read_tensors(folder / WEIGHTS_FILE, expected=checkpoint_tensors(adapter))
     with torch.no_grad():
         for key, tensor in checkpoint_tensors(adapter).items():
@@ -115,6 +125,8 @@ def read_meta(folder: Path) -> dict:
 
 def check_fingerprint(saved: dict, current: dict, folder: Path) -> None:
     """Refuse an adapter trained on a base of another shape, naming every difference."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{folder / CONFIG_FILE}: \"base\" must be an object of base-model facts, got {saved!r}.")
     diffs = [f"{key}: adapter expects {saved[key]!r}, model has {current.get(key)!r}"
              for key in saved if saved[key] != current.get(key)]
     if diffs:
@@ -155,7 +167,11 @@ def _replace_dir(staging: Path, target: Path) -> None:
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            os.replace(old, target)  # put the previous version back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, target)

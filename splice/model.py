@@ -41,6 +41,7 @@ class AdaptedModel(nn.Module):
         self.hooks = HookSet()
         self._active: tuple[str, ...] = ()
         self._merged: list[str] = []
+        self._input_grads_hooked = False
         base.requires_grad_(False)
         _ATTACHED.add(base)
 
@@ -101,7 +102,12 @@ class AdaptedModel(nn.Module):
 
     def activate(self, *names: str | Iterable[str]) -> None:
         """Apply these adapters in the next forwards, in this order (replacing the active set)."""
-        flat = [n for item in names for n in ([item] if isinstance(item, str) else list(item))]
+        flat = []
+        for item in names:
+            items = [item] if isinstance(item, str) else list(item) if isinstance(item, (list, tuple)) else None
+            if items is None or not all(isinstance(n, str) for n in items):
+                raise AdapterError(f"activate() takes adapter names (strings) or lists of them, got {item!r}.")
+            flat.extend(items)
         if not flat:
             raise AdapterError("activate() needs at least one adapter name; use disable() to run the base alone.")
         for name in flat:
@@ -137,9 +143,10 @@ class AdaptedModel(nn.Module):
         self.train()
         # With reentrant gradient checkpointing, a checkpointed block whose inputs need no
         # grad returns none: make the (frozen) embeddings' output require grad, as peft does.
-        if hasattr(self.base, "enable_input_require_grads") and not getattr(self.base, "_require_grads_hook", None):
+        if hasattr(self.base, "enable_input_require_grads") and not self._input_grads_hooked:
             try:
                 self.base.enable_input_require_grads()
+                self._input_grads_hooked = True
             except NotImplementedError:  # models without input embeddings (e.g. some vision models)
                 pass
 
@@ -154,6 +161,9 @@ class AdaptedModel(nn.Module):
             )
         if name in self._merged:
             raise AdapterError(f"{name!r} is already merged.")
+        for site, delta in adapter.items():  # refuse before writing anything
+            if hasattr(delta, "check_merge"):
+                delta.check_merge(site)
         done = []
         try:
             for site, delta in adapter.items():
@@ -186,6 +196,9 @@ class AdaptedModel(nn.Module):
     def detach(self) -> nn.Module:
         """Remove every hook and return the base model (merged adapters stay folded in)."""
         self.hooks.remove()
+        if self._input_grads_hooked:
+            self.base.disable_input_require_grads()
+            self._input_grads_hooked = False
         _ATTACHED.discard(self.base)
         return self.base
 
@@ -254,4 +267,6 @@ def attach(model: nn.Module, roles: Mapping[str, RoleSpec] | None = None) -> Ada
     """
     if not isinstance(model, nn.Module):
         raise AdapterError(f"attach() needs a torch nn.Module (a Hugging Face model), got {type(model).__name__}.")
+    if isinstance(model, AdaptedModel):
+        raise AdapterError("This model is already attached: add adapters to it directly, or attach model.base.")
     return adapted_class(type(model))(model, roles)

@@ -286,10 +286,15 @@ def test_add_role_the_model_lacks(bert):
     assert hooked_modules(bert.base) == hooks_before
 
 
-@pytest.mark.parametrize("config", [LoRA(targets=["cross_q"]), Bottleneck(roles=["cross_attn"]), IA3(targets=["gate"])])
+@pytest.mark.parametrize(
+    "config",
+    [lambda: LoRA(targets=["cross_q"]), lambda: Bottleneck(roles=["cross_attn"]),
+     lambda: IA3(targets=["gate"], scale_inputs=())],
+    ids=["lora-cross_q", "bottleneck-cross_attn", "ia3-gate"],
+)
 def test_add_other_missing_roles(bert, config):
     with pytest.raises(AnatomyError, match="roles="):
-        bert.add("x", config)
+        bert.add("x", config())
     assert list(bert.adapters) == []
 
 
@@ -588,8 +593,8 @@ def test_detach_gives_back_the_original_model(model_type):
     model.add("i", IA3())
     for adapter in model.adapters.values():
         perturb(adapter)
-    model.train_adapter("l")  # also the path that makes HF add an input-grad hook
     model.activate("l", "b", "i")
+    assert not torch.allclose(run(model, inputs), reference)
 
     base = model.detach()
     assert base is raw
@@ -598,3 +603,18 @@ def test_detach_gives_back_the_original_model(model_type):
     assert torch.equal(run(base, inputs), reference)
     assert_same_state(base, state)
     assert set(base.state_dict()) == set(state)
+
+
+def test_detach_after_training_leaves_no_hooks():
+    """train_adapter() calls HF's enable_input_require_grads(), which registers a forward hook
+    on the input embeddings; detach() must remove that one too (disable_input_require_grads)."""
+    inputs = tiny_inputs("llama")
+    raw = tiny_model("llama")
+    reference = run(raw, inputs)
+    model = splice.attach(raw)
+    model.add("l", LoRA())
+    model.train_adapter("l")
+    base = model.detach()
+    assert hooked_modules(base) == [], "detach() must leave no hooks behind"
+    base.eval()
+    assert torch.equal(run(base, inputs), reference)

@@ -12,7 +12,9 @@ A site delta is an ``nn.Module`` with one of two stages:
 
 ``reads_input`` says whether an output-stage delta needs ``x`` (hooks stash it
 only then). Mergeable deltas also implement ``merge(site)`` / ``unmerge(site)``,
-folding themselves into, and back out of, the base weight in place.
+folding themselves into, and back out of, the base weight in place, and may
+implement ``check_merge(site)``, which raises before any weight is written
+when a site cannot take the merge.
 """
 
 from __future__ import annotations
@@ -48,7 +50,12 @@ class MethodConfig:
             value = getattr(self, f.name)
             if isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
-        if self.layers is not None and not all(isinstance(i, int) and i >= 0 for i in self.layers):
+        if isinstance(self.layers, int) and not isinstance(self.layers, bool):
+            object.__setattr__(self, "layers", (self.layers,))
+        if self.layers is not None and not (
+            isinstance(self.layers, tuple)
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)
+        ):
             raise ConfigError(f"{type(self).__name__}.layers must be non-negative block indices, got {self.layers!r}.")
         self.validate()
 
@@ -92,6 +99,10 @@ class MethodConfig:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"{type(self).__name__}.{field} must be a positive number, got {value!r}.")
 
+    def _require_fraction(self, field: str, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ConfigError(f"{type(self).__name__}.{field} must be a number in [0, 1), got {value!r}.")
+
     def _sites_for_roles(self, anatomy: Anatomy, roles: typing.Iterable[str]) -> list[Site]:
         return [site for role in roles for site in anatomy.require(role, self.layers)]
 
@@ -109,6 +120,10 @@ def normalise_targets(config: MethodConfig, field: str, allowed: tuple[str, ...]
     if isinstance(value, str):
         value = (value,)
         object.__setattr__(config, field, value)
+    if not isinstance(value, tuple) or not all(isinstance(role, str) for role in value):
+        raise ConfigError(
+            f"{type(config).__name__}.{field} must be a role name or a list of them, e.g. ('q', 'v'); got {value!r}."
+        )
     if not value:
         raise ConfigError(f"{type(config).__name__}.{field} is empty; name at least one role, e.g. ('q', 'v').")
     if value != ("all-linear",):

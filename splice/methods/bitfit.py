@@ -57,6 +57,9 @@ class BiasDelta(nn.Module):
             else:
                 columns_of(bias, site.columns, 0).add_(delta.to(bias.dtype))
 
+    def check_merge(self, site: Site) -> None:
+        base_bias(site, "merge a bias delta")
+
     def merge(self, site: Site) -> None:
         self._add(site, self.bias.detach())
 

@@ -64,8 +64,7 @@ class Bottleneck(MethodConfig):
             raise ConfigError(f"Bottleneck.r must be a positive integer, got {self.r!r}.")
         self._require_positive("reduction_factor", self.reduction_factor, allow_none=True)
         self._require_positive("scale", self.scale)
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"Bottleneck.dropout must be in [0, 1), got {self.dropout!r}.")
+        self._require_fraction("dropout", self.dropout)
         if self.roles is not None:
             bad = [role for role in self.roles if role not in SUBLAYER_ROLES]
             if bad or not self.roles:

@@ -37,8 +37,10 @@ class IA3(MethodConfig):
 
     def validate(self) -> None:
         normalise_targets(self, "targets", PROJECTION_ROLES)
-        if isinstance(self.scale_inputs, str):
-            object.__setattr__(self, "scale_inputs", (self.scale_inputs,))
+        if self.scale_inputs != ():
+            normalise_targets(self, "scale_inputs", PROJECTION_ROLES)
+            if self.scale_inputs == ("all-linear",):
+                raise ConfigError("IA3.scale_inputs names roles whose input is scaled, e.g. ('down',); not 'all-linear'.")
         if self.targets != ("all-linear",):
             stray = [role for role in self.scale_inputs if role not in self.targets]
             if stray:

@@ -39,8 +39,7 @@ class LoRA(MethodConfig):
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
             raise ConfigError(f"LoRA.r must be a positive integer, got {self.r!r}.")
         self._require_positive("alpha", self.alpha)
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"LoRA.dropout must be in [0, 1), got {self.dropout!r}.")
+        self._require_fraction("dropout", self.dropout)
         self._require_choice("init", self.init, {"kaiming", "gaussian"})
         normalise_targets(self, "targets", PROJECTION_ROLES)
 
