@@ -59,7 +59,8 @@ def main() -> None:
     rows = tweet_sentiment()
     random.Random(0).shuffle(rows)
     train, validation = rows[: args.train], rows[args.train : args.train + args.validation]
-    print(f"data: {len(rows):,} unique tweets; subsampled {len(train):,} for training, {len(validation):,} for validation")
+    print(f"data: {len(rows):,} unique tweets; subsampled {len(train):,} for training, "
+          f"{len(validation):,} for validation")
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     model = splice.attach(fresh_backbone())  # the backbone is frozen from here on
@@ -92,8 +93,8 @@ def main() -> None:
     assert accuracy(reloaded, validation, tokenizer) == val_accuracy, "reloaded adapter predicts differently"
 
     row = next(r for r in model.summary(print_table=False).rows if r.name == "sentiment")
-    print(f"\nvalidation accuracy: {val_accuracy:.1%} (majority class: "
-          f"{max(sum(l == c for _, l in validation) for c in LABELS) / len(validation):.1%})")
+    majority = max(sum(label == c for _, label in validation) for c in LABELS) / len(validation)
+    print(f"\nvalidation accuracy: {val_accuracy:.1%} (majority class: {majority:.1%})")
     print(f"trainable parameters: {row.parameters:,} = {row.percent_of_base:.2f} % of the base")
     print(f"adapter written to {args.out} ({row.megabytes:.2f} MB of tensors); base weights bit-identical; "
           "reloaded adapter gives identical predictions")

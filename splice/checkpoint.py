@@ -19,10 +19,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .version import __version__
 from .adapter import Adapter, check_name
 from .errors import AnatomyError, CheckpointError, ConfigError
 from .methods import config_from_dict
+from .version import __version__
 
 if TYPE_CHECKING:
     from .model import AdaptedModel

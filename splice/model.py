@@ -157,7 +157,8 @@ class AdaptedModel(nn.Module):
         if not adapter.config.mergeable:
             raise AdapterError(
                 f"{name!r} is a {type(adapter.config).__name__} adapter, which cannot be merged: it has no "
-                "equivalent change of the base weights. Keep it active instead; mergeable methods are LoRA, IA3, BitFit."
+                "equivalent change of the base weights. Keep it active instead; mergeable methods are "
+                "LoRA, IA3, BitFit."
             )
         if name in self._merged:
             raise AdapterError(f"{name!r} is already merged.")

@@ -32,7 +32,8 @@ class Summary:
         base = sum(p.numel() for p in model.base.parameters())
         rows = []
         for name, adapter in model.adapters.items():
-            status = ", ".join(s for s, on in (("active", name in model.active), ("merged", name in model.merged)) if on)
+            flags = (("active", name in model.active), ("merged", name in model.merged))
+            status = ", ".join(flag for flag, on in flags if on)
             params = adapter.num_parameters()
             rows.append(SummaryRow(name, adapter.config.method, status or "-", params,
                                    100.0 * params / base if base else 0.0, adapter.num_bytes() / 1e6))

@@ -6,22 +6,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_inputs, tiny_model
 from torch import nn
 
 import splice
 from splice import (
+    IA3,
     AdapterError,
     AnatomyError,
     BitFit,
     Bottleneck,
     ConfigError,
-    IA3,
     LoRA,
     SpliceError,
 )
 from splice.methods import config_from_dict
-from tiny_models import tiny_inputs, tiny_model
-
 
 # -- helpers ---------------------------------------------------------------------------------------
 

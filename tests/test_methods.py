@@ -8,9 +8,9 @@ gradient checkpointing gives the same gradients.
 
 import pytest
 import torch
+from tiny_models import ARCHITECTURES, DECODERS, tiny_inputs, tiny_model
 
 import splice
-from tiny_models import ARCHITECTURES, DECODERS, tiny_inputs, tiny_model
 
 METHODS = {
     "pfeiffer": lambda: splice.Bottleneck(r=4),

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from tiny_models import (
     ARCHITECTURES,
     DECODERS,

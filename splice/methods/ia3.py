@@ -40,7 +40,9 @@ class IA3(MethodConfig):
         if self.scale_inputs != ():
             normalise_targets(self, "scale_inputs", PROJECTION_ROLES)
             if self.scale_inputs == ("all-linear",):
-                raise ConfigError("IA3.scale_inputs names roles whose input is scaled, e.g. ('down',); not 'all-linear'.")
+                raise ConfigError(
+                    "IA3.scale_inputs names the roles whose input is scaled, e.g. ('down',); not 'all-linear'."
+                )
         if self.targets != ("all-linear",):
             stray = [role for role in self.scale_inputs if role not in self.targets]
             if stray:

@@ -1,0 +1,258 @@
+"""Resolving roles to sites in one model.
+
+:class:`Anatomy` finds the stack(s) of transformer blocks and, in each block, the modules that play a *role*:
+
+- projections ``q k v o`` (self-attention), ``cross_q cross_k cross_v cross_o``
+  (T5 decoder cross-attention) and ``up gate down`` (feed-forward);
+- sublayers ``attn``, ``cross_attn`` and ``ffn``: where the sublayer's input
+  enters and where its output leaves, *before* the residual add.
+
+Everything above this layer speaks in roles, never in module names. A role
+resolves to one :class:`Site` per block. Fused projections (GPT-2 ``c_attn``,
+GPT-NeoX ``query_key_value``, Phi-3 ``qkv_proj`` and ``gate_up_proj``) are
+sites on the fused module restricted to the role's output columns, so
+``LoRA(targets=["q", "v"])`` means the same thing on every architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..errors import AnatomyError
+from .detect import apply_overrides, detect_layout, find_blocks, get_module
+from .layouts import ALL_ROLES, FUSED, HEAD_NAMES, LAYOUTS, PROJECTION_ROLES, SUBLAYER_ROLES, RoleSpec
+from .linear import is_linear, linear_shape
+
+
+@dataclass(frozen=True, eq=False)
+class Site:
+    """One role in one block: the module whose output a delta changes.
+
+    ``key`` ("layers.3.q", "decoder.1.cross_attn") names the site in checkpoints.
+    ``input_module`` is the module whose first input is the site's input (the
+    same module for projections). ``columns`` restricts a fused projection to
+    this role's share of the output features.
+    """
+
+    key: str
+    stack: str
+    layer: int
+    role: str
+    module: nn.Module
+    input_module: nn.Module
+    in_features: int
+    out_features: int
+    columns: slice | torch.Tensor | None = None
+
+    @property
+    def is_projection(self) -> bool:
+        return self.role in PROJECTION_ROLES
+
+
+def config_value(config, *names: str, default=None):
+    """First attribute of ``config`` among ``names`` that is set (configs disagree on names)."""
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+class Anatomy:
+    """The roles of one Hugging Face model, found once at attach time."""
+
+    def __init__(self, model: nn.Module, roles: Mapping[str, RoleSpec] | None = None):
+        self.model = model
+        self.config = getattr(model, "config", None)
+        self.model_type = str(getattr(self.config, "model_type", type(model).__name__.lower()))
+        layout = LAYOUTS.get(self.model_type) or detect_layout(model)
+        self.layout = apply_overrides(layout, roles or {})
+        self.blocks: dict[str, list[tuple[str, nn.Module]]] = {
+            stack: find_blocks(model, suffix) for stack, suffix in self.layout.stacks.items()
+        }
+        if not any(self.blocks.values()):
+            raise AnatomyError(
+                f"Could not find the transformer blocks of this {type(model).__name__} "
+                f"(model_type {self.model_type!r}). Name the ModuleList of blocks with "
+                "splice.attach(model, roles={'blocks': 'path.to.layers', 'q': 'attn.q_proj', ...})."
+            )
+        self._sites: dict[str, list[Site]] = {}
+        for role, spec in (roles or {}).items():
+            if role != "blocks" and not self.sites(role):
+                raise AnatomyError(
+                    f"roles={{{role!r}: {spec!r}}} matches no module in any block. {self._block_listing()} "
+                    "Paths are relative to one block."
+                )
+
+    # -- facts about the model ------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        """The residual-stream width: from the config, else read off the projections."""
+        value = config_value(self.config, "hidden_size", "d_model", "n_embd", "dim")
+        if value is not None:
+            return int(value)
+        readings = (("q", "in_features"), ("up", "in_features"), ("o", "out_features"), ("down", "out_features"))
+        for role, side in readings:
+            if self.sites(role):
+                return getattr(self.sites(role)[0], side)
+        raise AnatomyError(
+            "Cannot tell this model's hidden size: it has no config.hidden_size and splice finds no q, up, o or "
+            "down projection to read it from. Map one with splice.attach(model, roles={'q': '<path in a block>'})."
+        )
+
+    @property
+    def num_heads(self) -> int:
+        value = config_value(self.config, "num_attention_heads", "num_heads", "n_head", "n_heads")
+        if value is None:
+            raise AnatomyError("This model's config does not say how many attention heads it has "
+                               "(num_attention_heads).")
+        return int(value)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(config_value(self.config, "num_key_value_heads", default=self.num_heads))
+
+    @property
+    def head_dim(self) -> int:
+        return int(config_value(self.config, "head_dim", default=self.hidden_size // self.num_heads))
+
+    @property
+    def num_layers(self) -> int:
+        return sum(len(blocks) for blocks in self.blocks.values())
+
+    def fingerprint(self) -> dict:
+        """What an adapter checks before it loads into a model: the base's shape."""
+        def known(read):
+            try:
+                return read()
+            except AnatomyError:  # a model without an HF config may not say; the shapes still get checked
+                return None
+
+        return {
+            "model_type": self.model_type,
+            "hidden_size": known(lambda: self.hidden_size),
+            "num_layers": self.num_layers,
+            "num_heads": known(lambda: self.num_heads),
+            "vocab_size": config_value(self.config, "vocab_size"),
+        }
+
+    # -- sites ------------------------------------------------------------------
+    def available_roles(self) -> list[str]:
+        return [role for role in ALL_ROLES if self.sites(role)]
+
+    def sites(self, role: str) -> list[Site]:
+        """Every site of ``role`` across all blocks (empty if the model lacks it)."""
+        if role not in self._sites:
+            found = []
+            for stack, blocks in self.blocks.items():
+                spec = self.layout.roles.get(stack, {}).get(role)
+                if spec is None:
+                    continue
+                for index, (path, block) in enumerate(blocks):
+                    site = self._resolve(stack, index, role, block, spec)
+                    if site is not None:
+                        found.append(site)
+            self._sites[role] = found
+        return self._sites[role]
+
+    def require(self, role: str, layers: tuple[int, ...] | None = None) -> list[Site]:
+        """Sites of ``role`` (optionally only in ``layers``), or a clear error naming what is missing."""
+        if role not in ALL_ROLES:
+            raise AnatomyError(f"Unknown role {role!r}. Roles are: {', '.join(ALL_ROLES)}.")
+        sites = self.sites(role)
+        if not sites:
+            raise AnatomyError(
+                f"model_type {self.model_type!r} has no module for role {role!r}. {self._block_listing()} "
+                f"Map the role yourself: splice.attach(model, roles={{{role!r}: '<path inside a block>'}})."
+            )
+        if layers is not None:
+            count = max(len(b) for b in self.blocks.values())
+            bad = [i for i in layers if not 0 <= i < count]
+            if bad:
+                raise AnatomyError(f"layers {bad} do not exist: this model has layers 0..{count - 1} per stack.")
+            sites = [site for site in sites if site.layer in layers]
+        return sites
+
+    def _block_listing(self) -> str:
+        path, block = next(blocks for blocks in self.blocks.values() if blocks)[0]
+        children = [name for name, _ in block.named_modules() if name]
+        return f"The first block ({path}) contains: {', '.join(children)}."
+
+    def linear_roles(self) -> list[str]:
+        """Projection roles this model has: what ``"all-linear"`` expands to."""
+        return [role for role in PROJECTION_ROLES if self.sites(role)]
+
+    def final_norms(self) -> list[nn.Module]:
+        return [m for path in self.layout.final_norm if (m := get_module(self.model, path, suffix=True)) is not None]
+
+    def head(self, path: str) -> nn.Module:
+        """The prediction-head module at ``path`` ("auto": the usual classifier/score/lm_head name)."""
+        if path == "auto":
+            path = next((name for name in HEAD_NAMES if get_module(self.model, name) is not None), "")
+        module = get_module(self.model, path) if path else None
+        if module is None or module is self.model:
+            children = [name for name, _ in self.model.named_children()]
+            raise AnatomyError(
+                f"No prediction head {path or 'auto'!r} in this {type(self.model).__name__}; its top-level "
+                f"modules are {', '.join(children)}. Pass head='<one of them>' or load a model with a head "
+                "(e.g. AutoModelForSequenceClassification)."
+            )
+        return module
+
+    def module_path(self, module: nn.Module) -> str:
+        for name, candidate in self.model.named_modules():
+            if candidate is module:
+                return name
+        raise AnatomyError(f"{type(module).__name__} is not part of this model.")
+
+    def _resolve(self, stack: str, index: int, role: str, block: nn.Module, spec: RoleSpec) -> Site | None:
+        if isinstance(spec, list):
+            return next((s for alt in spec if (s := self._resolve(stack, index, role, block, alt))), None)
+        key = f"{stack}.{index}.{role}"
+        if isinstance(spec, tuple):
+            input_module, module = get_module(block, spec[0]), get_module(block, spec[1])
+            if input_module is None or module is None:
+                return None
+            return Site(key, stack, index, role, module, input_module, self.hidden_size, self.hidden_size)
+        fused = FUSED.match(spec)
+        module = get_module(block, fused["path"] if fused else spec)
+        if module is None:
+            return None
+        if role in SUBLAYER_ROLES:
+            return Site(key, stack, index, role, module, module, self.hidden_size, self.hidden_size)
+        if not is_linear(module):
+            raise AnatomyError(
+                f"Role {role!r} maps to {spec!r}, a {type(module).__name__}; projection roles must be "
+                "nn.Linear (or HF Conv1D). Fix the mapping passed to splice.attach(roles=...)."
+            )
+        in_features, out_features = linear_shape(module)
+        columns = None
+        if fused:
+            columns = self._columns(fused["scheme"], int(fused["part"]), out_features)
+            out_features = _column_count(columns)
+        return Site(key, stack, index, role, module, module, in_features, out_features, columns)
+
+    def _columns(self, scheme: str, part: int, total: int) -> slice | torch.Tensor:
+        """Output columns of part ``part`` of a fused projection laid out by ``scheme``."""
+        if scheme == "qkv":  # [q | k | v], equal thirds (GPT-2)
+            third = total // 3
+            return slice(part * third, (part + 1) * third)
+        if scheme == "halves":  # [gate | up] (Phi-3)
+            half = total // 2
+            return slice(part * half, (part + 1) * half)
+        if scheme == "qkv_gqa":  # [q: heads*hd | k: kv*hd | v: kv*hd] (Phi-3)
+            q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            return [slice(0, q), slice(q, q + kv), slice(q + kv, q + 2 * kv)][part]
+        if scheme == "qkv_per_head":  # per head [q | k | v] (GPT-NeoX)
+            head = total // (3 * self.num_heads)
+            starts = torch.arange(self.num_heads) * 3 * head + part * head
+            return (starts[:, None] + torch.arange(head)[None, :]).reshape(-1)
+        raise AnatomyError(f"Unknown fused-column scheme {scheme!r}; use qkv, halves, qkv_gqa or qkv_per_head.")
+
+
+def _column_count(columns: slice | torch.Tensor) -> int:
+    return columns.stop - columns.start if isinstance(columns, slice) else int(columns.numel())

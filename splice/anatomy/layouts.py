@@ -1,0 +1,127 @@
+"""The role table: where each role sits in the blocks of each known ``model_type``.
+
+A role spec is a dotted path inside a block, a fused projection's share of
+columns (``"attn.c_attn[qkv:0]"``), a (input module, output module) pair for a
+sublayer whose input and pre-residual output live in different modules, or a
+list of alternatives (first present wins) where transformers releases differ.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping, Union
+
+PROJECTION_ROLES = ("q", "k", "v", "o", "up", "gate", "down", "cross_q", "cross_k", "cross_v", "cross_o")
+SUBLAYER_ROLES = ("attn", "cross_attn", "ffn")
+ALL_ROLES = PROJECTION_ROLES + SUBLAYER_ROLES
+
+RoleSpec = Union[str, tuple, list]
+
+HEAD_NAMES = ("classifier", "score", "qa_outputs", "lm_head", "embed_out")
+
+FUSED = re.compile(r"^(?P<path>[\w.]+)\[(?P<scheme>\w+):(?P<part>\d+)\]$")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the blocks are (per stack) and where each role sits inside a block."""
+
+    stacks: Mapping[str, str | tuple[str, ...]]  # stack name -> path suffix(es) of the ModuleList of blocks
+    roles: Mapping[str, Mapping[str, RoleSpec]]  # stack name -> role -> spec
+    final_norm: tuple[str, ...] = ()
+
+
+def _bert_like(q: str, k: str, v: str, attn_in: str = "attention.self") -> dict:
+    return {
+        "q": q, "k": k, "v": v, "o": "attention.output.dense",
+        "up": "intermediate.dense", "down": "output.dense",
+        "attn": (attn_in, "attention.output.dense"),
+        "ffn": ("intermediate", "output.dense"),
+    }
+
+
+_LLAMA_LIKE = {
+    "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+    "up": "mlp.up_proj", "gate": "mlp.gate_proj", "down": "mlp.down_proj",
+    "attn": "self_attn", "ffn": "mlp",
+}
+
+
+def _t5_stack(cross: bool) -> dict:
+    ffn = "layer.2" if cross else "layer.1"
+    roles = {
+        "q": "layer.0.SelfAttention.q", "k": "layer.0.SelfAttention.k",
+        "v": "layer.0.SelfAttention.v", "o": "layer.0.SelfAttention.o",
+        "attn": "layer.0.SelfAttention",
+        # Gated FFNs (T5 v1.1, flan) name the input projections wi_0 (gate) and wi_1 (up).
+        "up": [f"{ffn}.DenseReluDense.wi", f"{ffn}.DenseReluDense.wi_1"],
+        "gate": f"{ffn}.DenseReluDense.wi_0", "down": f"{ffn}.DenseReluDense.wo",
+        "ffn": f"{ffn}.DenseReluDense",
+    }
+    if cross:
+        roles.update({f"cross_{p}": f"layer.1.EncDecAttention.{p}" for p in "qkvo"})
+        roles["cross_attn"] = "layer.1.EncDecAttention"
+    return roles
+
+
+def _single(blocks: str | tuple[str, ...], roles: dict, final_norm: tuple[str, ...] = ()) -> Layout:
+    return Layout({"layers": blocks}, {"layers": roles}, final_norm)
+
+
+_BERT = _single("encoder.layer", _bert_like("attention.self.query", "attention.self.key", "attention.self.value"))
+_LLAMA = _single("layers", _LLAMA_LIKE, ("norm",))
+
+LAYOUTS: dict[str, Layout] = {
+    "bert": _BERT,
+    "roberta": _BERT,
+    "xlm-roberta": _BERT,
+    "electra": _BERT,
+    "deberta-v2": _single("encoder.layer", _bert_like(
+        "attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj")),
+    # transformers 5 flattened ViT; 4.x nests it BERT-style (alternatives: first present wins).
+    "vit": _single(("layers", "encoder.layer"), {
+        "q": ["attention.q_proj", "attention.attention.query"],
+        "k": ["attention.k_proj", "attention.attention.key"],
+        "v": ["attention.v_proj", "attention.attention.value"],
+        "o": ["attention.o_proj", "attention.output.dense"],
+        "up": ["mlp.fc1", "intermediate.dense"], "down": ["mlp.fc2", "output.dense"],
+        "attn": "attention", "ffn": ["mlp", ("intermediate", "output.dense")],
+    }, ("layernorm",)),
+    "distilbert": _single("transformer.layer", {
+        "q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin", "o": "attention.out_lin",
+        "up": "ffn.lin1", "down": "ffn.lin2", "attn": "attention", "ffn": "ffn",
+    }),
+    "gpt2": _single("h", {
+        "q": "attn.c_attn[qkv:0]", "k": "attn.c_attn[qkv:1]", "v": "attn.c_attn[qkv:2]",
+        "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj", "attn": "attn", "ffn": "mlp",
+    }, ("ln_f",)),
+    "gpt_neox": _single("layers", {
+        "q": "attention.query_key_value[qkv_per_head:0]",
+        "k": "attention.query_key_value[qkv_per_head:1]",
+        "v": "attention.query_key_value[qkv_per_head:2]",
+        "o": "attention.dense", "up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h",
+        "attn": "attention", "ffn": "mlp",
+    }, ("final_layer_norm",)),
+    "opt": _single("decoder.layers", {
+        "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
+        "up": "fc1", "down": "fc2", "attn": "self_attn", "ffn": ("fc1", "fc2"),
+    }, ("decoder.final_layer_norm",)),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+    "gemma": _LLAMA,
+    "gemma2": _LLAMA,
+    "phi3": _single("layers", {
+        "q": "self_attn.qkv_proj[qkv_gqa:0]", "k": "self_attn.qkv_proj[qkv_gqa:1]",
+        "v": "self_attn.qkv_proj[qkv_gqa:2]", "o": "self_attn.o_proj",
+        "gate": "mlp.gate_up_proj[halves:0]", "up": "mlp.gate_up_proj[halves:1]",
+        "down": "mlp.down_proj", "attn": "self_attn", "ffn": "mlp",
+    }, ("norm",)),
+    "t5": Layout(
+        {"encoder": "encoder.block", "decoder": "decoder.block"},
+        {"encoder": _t5_stack(cross=False), "decoder": _t5_stack(cross=True)},
+        ("encoder.final_layer_norm", "decoder.final_layer_norm"),
+    ),
+}
