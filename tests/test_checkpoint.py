@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from helpers import hook_count, main_output, perturb
 from tiny_models import tiny_config, tiny_inputs, tiny_model
 from torch import nn
 
@@ -32,24 +33,6 @@ FINGERPRINT_KEYS = {"model_type", "hidden_size", "num_layers", "num_heads", "voc
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def perturb(module: nn.Module, seed: int = 0, std: float = 0.1) -> None:
-    """Add random noise to every parameter so a fresh (identity) adapter really changes outputs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * std)
-
-
-def run(model, inputs) -> torch.Tensor:
-    """The main output: last_hidden_state for base models, logits for models with a head."""
-    with torch.no_grad():
-        return model(**inputs)[0]
-
-
-def hook_count(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def snapshot(adapted) -> dict:
@@ -108,11 +91,11 @@ def test_round_trip_gives_identical_outputs(tmp_path, model_type, method):
     inputs = tiny_inputs(model_type)
 
     model = splice.attach(tiny_model(model_type, seed=0))
-    base_out = run(model, inputs)
+    base_out = main_output(model, inputs)
     model.add("x", config)
     perturb(model.adapters["x"], seed=1)
     model.activate("x")
-    out = run(model, inputs)
+    out = main_output(model, inputs)
     assert not torch.allclose(out, base_out, atol=1e-6), "perturbed adapter should change the output"
     model.save("x", tmp_path / "x")
 
@@ -124,7 +107,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, model_type, method):
     for (k1, v1), (k2, v2) in zip(model.adapters["x"].state_dict().items(), loaded.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2)
     fresh.activate("x")
-    assert torch.equal(run(fresh, inputs), out)
+    assert torch.equal(main_output(fresh, inputs), out)
 
 
 def test_folder_contents_and_metadata(tmp_path):
@@ -175,11 +158,11 @@ def test_load_names_and_is_not_active(saved_lora):
     folder, _ = saved_lora
     inputs = tiny_inputs("bert")
     model = splice.attach(tiny_model("bert"))
-    base_out = run(model, inputs)
+    base_out = main_output(model, inputs)
 
     assert model.load(folder) == "x"
     assert model.active == ()
-    assert torch.equal(run(model, inputs), base_out), "a loaded adapter must not apply before activate()"
+    assert torch.equal(main_output(model, inputs), base_out), "a loaded adapter must not apply before activate()"
 
     assert model.load(folder, name="other") == "other"
     assert set(model.adapters) == {"x", "other"}
@@ -191,9 +174,9 @@ def test_load_names_and_is_not_active(saved_lora):
     assert_untouched(model, before)
 
     model.activate("x")
-    out_x = run(model, inputs)
+    out_x = main_output(model, inputs)
     model.activate("other")
-    assert torch.equal(run(model, inputs), out_x)
+    assert torch.equal(main_output(model, inputs), out_x)
     assert not torch.equal(out_x, base_out)
 
 
@@ -213,13 +196,13 @@ def test_head_round_trip(tmp_path):
     inputs = tiny_inputs("bert")
     model = splice.attach(tiny_model("bert", "classification"))
     classifier_before = {k: v.clone() for k, v in model.base.classifier.state_dict().items()}
-    base_logits = run(model, inputs)
+    base_logits = main_output(model, inputs)
 
     model.add("x", LoRA(), head="classifier")
     perturb(model.adapters["x"].deltas, seed=2)
     perturb(model.adapters["x"].head, seed=3, std=1.0)
     model.activate("x")
-    logits = run(model, inputs)
+    logits = main_output(model, inputs)
     assert logits.shape == base_logits.shape
     assert not torch.allclose(logits, base_logits)
     model.save("x", tmp_path / "x")
@@ -228,13 +211,13 @@ def test_head_round_trip(tmp_path):
     fresh = splice.attach(tiny_model("bert", "classification"))
     fresh.load(tmp_path / "x")
     fresh.activate("x")
-    assert torch.equal(run(fresh, inputs), logits)
+    assert torch.equal(main_output(fresh, inputs), logits)
 
     for model_ in (model, fresh):
         for key, value in model_.base.classifier.state_dict().items():
             assert torch.equal(value, classifier_before[key]), "the base classifier must stay unchanged"
     fresh.disable()
-    assert torch.equal(run(fresh, inputs), base_logits)
+    assert torch.equal(main_output(fresh, inputs), base_logits)
 
 
 def test_head_adapter_into_model_without_that_head(tmp_path):
@@ -306,7 +289,7 @@ def test_crash_while_writing_keeps_old_version(tmp_path, monkeypatch):
     assert fresh.load(target) == "old"
     fresh.activate("old")
     model.activate("old")
-    assert torch.equal(run(fresh, inputs), run(model, inputs))
+    assert torch.equal(main_output(fresh, inputs), main_output(model, inputs))
 
 
 def test_failed_swap_restores_old_version(tmp_path, monkeypatch):

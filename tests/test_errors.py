@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_same_state, main_output, perturb, state_copy
 from tiny_models import tiny_inputs, tiny_model
 from torch import nn
 
@@ -23,28 +24,6 @@ from splice import (
 from splice.methods import config_from_dict
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def perturb(module: nn.Module, seed: int = 0, std: float = 0.1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * std)
-
-
-def run(model, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**inputs)[0]
-
-
-def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict()
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert not changed, f"base tensors changed: {changed[:5]}"
 
 
 def hooked_modules(model: nn.Module) -> list[str]:
@@ -361,7 +340,7 @@ def test_merge_twice_and_unmerge_not_merged(bert):
     bert.add("l", LoRA())
     perturb(bert.adapters["l"])
     bert.merge("l")
-    state = base_state(bert.base)
+    state = state_copy(bert.base)
     with pytest.raises(AdapterError, match="already merged"):
         bert.merge("l")
     assert_same_state(bert.base, state)
@@ -373,7 +352,7 @@ def test_merge_twice_and_unmerge_not_merged(bert):
 def test_bitfit_merge_without_base_bias_leaves_base_bit_identical(llama):
     llama.add("b", BitFit())
     perturb(llama.adapters["b"], std=1.0)
-    before = base_state(llama.base)
+    before = state_copy(llama.base)
     with pytest.raises(AdapterError) as info:
         llama.merge("b")
     message = str(info.value)
@@ -395,7 +374,7 @@ def test_failed_partial_merge_leaves_base_bit_identical():
     model = splice.attach(base)
     model.add("b", BitFit())
     perturb(model.adapters["b"], std=1.0)
-    before = base_state(model.base)
+    before = state_copy(model.base)
     with pytest.raises(AdapterError, match="no bias"):
         model.merge("b")
     assert model.merged == ()
@@ -508,7 +487,7 @@ def test_two_active_adapters_add_their_deltas(method):
             model.activate(*setup)
         else:
             model.disable()
-        final = run(model, inputs)
+        final = main_output(model, inputs)
         outputs[setup] = (seen[-1], final)
     handle.remove()
 
@@ -525,28 +504,28 @@ def test_two_active_adapters_add_their_deltas(method):
 def test_disable_gives_base_output_exactly():
     inputs = tiny_inputs("gpt2")
     raw = tiny_model("gpt2")
-    reference = run(raw, inputs)
+    reference = main_output(raw, inputs)
     model = splice.attach(raw)
     for name, config in [("l", LoRA(targets="all-linear")), ("b", Bottleneck(placement="houlsby")), ("i", IA3())]:
         model.add(name, config)
         perturb(model.adapters[name])
     model.activate("l", "b", "i")
-    assert not torch.allclose(run(model, inputs), reference)
+    assert not torch.allclose(main_output(model, inputs), reference)
     model.disable()
     assert model.active == ()
-    assert torch.equal(run(model, inputs), reference)
+    assert torch.equal(main_output(model, inputs), reference)
 
 
 def test_delete_removes_parameters_and_keeps_others_working():
     inputs = tiny_inputs("bert")
     model = splice.attach(tiny_model("bert"))
-    base_out = run(model, inputs)
+    base_out = main_output(model, inputs)
     model.add("keep", LoRA(targets=["q", "v"]))
     model.add("drop", LoRA(targets=["q", "v"]))
     perturb(model.adapters["keep"], seed=1)
     perturb(model.adapters["drop"], seed=2)
     model.activate("keep")
-    keep_out = run(model, inputs)
+    keep_out = main_output(model, inputs)
     drop_params = {id(p) for p in model.adapters["drop"].parameters()}
 
     model.activate("keep", "drop")
@@ -555,37 +534,37 @@ def test_delete_removes_parameters_and_keeps_others_working():
     assert model.active == ("keep",)
     assert not drop_params & {id(p) for p in model.parameters()}
     assert not any(k.startswith("adapters.drop.") for k in model.state_dict())
-    assert torch.equal(run(model, inputs), keep_out)
+    assert torch.equal(main_output(model, inputs), keep_out)
     with pytest.raises(AdapterError, match="drop"):
         model.activate("drop")
 
     model.delete("keep")
     assert model.active == () and list(model.adapters) == []
-    assert torch.equal(run(model, inputs), base_out)
+    assert torch.equal(main_output(model, inputs), base_out)
     model.add("again", IA3())  # hooks keep working for new adapters
     perturb(model.adapters["again"])
     model.activate("again")
-    assert not torch.allclose(run(model, inputs), base_out)
+    assert not torch.allclose(main_output(model, inputs), base_out)
 
 
 def test_delete_merged_adapter_unmerges_it():
     inputs = tiny_inputs("llama")
     model = splice.attach(tiny_model("llama"))
-    base_out = run(model, inputs)
+    base_out = main_output(model, inputs)
     model.add("l", LoRA())
     perturb(model.adapters["l"])
     model.merge("l")
     model.delete("l")
     assert model.merged == ()
-    torch.testing.assert_close(run(model, inputs), base_out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(main_output(model, inputs), base_out, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("model_type", ["bert", "gpt2", "llama"])
 def test_detach_gives_back_the_original_model(model_type):
     inputs = tiny_inputs(model_type)
     raw = tiny_model(model_type)
-    reference = run(raw, inputs)
-    state = base_state(raw)
+    reference = main_output(raw, inputs)
+    state = state_copy(raw)
     model = splice.attach(raw)
     model.add("l", LoRA(targets="all-linear"))
     model.add("b", Bottleneck(placement="parallel"))
@@ -593,13 +572,13 @@ def test_detach_gives_back_the_original_model(model_type):
     for adapter in model.adapters.values():
         perturb(adapter)
     model.activate("l", "b", "i")
-    assert not torch.allclose(run(model, inputs), reference)
+    assert not torch.allclose(main_output(model, inputs), reference)
 
     base = model.detach()
     assert base is raw
     assert hooked_modules(base) == [], "detach() must leave no hooks behind"
     base.eval()
-    assert torch.equal(run(base, inputs), reference)
+    assert torch.equal(main_output(base, inputs), reference)
     assert_same_state(base, state)
     assert set(base.state_dict()) == set(state)
 
@@ -609,11 +588,11 @@ def test_detach_after_training_leaves_no_hooks():
     on the input embeddings; detach() must remove that one too (disable_input_require_grads)."""
     inputs = tiny_inputs("llama")
     raw = tiny_model("llama")
-    reference = run(raw, inputs)
+    reference = main_output(raw, inputs)
     model = splice.attach(raw)
     model.add("l", LoRA())
     model.train_adapter("l")
     base = model.detach()
     assert hooked_modules(base) == [], "detach() must leave no hooks behind"
     base.eval()
-    assert torch.equal(run(base, inputs), reference)
+    assert torch.equal(main_output(base, inputs), reference)

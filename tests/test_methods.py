@@ -8,6 +8,7 @@ gradient checkpointing gives the same gradients.
 
 import pytest
 import torch
+from helpers import assert_same_state, perturb, state_copy
 from tiny_models import ARCHITECTURES, DECODERS, tiny_inputs, tiny_model
 
 import splice
@@ -26,17 +27,6 @@ CASES = [(arch, method) for arch in ARCHITECTURES for method in METHODS]
 def hidden(model, inputs):
     out = model(**inputs)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-
-def base_state(model):
-    return {k: v.detach().clone() for k, v in model.base.state_dict().items()}
-
-
-def assert_same_state(model, before):
-    after = model.base.state_dict()
-    assert after.keys() == before.keys()
-    changed = [k for k in before if not torch.equal(after[k], before[k])]
-    assert not changed, f"base tensors changed: {changed[:5]}"
 
 
 def train_steps(model, name, inputs, steps=3):
@@ -64,11 +54,11 @@ def test_fresh_adapter_is_identity_and_training_moves_only_adapter(arch, method)
     with torch.no_grad():
         assert torch.equal(hidden(model, inputs), reference), "a fresh adapter must not change the output"
 
-    before = base_state(model)
+    before = state_copy(model.base)
     adapter_before = {k: v.clone() for k, v in model.adapters["task"].state_dict().items()}
     params = train_steps(model, "task", inputs)
     assert params and all(any(p is q for q in model.adapters["task"].parameters()) for p in params)
-    assert_same_state(model, before)
+    assert_same_state(model.base, before)
     moved = [k for k, v in model.adapters["task"].state_dict().items() if not torch.equal(v, adapter_before[k])]
     assert moved, "training must update the adapter"
     with torch.no_grad():
@@ -82,9 +72,7 @@ def test_save_load_into_fresh_model(arch, method, tmp_path):
     model = splice.attach(tiny_model(arch))
     inputs = tiny_inputs(arch, padded=True)
     model.add("task", METHODS[method]())
-    with torch.no_grad():
-        for p in model.adapters["task"].parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    perturb(model.adapters["task"])
     model.activate("task")
     with torch.no_grad():
         expected = hidden(model, inputs)
@@ -103,7 +91,7 @@ def test_merge_unmerge_round_trip(arch, method):
     inputs = tiny_inputs(arch, padded=True)
     with torch.no_grad():
         reference = hidden(model, inputs)
-    before = base_state(model)
+    before = state_copy(model.base)
     # Bias deltas can only merge where the base layer has a bias.
     config = METHODS[method]()
     if method == "bitfit":
@@ -113,13 +101,11 @@ def test_merge_unmerge_round_trip(arch, method):
             with pytest.raises(splice.AdapterError, match="no bias"):
                 model.add("task", config)
                 model.merge("task")
-            assert_same_state(model, before)
+            assert_same_state(model.base, before)
             return
         config = splice.BitFit(targets=tuple(with_bias))
     model.add("task", config)
-    with torch.no_grad():
-        for p in model.adapters["task"].parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    perturb(model.adapters["task"])
     model.activate("task")
     with torch.no_grad():
         adapted = hidden(model, inputs)
@@ -142,9 +128,7 @@ def test_gradient_checkpointing_gives_same_gradients(arch, method):
         model = splice.attach(tiny_model(arch))
         inputs = tiny_inputs(arch)
         model.add("task", METHODS[method]())
-        with torch.no_grad():
-            for p in model.adapters["task"].parameters():
-                p.add_(torch.randn_like(p) * 0.1)
+        perturb(model.adapters["task"])
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
         model.train_adapter("task")
@@ -161,9 +145,7 @@ def test_gradient_checkpointing_gives_same_gradients(arch, method):
 def test_generate_with_adapter(arch, method):
     model = splice.attach(tiny_model(arch, head="lm"))
     model.add("task", METHODS[method]())
-    with torch.no_grad():
-        for p in model.adapters["task"].parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+    perturb(model.adapters["task"], std=0.3)
     inputs = tiny_inputs(arch, padded=True)
     inputs.pop("decoder_input_ids", None)
     kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)

@@ -1,0 +1,36 @@
+"""Small helpers shared by the test files."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def perturb(module: nn.Module, seed: int = 0, std: float = 0.1) -> None:
+    """Add noise to every parameter, so a fresh (identity) adapter really changes outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen).to(p.dtype) * std)
+
+
+def main_output(model, inputs) -> torch.Tensor:
+    """The first output (last_hidden_state for base models, logits for models with a head), no grad."""
+    with torch.no_grad():
+        return model(**inputs)[0]
+
+
+def state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(module: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Every tensor of ``module`` is bit-identical to ``before`` (and no key came or went)."""
+    after = module.state_dict()
+    assert after.keys() == before.keys()
+    changed = [k for k in before if not torch.equal(after[k], before[k])]
+    assert not changed, f"tensors changed: {changed[:5]}"
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
