@@ -9,6 +9,7 @@ from torch import nn
 
 from .anatomy import Anatomy, Site
 from .errors import AdapterError
+from .heads import Head
 from .methods.base import MethodConfig
 
 BASE_NAME = "__base__"  # reserved: "no adapter" in per-row routing
@@ -29,11 +30,12 @@ class Adapter(nn.Module):
     """The trainable part of one adapter (ΔΘ), kept apart from the frozen base (Θ₀).
 
     ``deltas`` nests stack -> layer -> role, so checkpoint keys read like
-    ``layers.3.ffn.down.weight``. ``head`` is the adapter's own copy of a base
-    prediction head (``head_path``), swapped in while the adapter is active.
+    ``layers.3.ffn.down.weight``. ``head`` is either a splice :class:`~splice.heads.Head`
+    run on the backbone's hidden states, or (``head_path``) the adapter's own copy of
+    a base prediction head, swapped in while the adapter is active.
     """
 
-    def __init__(self, config: MethodConfig, anatomy: Anatomy, head_path: str | None = None):
+    def __init__(self, config: MethodConfig, anatomy: Anatomy, head: str | Head | None = None):
         super().__init__()
         self.config = config
         sites = config.sites(anatomy)
@@ -45,13 +47,30 @@ class Adapter(nn.Module):
             roles = layers[str(site.layer)] if str(site.layer) in layers else nn.ModuleDict()
             layers[str(site.layer)] = roles
             roles[site.role] = config.build(site, anatomy)
-        self.head_path = head_path
+        self.head_path: str | None = None
         self.head_site: Site | None = None
         self.head: nn.Module | None = None
-        if head_path is not None:
-            module = anatomy.head(head_path)
+        if isinstance(head, Head):
+            self.head = head
+        elif isinstance(head, str):
+            module = anatomy.head(head)
+            self.head_path = head
             self.head_site = Site("head", "model", -1, "head", module, module, 0, 0)
             self.head = copy.deepcopy(module)
+        elif head is not None:
+            raise AdapterError(
+                f"head must be a splice.heads head (e.g. splice.heads.Classification(num_labels=2)) or the path "
+                f"of a base head module such as 'classifier', got {head!r}."
+            )
+
+    @property
+    def task_head(self) -> Head | None:
+        """The splice head, if this adapter has one (as opposed to a copied base head)."""
+        return self.head if isinstance(self.head, Head) else None
+
+    def head_spec(self) -> str | dict | None:
+        """How adapter.json records the head: a base module path, a head's options, or nothing."""
+        return self.task_head.to_dict() if self.task_head is not None else self.head_path
 
     def delta(self, key: str) -> nn.Module:
         site = self.sites[key]

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from .adapter import Adapter, check_name
 from .errors import AnatomyError, CheckpointError, ConfigError
+from .heads import head_from_dict
 from .methods import config_from_dict
 from .version import __version__
 
@@ -49,7 +50,7 @@ def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike) -> P
         "splice_version": __version__,
         "name": name,
         "config": adapter.config.to_dict(),
-        "head": adapter.head_path,
+        "head": adapter.head_spec(),
         "base": model.anatomy.fingerprint(),
         "parameters": adapter.num_parameters(),
     }
@@ -88,9 +89,10 @@ def load_adapter(model: "AdaptedModel", path: str | os.PathLike, name: str | Non
         config = config_from_dict(meta["config"])
     except (ConfigError, TypeError) as error:
         raise CheckpointError(f"{folder / CONFIG_FILE} holds an invalid method config: {error}") from error
+    head = meta.get("head")
     try:
-        adapter = Adapter(config, model.anatomy, meta.get("head"))
-    except AnatomyError as error:
+        adapter = Adapter(config, model.anatomy, head_from_dict(head) if isinstance(head, dict) else head)
+    except (AnatomyError, ConfigError, TypeError) as error:
         raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
     state = read_tensors(folder / WEIGHTS_FILE, expected=checkpoint_tensors(adapter))
     with torch.no_grad():
@@ -182,6 +184,8 @@ def model_card(meta: dict, size: int) -> str:
     base = meta["base"]
     options = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.items() if k != "method")
     head = f"`{meta['head']}`" if meta.get("head") else "none (the base model's own outputs)"
+    if isinstance(meta.get("head"), dict):
+        head = f"`{meta['head'].get('kind')}`"
     return f"""# {meta['name']}
 
 A **{config['method']}** adapter made with [splice](https://pypi.org/project/splice/) {meta['splice_version']}.

@@ -18,6 +18,7 @@ from torch import nn
 from .adapter import Adapter, HeadSwap, check_name
 from .anatomy import Anatomy, RoleSpec
 from .errors import AdapterError
+from .heads import Head, apply_heads
 from .hooks import HookSet, SitePlan
 from .methods.base import MethodConfig
 
@@ -47,7 +48,19 @@ class AdaptedModel(nn.Module):
 
     # -- delegation to the base ---------------------------------------------------------
     def forward(self, *args, **kwargs):
-        return self.base(*args, **kwargs)
+        """Run the base with the active setup; a splice head of the active adapter adds logits and loss."""
+        groups = self._head_groups()
+        if not groups:
+            return self.base(*args, **kwargs)
+        return apply_heads(self.base, groups, args, kwargs)
+
+    def _head_groups(self) -> list[tuple[Head, torch.Tensor | None]]:
+        """The splice head to run (of the last active adapter that has one), for all rows."""
+        for name in reversed(self._active):
+            head = self.adapters[name].task_head
+            if head is not None:
+                return [(head, None)]
+        return []
 
     def __getattr__(self, name: str):
         try:
@@ -75,11 +88,12 @@ class AdaptedModel(nn.Module):
         return self.adapters[name]
 
     # -- management ----------------------------------------------------------------------
-    def add(self, name: str, config: MethodConfig, head: str | None = None) -> Adapter:
+    def add(self, name: str, config: MethodConfig, head: str | Head | None = None) -> Adapter:
         """Add a fresh adapter ``name`` of method ``config``; it leaves outputs unchanged until trained.
 
-        ``head`` names a base prediction head (a module path such as ``"classifier"``,
-        or ``"auto"``) that the adapter gets its own trainable copy of. The new
+        ``head`` is a splice head (``splice.heads.Classification(num_labels=3)``, ...) run
+        on the backbone's hidden states, or the path of a base prediction head (such as
+        ``"classifier"``, or ``"auto"``) that the adapter gets its own trainable copy of. The new
         adapter is neither active nor trainable: see :meth:`activate` and :meth:`train_adapter`.
         """
         check_name(name)
@@ -234,7 +248,7 @@ class AdaptedModel(nn.Module):
                 for site, delta in adapter.items():
                     entry = plan.setdefault(site.key, SitePlan())
                     (entry.input_deltas if delta.stage == "input" else entry.output_deltas).append(delta)
-            if adapter.head is not None:
+            if adapter.head_site is not None:
                 plan.setdefault("head", SitePlan()).output_deltas[:] = [HeadSwap(adapter.head)]
         self.hooks.plan = plan
 
@@ -251,7 +265,7 @@ def adapted_class(base_class: type) -> type:
     if base_class not in _CLASSES:
 
         def forward(self, *args, **kwargs):
-            return self.base(*args, **kwargs)
+            return AdaptedModel.forward(self, *args, **kwargs)
 
         forward.__signature__ = inspect.signature(base_class.forward)
         forward.__doc__ = base_class.forward.__doc__
