@@ -11,32 +11,20 @@ module is replaced, so the base ``state_dict`` keys never change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .anatomy import Site
-
-
-@dataclass
-class SitePlan:
-    """What runs at one site in the current setup, in order."""
-
-    input_deltas: list[nn.Module] = field(default_factory=list)  # x -> x', before the module runs
-    output_deltas: list[nn.Module] = field(default_factory=list)  # (x, y) -> y', after it runs
-
-    @property
-    def reads_input(self) -> bool:
-        return any(delta.reads_input for delta in self.output_deltas)
+from .routing import Program
 
 
 class HookSet:
     """The hooks splice installed on one base model, and the plan they dispatch to."""
 
     def __init__(self) -> None:
-        self.plan: dict[str, SitePlan] = {}
+        self.plan: dict[str, Program] = {}
+        self.skip_layers: frozenset[int] = frozenset()
         self._sites_at: dict[nn.Module, list[Site]] = {}  # module -> sites whose output it produces
         self._inputs_at: dict[nn.Module, list[Site]] = {}  # module -> sites whose input it receives
         self._handles: list[RemovableHandle] = []
@@ -77,17 +65,15 @@ class HookSet:
             return None
         changed = False
         for site in self._sites_at.get(module, ()):
-            plan = self.plan.get(site.key)
-            if plan is not None and plan.input_deltas:
-                x = first_input(args, kwargs)
-                for delta in plan.input_deltas:
-                    x = delta(x)
+            program = self.plan.get(site.key)
+            if program is not None and program.has_pre and site.layer not in self.skip_layers:
+                x = program.pre(first_input(args, kwargs))
                 args, kwargs = replace_first_input(args, kwargs, x)
                 changed = True
         for site in self._inputs_at.get(module, ()):
             if site.input_module is not site.module:
-                plan = self.plan.get(site.key)
-                if plan is not None and plan.reads_input:
+                program = self.plan.get(site.key)
+                if program is not None and program.reads_input and site.layer not in self.skip_layers:
                     self._stash[site.key] = first_input(args, kwargs)
         return (args, kwargs) if changed else None
 
@@ -98,16 +84,14 @@ class HookSet:
         y_full = output[0] if is_tuple else output
         changed = False
         for site in self._sites_at.get(module, ()):
-            plan = self.plan.get(site.key)
-            if plan is None or not plan.output_deltas:
+            program = self.plan.get(site.key)
+            if program is None or not program.has_post or site.layer in self.skip_layers:
                 continue
             if site.input_module is module:
                 x = first_input(args, kwargs)
             else:
                 x = self._stash.pop(site.key, None)
-            y = take_columns(y_full, site.columns)
-            for delta in plan.output_deltas:
-                y = delta(x, y)
+            y = program.post(x, take_columns(y_full, site.columns))
             y_full = put_columns(y_full, site.columns, y)
             changed = True
         if not changed:

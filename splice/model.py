@@ -10,17 +10,21 @@ from __future__ import annotations
 import inspect
 import os
 import weakref
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .adapter import Adapter, HeadSwap, check_name
+from .adapter import Adapter, check_name
 from .anatomy import Anatomy, RoleSpec
+from .compose import BatchSplit, Parallel, Setup
 from .errors import AdapterError
 from .heads import Head, apply_heads
-from .hooks import HookSet, SitePlan
+from .hooks import HookSet
 from .methods.base import MethodConfig
+from .methods.bottleneck import Bottleneck
+from .methods.fusion import Fusion
+from .planner import HeadGroups, Planner
 
 _ATTACHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
@@ -40,27 +44,65 @@ class AdaptedModel(nn.Module):
         self.base = base
         self.adapters = nn.ModuleDict()
         self.hooks = HookSet()
-        self._active: tuple[str, ...] = ()
+        self.planner = Planner(self)
+        self._setup: Setup | None = None
+        self._plan: dict = {}
+        self._skip_layers: frozenset[int] = frozenset()
+        self._drop_p = 0.0
         self._merged: list[str] = []
         self._input_grads_hooked = False
         base.requires_grad_(False)
         _ATTACHED.add(base)
 
     # -- delegation to the base ---------------------------------------------------------
-    def forward(self, *args, **kwargs):
-        """Run the base with the active setup; a splice head of the active adapter adds logits and loss."""
-        groups = self._head_groups()
+    def forward(self, *args, adapter_names: Sequence[Setup] | None = None, **kwargs):
+        """Run the base with the active setup, or row ``i`` with ``adapter_names[i]`` (``"__base__"``: none).
+
+        A splice head of the setup adds logits (and a loss when targets are given).
+        The routing state stays in place until the next forward, so gradient
+        checkpointing recomputes with the same state.
+        """
+        args, kwargs, groups = self._prepare(args, kwargs, adapter_names)
+        self.hooks.skip_layers = self._skip_layers | self._sampled_drop()
         if not groups:
             return self.base(*args, **kwargs)
         return apply_heads(self.base, groups, args, kwargs)
 
-    def _head_groups(self) -> list[tuple[Head, torch.Tensor | None]]:
-        """The splice head to run (of the last active adapter that has one), for all rows."""
-        for name in reversed(self._active):
-            head = self.adapters[name].task_head
-            if head is not None:
-                return [(head, None)]
-        return []
+    def generate(self, *args, adapter_names: Sequence[Setup] | None = None, **kwargs):
+        """The base model's ``generate`` under the active setup, or per row with ``adapter_names``."""
+        if isinstance(self._setup, Parallel) and adapter_names is None:
+            raise AdapterError("generate() does not run a Parallel setup; activate one adapter or pass adapter_names.")
+        args, kwargs, _ = self._prepare(args, kwargs, adapter_names)
+        self.hooks.skip_layers = self._skip_layers
+        return self.base.generate(*args, **kwargs)
+
+    def _prepare(self, args: tuple, kwargs: dict, adapter_names) -> tuple[tuple, dict, HeadGroups]:
+        """Install this forward's plan; replicate the batch for Parallel. Returns the heads to run."""
+        if adapter_names is not None:
+            batch = _batch_size(args, kwargs)
+            if batch is not None and len(adapter_names) != batch:
+                raise AdapterError(f"adapter_names has {len(adapter_names)} entries for a batch of {batch} rows.")
+            self.hooks.plan, groups = self.planner.routed(list(adapter_names))
+            return args, kwargs, groups
+        if isinstance(self._setup, Parallel):
+            batch = _batch_size(args, kwargs)
+            copies = len(self._setup.children)
+            args, kwargs = _replicate(args, kwargs, batch, copies)
+            entries = [child for child in self._setup.children for _ in range(batch)]
+            self.hooks.plan, groups = self.planner.routed(entries)
+            return args, kwargs, groups
+        self.hooks.plan = self._plan
+        if isinstance(self._setup, BatchSplit):
+            return args, kwargs, self.planner.split_groups(self._setup, self._setup.batch_sizes)
+        head = self.planner.head_of(self._setup)
+        return args, kwargs, [(head, None)] if head is not None else []
+
+    def _sampled_drop(self) -> frozenset[int]:
+        """AdapterDrop in training: each block's adapters are skipped with probability ``drop_p``."""
+        if not (self.training and self._drop_p > 0):
+            return frozenset()
+        layers = max(len(blocks) for blocks in self.anatomy.blocks.values())
+        return frozenset(torch.nonzero(torch.rand(layers) < self._drop_p).flatten().tolist())
 
     def __getattr__(self, name: str):
         try:
@@ -73,8 +115,13 @@ class AdaptedModel(nn.Module):
     # -- state ---------------------------------------------------------------------------
     @property
     def active(self) -> tuple[str, ...]:
-        """Names of the adapters applied in the next forward, in order."""
-        return self._active
+        """Names of the adapters the active setup uses (fusions with the adapters they fuse)."""
+        return self.planner.names(self._setup)
+
+    @property
+    def setup(self) -> Setup | None:
+        """The active setup: a name or a composition block (None: the base alone)."""
+        return self._setup
 
     @property
     def merged(self) -> tuple[str, ...]:
@@ -114,46 +161,54 @@ class AdaptedModel(nn.Module):
         self.hooks.ensure(list(adapter.sites.values()) + ([adapter.head_site] if adapter.head_site else []))
         self.adapters[name] = adapter
 
-    def activate(self, *names: str | Iterable[str]) -> None:
-        """Apply these adapters in the next forwards, in this order (replacing the active set)."""
-        flat = []
-        for item in names:
-            items = [item] if isinstance(item, str) else list(item) if isinstance(item, (list, tuple)) else None
-            if items is None or not all(isinstance(n, str) for n in items):
-                raise AdapterError(f"activate() takes adapter names (strings) or lists of them, got {item!r}.")
-            flat.extend(items)
-        if not flat:
-            raise AdapterError("activate() needs at least one adapter name; use disable() to run the base alone.")
-        for name in flat:
-            self._get(name)
-        if len(set(flat)) != len(flat):
-            raise AdapterError(f"activate() got a name twice: {flat}.")
-        self._active = tuple(flat)
+    def activate(self, *setup: Setup | Iterable[str], skip_layers: Iterable[int] | None = None,
+                 drop_first: int | None = None, drop_p: float = 0.0) -> None:
+        """Make ``setup`` the active setup: a name, several names (applied in order, a Stack), or a block.
+
+        AdapterDrop (Rücklé et al. 2020): ``skip_layers`` / ``drop_first`` turn the
+        adapters of those blocks off (their hooks do no work); ``drop_p`` skips each
+        block's adapters at random with that probability in training forwards.
+        """
+        normalised = self.planner.normalise(setup)
+        skip = set(skip_layers or ()) | set(range(drop_first or 0))
+        if any(not isinstance(i, int) or i < 0 for i in skip) or not 0 <= drop_p < 1:
+            raise AdapterError("skip_layers and drop_first take block indices >= 0; drop_p is a probability in [0, 1).")
+        self._setup, self._skip_layers, self._drop_p = normalised, frozenset(skip), float(drop_p)
         self._replan()
 
     def disable(self) -> None:
         """Run the base model alone (merged adapters stay folded in until unmerged)."""
-        self._active = ()
+        self._setup, self._skip_layers, self._drop_p = None, frozenset(), 0.0
         self._replan()
 
     def delete(self, name: str) -> None:
         """Remove an adapter (unmerging it first if it is merged)."""
         self._get(name)
+        users = [n for n, a in self.adapters.items() if name in getattr(a.config, "adapters", ())]
+        if users:
+            raise AdapterError(f"Fusion(s) {', '.join(users)} fuse {name!r}; delete them first.")
         if name in self._merged:
             self.unmerge(name)
+        self._setup = self.planner.without(self._setup, name)
         del self.adapters[name]
-        self._active = tuple(n for n in self._active if n != name)
         self._replan()
 
-    def train_adapter(self, name: str) -> None:
-        """Make ``name`` the only trainable part (with its head), activate it, and set train mode."""
-        adapter = self._get(name)
-        if name in self._merged:
-            raise AdapterError(f"{name!r} is merged into the base weights; unmerge it before training it.")
+    def train_adapter(self, name: str | Sequence[str], setup: Setup | None = None) -> None:
+        """Make adapter(s) ``name`` the only trainable part (with heads), activate, and set train mode.
+
+        ``setup`` activates a composition instead of ``name`` alone, e.g. training a
+        task adapter on top of a frozen language adapter: ``train_adapter("task", Stack("lang", "task"))``.
+        Several names train together (multi-task batches routed with ``adapter_names``).
+        """
+        names = [name] if isinstance(name, str) else list(name)
+        trained = [self._get(n) for n in names]
+        merged = [n for n in names if n in self._merged]
+        if merged:
+            raise AdapterError(f"{merged} merged into the base weights; unmerge before training.")
         self.base.requires_grad_(False)
         for other in self.adapters.values():
-            other.requires_grad_(other is adapter)
-        self.activate(name)
+            other.requires_grad_(any(other is a for a in trained))
+        self.activate(setup if setup is not None else names)
         self.train()
         # With reentrant gradient checkpointing, a checkpointed block whose inputs need no
         # grad returns none: make the (frozen) embeddings' output require grad, as peft does.
@@ -163,6 +218,25 @@ class AdaptedModel(nn.Module):
                 self._input_grads_hooked = True
             except NotImplementedError:  # models without input embeddings (e.g. some vision models)
                 pass
+
+    def add_fusion(self, name: str, adapters: Sequence[str], head: str | Head | None = None,
+                   temperature: float = 1.0) -> Adapter:
+        """Add an AdapterFusion over trained bottleneck ``adapters`` (train it with :meth:`train_fusion`)."""
+        fused = [self._get(a) for a in adapters]
+        wrong = [a for a, adapter in zip(adapters, fused) if not isinstance(adapter.config, Bottleneck)]
+        if wrong:
+            raise AdapterError(
+                f"Fuse works over bottleneck adapters (it attends over sublayer outputs); {wrong} are not. "
+                "See the composition table in the README."
+            )
+        roles = sorted({site.role for adapter in fused for site in adapter.sites.values()})
+        return self.add(name, Fusion(adapters=tuple(adapters), roles=tuple(roles), temperature=temperature), head)
+
+    def train_fusion(self, name: str) -> None:
+        """Train only the fusion ``name`` (and its head); the fused adapters and the base stay frozen."""
+        if self._get(name).config.method != "fusion":
+            raise AdapterError(f"{name!r} is not a fusion; add one with model.add_fusion(name, adapters).")
+        self.train_adapter(name)
 
     # -- merging -------------------------------------------------------------------------
     def merge(self, name: str) -> None:
@@ -218,17 +292,22 @@ class AdaptedModel(nn.Module):
         return self.base
 
     # -- files and reports -------------------------------------------------------------------
-    def save(self, name: str, path: str | os.PathLike) -> None:
-        """Write adapter ``name`` to folder ``path`` (adapter.json + adapter.safetensors + README.md)."""
-        from .checkpoint import save_adapter
+    def save(self, name: str, path: str | os.PathLike, format: str = "splice") -> None:
+        """Write adapter ``name`` to folder ``path``: splice's own files (adapter.json + adapter.safetensors +
+        README.md), or ``format="peft"`` (LoRA, IA3) for ``peft.PeftModel.from_pretrained``."""
+        from .convert import save_as
 
-        save_adapter(self, name, path)
+        save_as(self, name, path, format)
 
     def load(self, path: str | os.PathLike, name: str | None = None) -> str:
-        """Load an adapter folder (under its saved name, or ``name``); returns the name. Does not activate it."""
-        from .checkpoint import load_adapter
+        """Load an adapter (under its saved name, or ``name``); returns the name. Does not activate it.
 
-        return load_adapter(self, path, name)
+        ``path`` is a splice, peft or AdapterHub folder (recognised by its files), or a
+        ``name@version`` in the local hub (:mod:`splice.hub`).
+        """
+        from .convert import load_any
+
+        return load_any(self, path, name)
 
     def summary(self, print_table: bool = True):
         """Print (and return) a table: adapter, method, trainable params, % of base, MB on disk."""
@@ -241,16 +320,40 @@ class AdaptedModel(nn.Module):
 
     # -- the plan the hooks dispatch to -----------------------------------------------------------
     def _replan(self) -> None:
-        plan: dict[str, SitePlan] = {}
-        for name in self._active:
-            adapter = self.adapters[name]
-            if name not in self._merged:
-                for site, delta in adapter.items():
-                    entry = plan.setdefault(site.key, SitePlan())
-                    (entry.input_deltas if delta.stage == "input" else entry.output_deltas).append(delta)
-            if adapter.head_site is not None:
-                plan.setdefault("head", SitePlan()).output_deltas[:] = [HeadSwap(adapter.head)]
-        self.hooks.plan = plan
+        self.planner.invalidate()
+        self._plan = self.planner.plan(self._setup, self._skip_layers)
+        self.hooks.plan = self._plan
+        self.hooks.skip_layers = self._skip_layers
+
+
+def _with_adapter_names(signature: inspect.Signature) -> inspect.Signature:
+    """The base's forward signature plus ``adapter_names`` (so a Trainer keeps that column)."""
+    params = list(signature.parameters.values())
+    extra = inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY, default=None)
+    cut = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params) or cut < len(params):
+        params.insert(cut, extra)
+    else:
+        params.append(extra)
+    return signature.replace(parameters=params)
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int | None:
+    """Rows in the batch: the leading size of the first tensor argument."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    return None
+
+
+def _replicate(args: tuple, kwargs: dict, batch: int | None, copies: int) -> tuple[tuple, dict]:
+    """Every batch-sized tensor repeated ``copies`` times along the rows (for Parallel)."""
+    def grow(value):
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+            return torch.cat([value] * copies)
+        return value
+
+    return tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
 
 
 _CLASSES: dict[type, type] = {}
@@ -267,7 +370,7 @@ def adapted_class(base_class: type) -> type:
         def forward(self, *args, **kwargs):
             return AdaptedModel.forward(self, *args, **kwargs)
 
-        forward.__signature__ = inspect.signature(base_class.forward)
+        forward.__signature__ = _with_adapter_names(inspect.signature(base_class.forward))
         forward.__doc__ = base_class.forward.__doc__
         _CLASSES[base_class] = type(f"Adapted{base_class.__name__}", (AdaptedModel,), {"forward": forward})
     return _CLASSES[base_class]

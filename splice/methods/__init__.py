@@ -8,10 +8,11 @@ from ..errors import ConfigError
 from .base import MethodConfig
 from .bitfit import BitFit
 from .bottleneck import Bottleneck
+from .fusion import Fusion
 from .ia3 import IA3
 from .lora import LoRA
 
-METHODS: dict[str, type[MethodConfig]] = {cls.method: cls for cls in (Bottleneck, LoRA, IA3, BitFit)}
+METHODS: dict[str, type[MethodConfig]] = {cls.method: cls for cls in (Bottleneck, LoRA, IA3, BitFit, Fusion)}
 
 
 def config_from_dict(data: dict[str, Any]) -> MethodConfig:
@@ -24,4 +25,4 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
     return cls.from_dict(data)
 
 
-__all__ = ["METHODS", "MethodConfig", "Bottleneck", "LoRA", "IA3", "BitFit", "config_from_dict"]
+__all__ = ["METHODS", "MethodConfig", "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "config_from_dict"]

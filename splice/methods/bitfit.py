@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..anatomy import PROJECTION_ROLES, Anatomy, Site
+from ..routing import stacked
 from .base import MethodConfig, base_bias, columns_of, expand_targets, normalise_targets
 
 
@@ -48,6 +49,12 @@ class BiasDelta(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return y + self.bias.to(y.dtype)
+
+    @staticmethod
+    def routed(deltas: list["BiasDelta"], index: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-row bias deltas (rows of other setups: zero)."""
+        bias = stacked([d.bias for d in deltas])[index]
+        return y + bias.reshape(bias.shape[0], *([1] * (y.dim() - 2)), bias.shape[-1]).to(y.dtype)
 
     def _add(self, site: Site, delta: torch.Tensor) -> None:
         bias = base_bias(site, "merge a bias delta")

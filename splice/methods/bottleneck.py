@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..anatomy import SUBLAYER_ROLES, Anatomy, Site
 from ..errors import ConfigError
+from ..routing import stacked
 from .base import ACTIVATIONS, MethodConfig
 
 PLACEMENTS = {"pfeiffer": ("ffn",), "houlsby": ("attn", "ffn"), "parallel": ("ffn",)}
@@ -110,6 +112,28 @@ class BottleneckDelta(nn.Module):
         nn.init.zeros_(self.up.weight)  # zero up-projection: a fresh adapter is the identity
         nn.init.zeros_(self.up.bias)
 
+    @staticmethod
+    def route_key(delta: "BottleneckDelta") -> tuple:
+        return (type(delta.act), delta.reads_input, delta.ln_before is None, delta.ln_after is None, delta.dropout.p)
+
+    @staticmethod
+    def routed(deltas: list["BottleneckDelta"], index: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-row bottlenecks of one activation and layout; widths may differ (zero-padded, exact)."""
+        first = deltas[0]
+        down_w, down_b = stacked([d.down.weight for d in deltas]), stacked([d.down.bias for d in deltas])
+        up_w, up_b = stacked([d.up.weight for d in deltas]), stacked([d.up.bias for d in deltas])
+        scale = stacked([down_w.new_tensor(d.scale) for d in deltas])
+        h = (x if first.reads_input else y).to(down_w.dtype)
+        h = h.reshape(h.shape[0], -1, h.shape[-1])
+        if first.ln_before is not None:
+            h = _routed_layer_norm(h, [d.ln_before for d in deltas], index)
+        h = torch.baddbmm(down_b[index][:, None, :], h, down_w[index].transpose(1, 2))
+        h = first.dropout(first.act(h))  # act(0) = 0 for every activation offered: padding stays exact
+        h = torch.baddbmm(up_b[index][:, None, :], h, up_w[index].transpose(1, 2))
+        if first.ln_after is not None:
+            h = _routed_layer_norm(h, [d.ln_after for d in deltas], index)
+        return y + (scale[index][:, None, None] * h).reshape(y.shape).to(y.dtype)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = (x if self.reads_input else y).to(self.down.weight.dtype)
         if self.ln_before is not None:
@@ -119,3 +143,9 @@ class BottleneckDelta(nn.Module):
             h = self.ln_after(h)
         return y + (self.scale * h).to(y.dtype)
 
+
+def _routed_layer_norm(h: torch.Tensor, norms: list[nn.LayerNorm], index: torch.Tensor) -> torch.Tensor:
+    """LayerNorm with each row's own affine parameters (rows of other setups: weight 1, bias 0)."""
+    weight = stacked([n.weight for n in norms], identity=1.0)[index][:, None, :]
+    bias = stacked([n.bias for n in norms])[index][:, None, :]
+    return F.layer_norm(h, h.shape[-1:], eps=norms[0].eps) * weight + bias

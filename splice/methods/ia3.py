@@ -16,6 +16,7 @@ from torch import nn
 
 from ..anatomy import PROJECTION_ROLES, Anatomy, Site, linear_weight
 from ..errors import ConfigError
+from ..routing import stacked
 from .base import MethodConfig, columns_of, expand_targets, normalise_targets
 
 # Unmerging divides by the vector; entries this close to zero cannot be undone exactly.
@@ -70,6 +71,11 @@ class IA3OutputDelta(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return y * self.scale.to(y.dtype)
 
+    @staticmethod
+    def routed(deltas: list["IA3OutputDelta"], index: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-row output scaling (rows of other setups: scale 1)."""
+        return y * _per_row(stacked([d.scale for d in deltas], identity=1.0)[index], y)
+
     def _rescale_rows(self, site: Site, factor: torch.Tensor) -> None:
         with torch.no_grad():
             _scale_rows(linear_weight(site.module), site.columns, factor)
@@ -97,6 +103,11 @@ class IA3InputDelta(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale.to(x.dtype)
 
+    @staticmethod
+    def routed(deltas: list["IA3InputDelta"], index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-row input scaling (rows of other setups: scale 1)."""
+        return x * _per_row(stacked([d.scale for d in deltas], identity=1.0)[index], x)
+
     def _rescale_columns(self, site: Site, factor: torch.Tensor) -> None:
         with torch.no_grad():
             weight = linear_weight(site.module)
@@ -107,6 +118,11 @@ class IA3InputDelta(nn.Module):
 
     def unmerge(self, site: Site) -> None:
         self._rescale_columns(site, 1 / _safe(self.scale.detach()))
+
+
+def _per_row(vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``[N, F]`` per-row vectors shaped to broadcast over ``like`` (``[N, ..., F]``)."""
+    return vectors.reshape(vectors.shape[0], *([1] * (like.dim() - 2)), vectors.shape[-1]).to(like.dtype)
 
 
 def _scale_rows(tensor: torch.Tensor, columns, factor: torch.Tensor) -> None:

@@ -2,20 +2,30 @@
 
 ``y + (alpha / r) * B(A(dropout(x)))``; ``B`` starts at zero so a fresh adapter
 is the identity. Mergeable: ``W += (alpha / r) * B @ A`` and back.
+
+``rank_pattern`` / ``alpha_pattern`` give some sites their own rank or alpha
+(peft's options of the same names), keyed by role (``"q"``) or by site key
+(``"layers.3.q"``, as in checkpoint tensor names); a site key wins over its role.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 
 from ..anatomy import PROJECTION_ROLES, Anatomy, Site
-from ..errors import ConfigError
+from ..errors import AnatomyError, ConfigError
+from ..routing import stacked
 from .base import MethodConfig, add_to_rows, expand_targets, normalise_targets
+
+_SITE_KEY = re.compile(r"^(?P<stack>\w+)\.(?P<layer>\d+)\.(?P<role>\w+)$")
+
+Pattern = tuple[tuple[str, Any], ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +33,9 @@ class LoRA(MethodConfig):
     """Low-rank adaptation of the projections named by ``targets`` (roles, or ``"all-linear"``).
 
     ``use_rslora`` scales by ``alpha / sqrt(r)`` (Kalajdzievski 2023) instead of ``alpha / r``.
+    ``rank_pattern`` / ``alpha_pattern`` (``{"v": 16, "layers.0.q": 4}``) override ``r`` /
+    ``alpha`` at some sites; they are stored as sorted ``(key, value)`` pairs so configs stay
+    hashable, and written to JSON as objects.
     """
 
     method: ClassVar[str] = "lora"
@@ -34,24 +47,89 @@ class LoRA(MethodConfig):
     targets: tuple[str, ...] | str = ("q", "v")
     use_rslora: bool = False
     init: str = "kaiming"
+    rank_pattern: Pattern | Mapping[str, int] = ()
+    alpha_pattern: Pattern | Mapping[str, float] = ()
 
     def validate(self) -> None:
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
+        if not _is_rank(self.r):
             raise ConfigError(f"LoRA.r must be a positive integer, got {self.r!r}.")
         self._require_positive("alpha", self.alpha)
         self._require_fraction("dropout", self.dropout)
         self._require_choice("init", self.init, {"kaiming", "gaussian"})
         normalise_targets(self, "targets", PROJECTION_ROLES)
+        self._normalise_pattern("rank_pattern", _is_rank, "a positive integer rank")
+        self._normalise_pattern("alpha_pattern", _is_positive, "a positive number")
 
-    @property
-    def scaling(self) -> float:
-        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+    def _normalise_pattern(self, field: str, valid, what: str) -> None:
+        value = getattr(self, field)
+        pairs = value.items() if isinstance(value, Mapping) else value
+        try:
+            pairs = tuple(sorted((key, number) for key, number in pairs))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"LoRA.{field} must map roles or site keys to values, e.g. {{'v': 16, 'layers.0.q': 4}}; "
+                f"got {value!r}."
+            ) from None
+        targeted = PROJECTION_ROLES if self.targets == ("all-linear",) else self.targets
+        for key, number in pairs:
+            match = _SITE_KEY.match(key) if isinstance(key, str) else None
+            role = match["role"] if match else key
+            if role not in targeted:
+                raise ConfigError(
+                    f"LoRA.{field} key {key!r} must be a targeted role ({', '.join(targeted)}) or a site key "
+                    "such as 'layers.3.q' naming one."
+                )
+            if not valid(number):
+                raise ConfigError(f"LoRA.{field}[{key!r}] must be {what}, got {number!r}.")
+        object.__setattr__(self, field, pairs)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["rank_pattern"] = dict(self.rank_pattern)
+        data["alpha_pattern"] = dict(self.alpha_pattern)
+        return data
+
+    def rank_at(self, site: Site) -> int:
+        """The rank of this LoRA at ``site``: ``rank_pattern`` for its key or role, else ``r``."""
+        return _lookup(self.rank_pattern, site, self.r)
+
+    def alpha_at(self, site: Site) -> float:
+        """The alpha of this LoRA at ``site``: ``alpha_pattern`` for its key or role, else ``alpha``."""
+        return _lookup(self.alpha_pattern, site, self.alpha)
+
+    def scaling_at(self, site: Site) -> float:
+        """``alpha / r`` (or ``alpha / sqrt(r)`` with rsLoRA) with this site's own rank and alpha."""
+        r = self.rank_at(site)
+        return self.alpha_at(site) / (math.sqrt(r) if self.use_rslora else r)
 
     def sites(self, anatomy: Anatomy) -> list[Site]:
-        return self._sites_for_roles(anatomy, expand_targets(self.targets, anatomy))
+        sites = self._sites_for_roles(anatomy, expand_targets(self.targets, anatomy))
+        keys = {site.key for site in sites}
+        for field in ("rank_pattern", "alpha_pattern"):
+            stray = [key for key, _ in getattr(self, field) if _SITE_KEY.match(key) and key not in keys]
+            if stray:
+                raise AnatomyError(
+                    f"LoRA.{field} names site(s) {stray} that this LoRA does not adapt in this model; "
+                    f"its sites are {', '.join(sorted(keys))}."
+                )
+        return sites
 
     def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
-        return LoRADelta(site.in_features, site.out_features, self)
+        return LoRADelta(site.in_features, site.out_features, self.rank_at(site), self.scaling_at(site), self)
+
+
+def _is_rank(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _lookup(pattern: Pattern, site: Site, default):
+    """The value ``pattern`` gives ``site`` (its site key first, then its role), else ``default``."""
+    values = dict(pattern)
+    return values.get(site.key, values.get(site.role, default))
 
 
 class LoRADelta(nn.Module):
@@ -60,14 +138,14 @@ class LoRADelta(nn.Module):
     stage = "output"
     reads_input = True
 
-    def __init__(self, in_features: int, out_features: int, config: LoRA):
+    def __init__(self, in_features: int, out_features: int, r: int, scaling: float, config: LoRA):
         super().__init__()
-        self.scaling = config.scaling
+        self.scaling = scaling
         self.dropout = nn.Dropout(config.dropout)
-        self.lora_A = nn.Linear(in_features, config.r, bias=False)
-        self.lora_B = nn.Linear(config.r, out_features, bias=False)
+        self.lora_A = nn.Linear(in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, out_features, bias=False)
         if config.init == "gaussian":
-            nn.init.normal_(self.lora_A.weight, std=1 / config.r)
+            nn.init.normal_(self.lora_A.weight, std=1 / r)
         else:
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
@@ -75,6 +153,20 @@ class LoRADelta(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.lora_B(self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype))))
         return y + (h * self.scaling).to(y.dtype)
+
+    @staticmethod
+    def route_key(delta: "LoRADelta") -> tuple:
+        return (delta.dropout.p,)
+
+    @staticmethod
+    def routed(deltas: list["LoRADelta"], index: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-row LoRA: row ``i`` adds ``deltas[index[i]]``'s update (-1: none); ranks may differ."""
+        a = stacked([d.lora_A.weight for d in deltas])  # [S+1, r, in]
+        b = stacked([d.lora_B.weight for d in deltas])  # [S+1, out, r]
+        scale = stacked([a.new_tensor(d.scaling) for d in deltas])
+        h = deltas[0].dropout(x.to(a.dtype)).reshape(x.shape[0], -1, a.shape[-1])
+        h = torch.bmm(torch.bmm(h, a[index].transpose(1, 2)), b[index].transpose(1, 2))
+        return y + (h * scale[index][:, None, None]).reshape(y.shape).to(y.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """The ``[out, in]`` update this pair adds to the base weight."""

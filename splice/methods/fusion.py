@@ -1,0 +1,76 @@
+"""AdapterFusion (Pfeiffer et al. 2021): attention over the outputs of frozen adapters.
+
+At each sublayer site the fused adapters act on, the query comes from the
+sublayer's output ``y``, keys and values from each adapter's output ``o_i``:
+``sum_i softmax_i(q(y) · k(o_i) / T) v(o_i)``. The value projection starts as the
+identity, so a fresh fusion returns a (near-uniform) mix of the adapters' outputs.
+
+A fusion is an adapter like any other (saved, loaded, summarised, trained with
+``train_fusion``); its config lists the adapters it fuses, which stay frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..anatomy import SUBLAYER_ROLES, Anatomy, Site
+from ..errors import ConfigError
+from .base import MethodConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fusion(MethodConfig):
+    """Fuse ``adapters`` (bottleneck adapters, at least two) at the sublayer ``roles`` they act on."""
+
+    method: ClassVar[str] = "fusion"
+
+    adapters: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ("ffn",)
+    temperature: float = 1.0
+
+    def validate(self) -> None:
+        if len(self.adapters) < 2 or not all(isinstance(a, str) for a in self.adapters):
+            raise ConfigError(f"Fusion.adapters must name at least two adapters, got {self.adapters!r}.")
+        if len(set(self.adapters)) != len(self.adapters):
+            raise ConfigError(f"Fusion.adapters names an adapter twice: {self.adapters!r}.")
+        if not self.roles or any(role not in SUBLAYER_ROLES for role in self.roles):
+            raise ConfigError(f"Fusion.roles must be sublayer roles from {SUBLAYER_ROLES}, got {self.roles!r}.")
+        self._require_positive("temperature", self.temperature)
+
+    def sites(self, anatomy: Anatomy) -> list[Site]:
+        return self._sites_for_roles(anatomy, self.roles)
+
+    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+        return FusionLayer(site.out_features, self.temperature)
+
+
+class FusionLayer(nn.Module):
+    """The learned attention over adapter outputs at one site."""
+
+    stage = "output"
+    reads_input = False
+
+    def __init__(self, features: int, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+        self.query = nn.Linear(features, features)
+        self.key = nn.Linear(features, features)
+        self.value = nn.Linear(features, features)
+        for projection in (self.query, self.key):
+            nn.init.normal_(projection.weight, std=0.02)
+            nn.init.zeros_(projection.bias)
+        with torch.no_grad():  # identity value projection: fusion starts as a mix of the adapters' outputs
+            self.value.weight.copy_(torch.eye(features))
+            self.value.bias.zero_()
+
+    def forward(self, y: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+        dtype = self.query.weight.dtype
+        candidates = torch.stack(outputs, dim=-2).to(dtype)  # [..., adapters, features]
+        query = self.query(y.to(dtype)).unsqueeze(-2)  # [..., 1, features]
+        scores = (query * self.key(candidates)).sum(-1) / self.temperature
+        weights = torch.softmax(scores, dim=-1).unsqueeze(-1)
+        return (weights * self.value(candidates)).sum(-2).to(y.dtype)

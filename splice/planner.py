@@ -1,0 +1,199 @@
+"""The planner: from the active setup, or a batch's per-row adapter names, to what the hooks run.
+
+It compiles a setup (see :mod:`splice.compose`) into one program per site key,
+and says which splice heads run on which rows. Per-row plans are cached by the
+batch's distinct setups, so a serving loop that sees the same mix again reuses
+them and only the row index changes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from .adapter import BASE_NAME, HeadSwap
+from .compose import Block, BatchSplit, Compiler, Fuse, Parallel, Setup, Stack
+from .errors import AdapterError
+from .heads import Head
+from .routing import Program, RowIndex, Routed
+
+if TYPE_CHECKING:
+    from .model import AdaptedModel
+
+HEAD_KEY = "head"
+HeadGroups = list[tuple[Head, torch.Tensor | None]]
+
+
+class Planner:
+    """Compiles setups for one adapted model."""
+
+    def __init__(self, model: "AdaptedModel"):
+        self.model = model
+        self._routed_cache: dict[tuple, tuple[dict[str, Program], RowIndex, list[Setup | None]]] = {}
+
+    def invalidate(self) -> None:
+        """Adapters were added, removed, merged or unmerged: cached per-row plans are stale."""
+        self._routed_cache.clear()
+
+    # -- lookups the compiler needs ------------------------------------------------------------
+    def _delta_at(self, name: str, key: str):
+        adapter = self.model.adapters[name]
+        if key == HEAD_KEY:  # a copied base head swaps in even when the adapter is merged
+            return HeadSwap(adapter.head) if adapter.head_site is not None else None
+        if name in self.model.merged or key not in adapter.sites:
+            return None
+        return adapter.delta(key)
+
+    def _fused_by(self, name: str) -> tuple[str, ...] | None:
+        config = self.model.adapters[name].config
+        return config.adapters if config.method == "fusion" else None
+
+    def _fusion_over(self, children: tuple) -> str:
+        matches = [n for n, a in self.model.adapters.items()
+                   if a.config.method == "fusion" and a.config.adapters == tuple(children)]
+        if len(matches) != 1:
+            found = "none" if not matches else f"several ({', '.join(matches)}): activate one by name"
+            raise AdapterError(
+                f"Fuse{tuple(children)} needs exactly one fusion of these adapters, found {found}. "
+                f"Create one with model.add_fusion(name, {list(children)})."
+            )
+        return matches[0]
+
+    def _compiler(self) -> Compiler:
+        return Compiler(self._delta_at, self._fused_by, self._fusion_over)
+
+    # -- setups ----------------------------------------------------------------------------------
+    def normalise(self, items: tuple) -> Setup:
+        """``activate("a")``, ``activate("a", "b")`` (= Stack), ``activate(["a", "b"])`` or ``activate(block)``."""
+        if len(items) == 1 and isinstance(items[0], Block):
+            setup = items[0]
+        else:
+            names = []
+            for item in items:
+                group = [item] if isinstance(item, str) else list(item) if isinstance(item, (list, tuple)) else None
+                if group is None or not all(isinstance(n, str) for n in group):
+                    raise AdapterError(
+                        f"activate() takes adapter names, lists of names, or one composition block "
+                        f"(splice.Stack, Fuse, ...), got {item!r}."
+                    )
+                names.extend(group)
+            if not names:
+                raise AdapterError("activate() needs a setup; use disable() to run the base alone.")
+            if len(set(names)) != len(names):
+                raise AdapterError(f"activate() got a name twice: {names}.")
+            setup = names[0] if len(names) == 1 else Stack(*names)
+        self.check(setup)
+        return setup
+
+    def check(self, setup: Setup) -> None:
+        """Every name exists; fusions resolve; Parallel sits at the top."""
+        names = [setup] if isinstance(setup, str) else setup.names()
+        for name in names:
+            self.model._get(name)
+        if isinstance(setup, Block):
+            self._check_nested(setup, top=True)
+
+    def _check_nested(self, block: Block, top: bool) -> None:
+        if isinstance(block, Parallel) and not top:
+            raise AdapterError("Parallel replicates the batch, so it must be the whole setup, not nested.")
+        if isinstance(block, Fuse):
+            self._fusion_over(block.children)
+        for child in block.children:
+            if isinstance(child, Block):
+                self._check_nested(child, top=False)
+
+    def without(self, setup: Setup | None, name: str) -> Setup | None:
+        """The setup once adapter ``name`` is gone: dropped from a plain stack, else the base alone."""
+        if setup is None or name not in self.names(setup):
+            return setup
+        if isinstance(setup, Stack) and all(isinstance(c, str) for c in setup.children):
+            rest = [c for c in setup.children if c != name]
+            return rest[0] if len(rest) == 1 else Stack(*rest)
+        return None
+
+    def names(self, setup: Setup | None) -> tuple[str, ...]:
+        if setup is None:
+            return ()
+        names = [setup] if isinstance(setup, str) else setup.names()
+        expanded = []
+        for name in names:
+            expanded.append(name)
+            expanded.extend(self._fused_by(name) or ())
+        return tuple(dict.fromkeys(expanded))
+
+    def _keys(self, setups: Sequence[Setup]) -> list[str]:
+        keys: dict[str, None] = {}
+        for setup in setups:
+            for name in self.names(setup):
+                keys.update(dict.fromkeys(self.model.adapters[name].sites))
+        return [*keys, HEAD_KEY]
+
+    # -- plans -------------------------------------------------------------------------------------
+    def plan(self, setup: Setup | None, skip_layers: frozenset[int] = frozenset()) -> dict[str, Program]:
+        """One program per site for ``setup``; blocks in ``skip_layers`` get none (AdapterDrop)."""
+        if setup is None or isinstance(setup, Parallel):  # Parallel is routed per forward (the batch size varies)
+            return {}
+        compiler = self._compiler()
+        plan = {}
+        for key in self._keys([setup]):
+            if key != HEAD_KEY and int(key.split(".")[1]) in skip_layers:
+                continue
+            program = compiler.program(setup, key)
+            if program is not None:
+                plan[key] = program
+        return plan
+
+    def routed(self, entries: Sequence[Setup]) -> tuple[dict[str, Program], HeadGroups]:
+        """The plan and head groups for a batch whose row ``i`` takes ``entries[i]``."""
+        distinct = list(dict.fromkeys(entries))
+        for setup in distinct:
+            if setup != BASE_NAME:
+                self.check(setup)
+        setups = [None if s == BASE_NAME else s for s in distinct]
+        cache_key = tuple(distinct)
+        if cache_key not in self._routed_cache:
+            rows = RowIndex(torch.zeros(0, dtype=torch.long))
+            compiler, plan = self._compiler(), {}
+            for key in self._keys([s for s in setups if s is not None]):
+                children = [None if s is None else compiler.program(s, key) for s in setups]
+                if any(c is not None for c in children):
+                    plan[key] = Routed(children, rows)
+            self._routed_cache[cache_key] = (plan, rows, setups)
+        plan, rows, setups = self._routed_cache[cache_key]
+        position = {setup: i for i, setup in enumerate(distinct)}
+        index = torch.tensor([position[e] for e in entries])
+        index = torch.where(torch.tensor([e == BASE_NAME for e in entries]), -1, index)
+        rows.set(index)
+        groups = []
+        for child, setup in enumerate(setups):
+            head = self.head_of(setup) if setup is not None else None
+            if head is not None:
+                groups.append((head, (rows.index == child).nonzero().squeeze(1)))
+        return plan, groups
+
+    def head_of(self, setup: Setup | None) -> Head | None:
+        """The splice head a setup ends in: a name's own, a Stack's last, a fusion's own."""
+        if setup is None:
+            return None
+        if isinstance(setup, str):
+            return self.model.adapters[setup].task_head
+        if isinstance(setup, Fuse):
+            return self.model.adapters[self._fusion_over(setup.children)].task_head
+        if isinstance(setup, (BatchSplit, Parallel)):
+            return None  # per-row: see routed()
+        for child in reversed(setup.children):
+            head = self.head_of(child)
+            if head is not None:
+                return head
+        return None
+
+    def split_groups(self, setup: Block, sizes: Sequence[int]) -> HeadGroups:
+        """Head groups of a BatchSplit / Parallel with these row counts per child."""
+        groups, start = [], 0
+        for child, size in zip(setup.children, sizes):
+            head = self.head_of(child)
+            if head is not None:
+                groups.append((head, torch.arange(start, start + size)))
+            start += size
+        return groups

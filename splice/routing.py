@@ -1,0 +1,172 @@
+"""Per-row routing: each row of a batch goes through its own setup, in one forward.
+
+``model(**batch, adapter_names=["sentiment", "nli", "__base__", ...])`` compiles, per
+site, a :class:`Routed` program over the distinct setups of the batch and a
+:class:`RowIndex` saying which row takes which. Rows whose setups are single
+adapters of one method run *vectorised*: the adapters' tensors are stacked and
+gathered per row (``torch.bmm``), with no loop over rows; each method's delta
+class provides that path as ``routed(deltas, index, x, y)``. Anything else
+(fusions, stacks) runs once per distinct setup on its rows.
+
+This module is the seam the fused GPU kernels slot into: they replace the
+``routed`` paths, nothing above them changes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Program:
+    """What a setup does at one site: ``pre`` changes the input, ``post`` the output (identity here)."""
+
+    reads_input = False
+    has_pre = False
+    has_post = False
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def post(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+
+class Leaf(Program):
+    """One adapter's delta at this site."""
+
+    def __init__(self, delta: nn.Module):
+        self.delta = delta
+        self.has_pre = delta.stage == "input"
+        self.has_post = delta.stage == "output"
+        self.reads_input = self.has_post and delta.reads_input
+
+    def pre(self, x):
+        return self.delta(x) if self.has_pre else x
+
+    def post(self, x, y):
+        return self.delta(x, y) if self.has_post else y
+
+
+class RowIndex:
+    """Which setup each row takes: ``index[i]`` in ``0..S-1``, or ``-1`` for the base alone.
+
+    Sites see ``N`` leading rows; ``N`` may be a multiple of the batch (OPT's FFN
+    flattens tokens, beam search repeats rows), so the index is repeated to fit.
+    """
+
+    def __init__(self, index: torch.Tensor):
+        self.set(index)
+
+    def set(self, index: torch.Tensor) -> None:
+        """Point at a new batch (a cached per-row plan is reused with a fresh index)."""
+        self.index = index.long()
+        self._fitted: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_sizes(cls, sizes: tuple[int, ...]) -> "RowIndex":
+        return cls(torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)))
+
+    @property
+    def batch_size(self) -> int:
+        return self.index.numel()
+
+    def fit(self, rows: int, device: torch.device) -> torch.Tensor:
+        key = (rows, device)
+        if key not in self._fitted:
+            batch = self.batch_size
+            if rows % batch:
+                from .errors import AdapterError
+
+                raise AdapterError(
+                    f"Per-row routing was set up for {batch} rows but a site sees {rows}; pass one adapter "
+                    "name per row of the batch."
+                )
+            self._fitted[key] = self.index.repeat_interleave(rows // batch).to(device)
+        return self._fitted[key]
+
+
+def stacked(tensors: list[torch.Tensor], identity: float = 0.0) -> torch.Tensor:
+    """``[S + 1, ...]``: the adapters' tensors zero-padded to a common shape, then an identity slot.
+
+    Zero padding keeps the maths exact (a LoRA rank or bottleneck width padded with
+    zero rows and columns computes the same). The last slot, filled with
+    ``identity``, is what rows of other setups gather: their index is -1.
+    """
+    shape = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
+    padded = []
+    for t in tensors:
+        pad = []
+        for d in reversed(range(t.dim())):
+            pad += [0, shape[d] - t.shape[d]]
+        padded.append(F.pad(t, pad) if any(pad) else t)
+    return torch.stack(padded + [tensors[0].new_full(shape, identity)])
+
+
+class Routed(Program):
+    """Row ``i`` goes through ``children[index[i]]`` (``None``: the base alone)."""
+
+    def __init__(self, children: list[Program | None], rows: RowIndex):
+        self.children, self.rows = children, rows
+        present = [c for c in children if c is not None]
+        self.has_pre = any(c.has_pre for c in present)
+        self.has_post = any(c.has_post for c in present)
+        self.reads_input = any(c.reads_input for c in present)
+        self._pre_groups = _group_leaves(children, "input")
+        self._post_groups = _group_leaves(children, "output")
+
+    def pre(self, x):
+        index = self.rows.fit(x.shape[0], x.device)
+        return self._run(x, None, index, self._pre_groups, stage="input")
+
+    def post(self, x, y):
+        index = self.rows.fit(y.shape[0], y.device)
+        return self._run(x, y, index, self._post_groups, stage="output")
+
+    def _run(self, x, y, index, groups, stage):
+        vectorised, others = groups
+        target = x if stage == "input" else y
+        for (delta_class, _), members in vectorised.items():
+            # Rows of other setups get index -1: the identity slot of the stacked tensors.
+            lookup = torch.full((len(self.children) + 1,), -1, dtype=torch.long)
+            for slot, (child, _) in enumerate(members):
+                lookup[child] = slot
+            group_index = lookup.to(index.device)[index]
+            deltas = [delta for _, delta in members]
+            target = (delta_class.routed(deltas, group_index, target) if stage == "input"
+                      else delta_class.routed(deltas, group_index, x, target))
+        for child in others:  # composite setups: once per setup, on its rows only
+            program = self.children[child]
+            rows = (index == child).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            if stage == "input":
+                part = program.pre(target.index_select(0, rows))
+            else:
+                xs = x.index_select(0, rows) if program.reads_input else x
+                part = program.post(xs, target.index_select(0, rows))
+            target = target.index_copy(0, rows, part)
+        return target
+
+
+def _group_leaves(children: list[Program | None], stage: str):
+    """Split children into vectorisable leaves (by delta class) and the rest, for one stage."""
+    vectorised: dict[tuple, list[tuple[int, nn.Module]]] = defaultdict(list)
+    others = []
+    for position, child in enumerate(children):
+        if child is None:
+            continue
+        if isinstance(child, Leaf):
+            if child.delta.stage != stage:
+                continue
+            cls = type(child.delta)
+            if hasattr(cls, "routed"):
+                key = cls.route_key(child.delta) if hasattr(cls, "route_key") else None
+                vectorised[(cls, key)].append((position, child.delta))
+                continue
+        if (child.has_pre if stage == "input" else child.has_post):
+            others.append(position)
+    return dict(vectorised), others
