@@ -11,15 +11,18 @@ the sites the anatomy finds (attention projections, FFN, sublayers).
 """
 
 from .adapter import BASE_NAME, Adapter
+from . import heads
 from .anatomy import Anatomy, Site
+from .compose import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from .errors import AdapterError, AnatomyError, CheckpointError, ConfigError, SpliceError
-from .methods import IA3, METHODS, BitFit, Bottleneck, LoRA, MethodConfig
+from .methods import IA3, METHODS, BitFit, Bottleneck, Fusion, LoRA, MethodConfig
 from .model import AdaptedModel, attach
 from .version import __version__
 
 __all__ = [
     "attach", "AdaptedModel", "Adapter", "Anatomy", "Site", "BASE_NAME",
-    "Bottleneck", "LoRA", "IA3", "BitFit", "MethodConfig", "METHODS",
+    "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "MethodConfig", "METHODS",
+    "Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit", "heads",
     "SpliceError", "ConfigError", "AnatomyError", "AdapterError", "CheckpointError",
     "__version__",
 ]

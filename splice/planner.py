@@ -88,6 +88,10 @@ class Planner:
 
     def check(self, setup: Setup) -> None:
         """Every name exists; fusions resolve; Parallel sits at the top."""
+        if not isinstance(setup, (str, Block)):
+            raise AdapterError(
+                f"A setup is an adapter name or a composition block (splice.Stack, Fuse, ...), got {setup!r}."
+            )
         names = [setup] if isinstance(setup, str) else setup.names()
         for name in names:
             self.model._get(name)
