@@ -17,7 +17,7 @@ that makes no sense is refused when the block is built (see ``ALLOWED``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Union
 
 import torch
@@ -121,7 +121,7 @@ class BatchSplit(Block):
 # so they sit at the top (or under a Stack, after which every site sees routed rows).
 ALLOWED: dict[str, tuple[str, ...]] = {
     "Stack": ("name", "Stack", "Fuse", "Average", "Split", "BatchSplit"),
-    "Fuse": ("name", "Stack"),
+    "Fuse": ("name",),
     "Average": ("name", "Stack"),
     "Split": ("name", "Stack", "Average"),
     "BatchSplit": ("name", "Stack", "Fuse", "Average", "Split"),
@@ -224,15 +224,20 @@ def _require_sequence(t: torch.Tensor) -> None:
 class Compiler:
     """Turns a setup into one Program per site key, given how to look adapters up."""
 
-    delta_at: Callable[[str, str], nn.Module | None]  # (adapter name, site key) -> delta or None
-    fusion_for: Callable[[tuple[str, ...]], Callable[[str], nn.Module | None]]  # adapters -> site -> layer
-    cache: dict = field(default_factory=dict)
+    delta_at: Callable[[str, str], nn.Module | None]  # (adapter, site key) -> its delta there, or None
+    fused_by: Callable[[str], tuple[str, ...] | None]  # a fusion's adapters (None: not a fusion)
+    fusion_over: Callable[[tuple[str, ...]], str]  # the fusion that fuses exactly these adapters
 
     def program(self, setup: Setup, key: str) -> Program | None:
         """The program of ``setup`` at site ``key`` (None: nothing to do there)."""
         if isinstance(setup, str):
+            fused = self.fused_by(setup)
+            if fused is not None:
+                return self._fused(setup, fused, key)
             delta = self.delta_at(setup, key)
             return Leaf(delta) if delta is not None else None
+        if isinstance(setup, Fuse):
+            return self._fused(self.fusion_over(setup.children), setup.children, key)
         children = [self.program(child, key) for child in setup.children]
         if isinstance(setup, Stack):
             steps = [c for c in children if c is not None]
@@ -244,9 +249,12 @@ class Compiler:
         children = [c if c is not None else Program() for c in children]  # identity where a child is absent
         if isinstance(setup, Average):
             return Weighted(children, setup.weights)
-        if isinstance(setup, Fuse):
-            layer = self.fusion_for(tuple(setup.children))(key)
-            return Fused(children, layer) if layer is not None else None
         if isinstance(setup, Split):
             return Sliced(children, setup.splits)
         raise AdapterError(f"{type(setup).__name__} cannot be compiled at a site; it belongs at the top level.")
+
+    def _fused(self, fusion: str, adapters: tuple, key: str) -> Program | None:
+        layer = self.delta_at(fusion, key)
+        if layer is None:
+            return None
+        return Fused([self.program(name, key) or Program() for name in adapters], layer)
