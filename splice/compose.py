@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import AdapterError
-from .routing import Leaf, Program, RowIndex, Routed
+from .routing import Leaf, Program, Routed, RowIndex
 
 Setup = Union[str, "Block"]
 

@@ -238,6 +238,17 @@ class AdaptedModel(nn.Module):
             raise AdapterError(f"{name!r} is not a fusion; add one with model.add_fusion(name, adapters).")
         self.train_adapter(name)
 
+    def average(self, name: str, adapters: Sequence[str], weights: Sequence[float] | None = None,
+                mode: str = "exact") -> Adapter:
+        """Add ``name``, a weighted average of ``adapters``' weights (see :mod:`splice.averaging`).
+
+        ``mode="exact"`` (LoRA, IA3, BitFit) computes what ``Average(...)`` computes, as one
+        adapter; ``mode="parameters"`` averages every tensor of identically configured adapters (FedAvg).
+        """
+        from .averaging import average_adapters
+
+        return average_adapters(self, name, adapters, weights, mode)
+
     # -- merging -------------------------------------------------------------------------
     def merge(self, name: str) -> None:
         """Fold a mergeable adapter (LoRA, IA³, BitFit) into the base weights: zero cost at inference."""

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from .adapter import BASE_NAME, HeadSwap
-from .compose import Block, BatchSplit, Compiler, Fuse, Parallel, Setup, Stack
+from .compose import BatchSplit, Block, Compiler, Fuse, Parallel, Setup, Stack
 from .errors import AdapterError
 from .heads import Head
-from .routing import Program, RowIndex, Routed
+from .routing import Program, Routed, RowIndex
 
 if TYPE_CHECKING:
     from .model import AdaptedModel

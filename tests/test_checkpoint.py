@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from helpers import hook_count, main_output, perturb
-from tiny_models import tiny_config, tiny_inputs, tiny_model
 from torch import nn
 
 import splice
 from splice import IA3, BitFit, Bottleneck, CheckpointError, LoRA
 from splice.methods import config_from_dict
+
+from helpers import hook_count, main_output, perturb
+from tiny_models import tiny_config, tiny_inputs, tiny_model
 
 METHOD_CONFIGS = {
     "pfeiffer": Bottleneck(),

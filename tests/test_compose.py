@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import splice
-from helpers import assert_same_state, main_output, perturb, state_copy
 from splice import Average, BatchSplit, Fuse, Parallel, Split, Stack
+
+from helpers import assert_same_state, main_output, perturb, state_copy
 from tiny_models import tiny_inputs, tiny_model
 
 
@@ -222,3 +223,33 @@ def test_activation_errors():
         model.train_fusion("a")
     with pytest.raises(splice.AdapterError, match="drop_p"):
         model.activate("a", drop_p=1.5)
+
+
+@pytest.mark.parametrize("configs", [
+    (splice.LoRA(r=2, targets="all-linear"), splice.LoRA(r=6, alpha=3, targets="all-linear")),
+    (splice.LoRA(r=4, use_rslora=True), splice.LoRA(r=4, use_rslora=True)),
+    (splice.IA3(), splice.IA3()),
+    (splice.BitFit(), splice.BitFit()),
+])
+def test_exact_weight_average_equals_average_of_outputs(configs):
+    model = build("llama", a=configs[0], b=configs[1])
+    model.average("ab", ["a", "b"], weights=[0.3, 0.7])
+    inputs = tiny_inputs("llama", padded=True)
+    if isinstance(configs[0], splice.LoRA):
+        assert model.adapters["ab"].config.r == configs[0].r + configs[1].r
+    torch.testing.assert_close(run(model, "ab", inputs), run(model, Average("a", "b", weights=[0.3, 0.7]), inputs),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_parameter_average_and_refusals():
+    model = build("bert", a=splice.Bottleneck(r=4), b=splice.Bottleneck(r=4), c=splice.Bottleneck(r=8))
+    merged = model.average("ab", ["a", "b"], mode="parameters")
+    for key, tensor in merged.state_dict().items():
+        torch.testing.assert_close(tensor, 0.5 * (model.adapters["a"].state_dict()[key]
+                                                  + model.adapters["b"].state_dict()[key]))
+    with pytest.raises(splice.AdapterError, match="not linear"):
+        model.average("x", ["a", "b"])
+    with pytest.raises(splice.AdapterError, match="different configs"):
+        model.average("y", ["a", "c"], mode="parameters")
+    with pytest.raises(splice.AdapterError, match="sum"):
+        model.average("z", ["a", "b"], weights=[0.9, 0.9], mode="parameters")

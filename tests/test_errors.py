@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_same_state, main_output, perturb, state_copy
-from tiny_models import tiny_inputs, tiny_model
 from torch import nn
 
 import splice
@@ -22,6 +20,9 @@ from splice import (
     SpliceError,
 )
 from splice.methods import config_from_dict
+
+from helpers import assert_same_state, main_output, perturb, state_copy
+from tiny_models import tiny_inputs, tiny_model
 
 # -- helpers ---------------------------------------------------------------------------------------
 

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from tiny_models import tiny_inputs, tiny_model
 from transformers import Trainer, TrainingArguments
 
 import splice
+
+from tiny_models import tiny_inputs, tiny_model
 
 
 def _dataset(n=8, seq=7, vocab=128, seed=0):

@@ -8,10 +8,11 @@ gradient checkpointing gives the same gradients.
 
 import pytest
 import torch
-from helpers import assert_same_state, perturb, state_copy
-from tiny_models import ARCHITECTURES, DECODERS, tiny_inputs, tiny_model
 
 import splice
+
+from helpers import assert_same_state, perturb, state_copy
+from tiny_models import ARCHITECTURES, DECODERS, tiny_inputs, tiny_model
 
 METHODS = {
     "pfeiffer": lambda: splice.Bottleneck(r=4),

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import splice
+
 from helpers import main_output, perturb
 from tiny_models import tiny_inputs, tiny_model
 
