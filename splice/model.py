@@ -19,7 +19,7 @@ from .adapter import Adapter, check_name
 from .anatomy import Anatomy, RoleSpec
 from .compose import BatchSplit, Parallel, Setup
 from .errors import AdapterError
-from .heads import Head, apply_heads
+from .heads import HEADS, Head, apply_heads
 from .hooks import HookSet
 from .methods.base import MethodConfig
 from .methods.bottleneck import Bottleneck
@@ -52,6 +52,7 @@ class AdaptedModel(nn.Module):
         self._merged: list[str] = []
         self._input_grads_hooked = False
         base.requires_grad_(False)
+        self.train(base.training)  # keep the base's mode (HF models load in eval mode)
         _ATTACHED.add(base)
 
     # -- delegation to the base ---------------------------------------------------------
@@ -158,6 +159,7 @@ class AdaptedModel(nn.Module):
         device = next((p.device for p in self.base.parameters()), torch.device("cpu"))
         adapter.to(device)
         adapter.requires_grad_(False)
+        adapter.train(self.training)  # a new module starts in train mode; follow the model's mode
         self.hooks.ensure(list(adapter.sites.values()) + ([adapter.head_site] if adapter.head_site else []))
         self.adapters[name] = adapter
 
@@ -338,15 +340,17 @@ class AdaptedModel(nn.Module):
 
 
 def _with_adapter_names(signature: inspect.Signature) -> inspect.Signature:
-    """The base's forward signature plus ``adapter_names`` (so a Trainer keeps that column)."""
+    """The base's forward signature plus ``adapter_names`` and the heads' target names.
+
+    The HF Trainer keeps only the dataset columns the signature names: per-row
+    adapter names, and labels for a splice head on a bare backbone (which has none).
+    """
     params = list(signature.parameters.values())
-    extra = inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY, default=None)
+    present = {p.name for p in params}
+    names = ["adapter_names"] + sorted({n for head in HEADS.values() for n in head.label_names} - present)
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in names if n not in present]
     cut = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params) or cut < len(params):
-        params.insert(cut, extra)
-    else:
-        params.append(extra)
-    return signature.replace(parameters=params)
+    return signature.replace(parameters=params[:cut] + extra + params[cut:])
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int | None:

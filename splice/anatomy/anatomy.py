@@ -121,6 +121,15 @@ class Anatomy:
         return int(config_value(self.config, "head_dim", default=self.hidden_size // self.num_heads))
 
     @property
+    def causal(self) -> bool:
+        """Decoder-only (each position attends to earlier ones): from the table, else the config."""
+        if self.layout.causal:
+            return True
+        config = self.config
+        return bool(getattr(config, "is_decoder", False)) or any(
+            a.endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or ()))
+
+    @property
     def num_layers(self) -> int:
         return sum(len(blocks) for blocks in self.blocks.values())
 

@@ -30,6 +30,7 @@ class Layout:
     stacks: Mapping[str, str | tuple[str, ...]]  # stack name -> path suffix(es) of the ModuleList of blocks
     roles: Mapping[str, Mapping[str, RoleSpec]]  # stack name -> role -> spec
     final_norm: tuple[str, ...] = ()
+    causal: bool = False  # decoder-only: each position sees only earlier ones
 
 
 def _bert_like(q: str, k: str, v: str, attn_in: str = "attention.self") -> dict:
@@ -65,12 +66,13 @@ def _t5_stack(cross: bool) -> dict:
     return roles
 
 
-def _single(blocks: str | tuple[str, ...], roles: dict, final_norm: tuple[str, ...] = ()) -> Layout:
-    return Layout({"layers": blocks}, {"layers": roles}, final_norm)
+def _single(blocks: str | tuple[str, ...], roles: dict, final_norm: tuple[str, ...] = (),
+            causal: bool = False) -> Layout:
+    return Layout({"layers": blocks}, {"layers": roles}, final_norm, causal)
 
 
 _BERT = _single("encoder.layer", _bert_like("attention.self.query", "attention.self.key", "attention.self.value"))
-_LLAMA = _single("layers", _LLAMA_LIKE, ("norm",))
+_LLAMA = _single("layers", _LLAMA_LIKE, ("norm",), causal=True)
 
 LAYOUTS: dict[str, Layout] = {
     "bert": _BERT,
@@ -95,18 +97,18 @@ LAYOUTS: dict[str, Layout] = {
     "gpt2": _single("h", {
         "q": "attn.c_attn[qkv:0]", "k": "attn.c_attn[qkv:1]", "v": "attn.c_attn[qkv:2]",
         "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj", "attn": "attn", "ffn": "mlp",
-    }, ("ln_f",)),
+    }, ("ln_f",), causal=True),
     "gpt_neox": _single("layers", {
         "q": "attention.query_key_value[qkv_per_head:0]",
         "k": "attention.query_key_value[qkv_per_head:1]",
         "v": "attention.query_key_value[qkv_per_head:2]",
         "o": "attention.dense", "up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h",
         "attn": "attention", "ffn": "mlp",
-    }, ("final_layer_norm",)),
+    }, ("final_layer_norm",), causal=True),
     "opt": _single("decoder.layers", {
         "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
         "up": "fc1", "down": "fc2", "attn": "self_attn", "ffn": ("fc1", "fc2"),
-    }, ("decoder.final_layer_norm",)),
+    }, ("decoder.final_layer_norm",), causal=True),
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -118,7 +120,7 @@ LAYOUTS: dict[str, Layout] = {
         "v": "self_attn.qkv_proj[qkv_gqa:2]", "o": "self_attn.o_proj",
         "gate": "mlp.gate_up_proj[halves:0]", "up": "mlp.gate_up_proj[halves:1]",
         "down": "mlp.down_proj", "attn": "self_attn", "ffn": "mlp",
-    }, ("norm",)),
+    }, ("norm",), causal=True),
     "t5": Layout(
         {"encoder": "encoder.block", "decoder": "decoder.block"},
         {"encoder": _t5_stack(cross=False), "decoder": _t5_stack(cross=True)},
