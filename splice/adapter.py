@@ -51,6 +51,9 @@ class Adapter(nn.Module):
         self.head_site: Site | None = None
         self.head: nn.Module | None = None
         if isinstance(head, Head):
+            head.build(anatomy.hidden_size)  # heads are created without the backbone's width
+            if getattr(head, "causal", False) is None:  # "auto" pooling: last token on decoders
+                head.causal = anatomy.causal
             self.head = head
         elif isinstance(head, str):
             module = anatomy.head(head)
