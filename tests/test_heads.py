@@ -223,9 +223,10 @@ def test_last_token_pooling_is_the_same_for_left_and_right_padding_on_llama():
     short, full = torch.randint(3, VOCAB, (4,), generator=g), torch.randint(3, VOCAB, (T,), generator=g)
     pad = torch.zeros(T - 4, dtype=torch.long)
     real_right = torch.cat([torch.ones(4, dtype=torch.long), pad])
+    every = torch.ones(T, dtype=torch.long)
     batches = {
-        "right": (torch.stack([torch.cat([short, pad]), full]), torch.stack([real_right, torch.ones(T, dtype=torch.long)])),
-        "left": (torch.stack([torch.cat([pad, short]), full]), torch.stack([real_right.flip(0), torch.ones(T, dtype=torch.long)])),
+        "right": (torch.stack([torch.cat([short, pad]), full]), torch.stack([real_right, every])),
+        "left": (torch.stack([torch.cat([pad, short]), full]), torch.stack([real_right.flip(0), every])),
     }
     logits = {}
     for side, (ids, mask) in batches.items():
