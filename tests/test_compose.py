@@ -253,3 +253,54 @@ def test_parameter_average_and_refusals():
         model.average("y", ["a", "c"], mode="parameters")
     with pytest.raises(splice.AdapterError, match="sum"):
         model.average("z", ["a", "b"], weights=[0.9, 0.9], mode="parameters")
+
+
+BLOCK_METHODS = {
+    "bottleneck": lambda: splice.Bottleneck(r=4),
+    "houlsby": lambda: splice.Bottleneck(placement="houlsby", r=4),
+    "lora": lambda: splice.LoRA(r=4, targets="all-linear"),
+    "ia3": lambda: splice.IA3(),
+    "bitfit": lambda: splice.BitFit(),
+}
+REDUCTIONS = {  # a block over one adapter (repeated) must reduce to that adapter
+    "stack": lambda: Stack("a"),
+    "average": lambda: Average("a", "a2", weights=[0.5, 0.5]),
+    "split": lambda: Split("a", "a2", splits=3),
+    "batch_split": lambda: BatchSplit("a", "a2", batch_sizes=[1, 1]),
+}
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("method", BLOCK_METHODS)
+@pytest.mark.parametrize("block", [*REDUCTIONS, "parallel"])
+def test_every_block_reduces_to_its_adapter(arch, method, block):
+    model = build(arch, a=BLOCK_METHODS[method]())
+    model.add("a2", BLOCK_METHODS[method]())
+    with torch.no_grad():
+        for key, tensor in model.adapters["a2"].state_dict().items():
+            tensor.copy_(model.adapters["a"].state_dict()[key])
+    inputs = tiny_inputs(arch, batch=2, padded=True)
+    alone = run(model, "a", inputs)
+    if block == "parallel":
+        torch.testing.assert_close(run(model, Parallel("a", "a2"), inputs), torch.cat([alone, alone]),
+                                   atol=1e-5, rtol=1e-5)
+    else:
+        torch.testing.assert_close(run(model, REDUCTIONS[block](), inputs), alone, atol=1e-5, rtol=1e-5)
+    # ...and trains: gradients reach the adapter through the block
+    model.train_adapter("a", setup=REDUCTIONS["stack"]() if block == "parallel" else REDUCTIONS[block]())
+    model(**inputs)[0].pow(2).mean().backward()
+    assert all(p.grad is not None for p in model.adapters["a"].parameters())
+
+
+def test_fusion_rows_in_a_routed_batch():
+    model = build("llama", a=splice.Bottleneck(r=4), b=splice.Bottleneck(r=4), lora=splice.LoRA(r=4))
+    model.add_fusion("ab", ["a", "b"])
+    perturb(model.adapters["ab"], seed=9)
+    inputs = tiny_inputs("llama", batch=3, padded=True)
+    entries = ["ab", "lora", "__base__"]
+    with torch.no_grad():
+        mixed = model(**inputs, adapter_names=entries)[0]
+    for row, setup in enumerate(entries):
+        single = {k: v[row : row + 1] for k, v in inputs.items()}
+        model.activate(setup) if setup != "__base__" else model.disable()
+        torch.testing.assert_close(mixed[row : row + 1], main_output(model, single), atol=1e-5, rtol=1e-5)
