@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from safetensors.torch import save_file
 from .adapter import Adapter, check_name
 from .errors import AnatomyError, CheckpointError, ConfigError
 from .heads import head_from_dict
-from .methods import config_from_dict
+from .methods import MethodConfig, config_from_dict
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -37,35 +38,54 @@ FORMAT = "splice-adapter"
 def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike) -> Path:
     """Write adapter ``name`` of ``model`` to the folder ``path`` (replacing an older save there)."""
     adapter = model._get(name)
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise CheckpointError(f"Cannot save adapter to {target}: a file of that name exists. Choose a folder path.")
-    if target.is_dir() and any(target.iterdir()) and not (target / CONFIG_FILE).exists():
-        raise CheckpointError(
-            f"Cannot save adapter to {target}: the folder holds other files and no {CONFIG_FILE}. "
-            "Choose an empty or new folder so nothing of yours is overwritten."
-        )
+    config, exported = adapter.export()
     meta = {
         "format": FORMAT,
         "splice_version": __version__,
         "name": name,
-        "config": adapter.config.to_dict(),
+        "config": config.to_dict(),
         "head": adapter.head_spec(),
         "base": model.anatomy.fingerprint(),
         "parameters": adapter.num_parameters(),
     }
+    check_materialised(adapter, name)
+    tensors = {key: t.detach().contiguous().cpu() for key, t in exported.items()}
+
+    def fill(staging: Path) -> None:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (staging / CARD_FILE).write_text(model_card(meta, os.path.getsize(staging / WEIGHTS_FILE)))
+
+    return write_folder(path, fill)
+
+
+def check_materialised(adapter: Adapter, name: str) -> None:
+    """Refuse to save an adapter whose tensors have no values (built on the meta device)."""
     if any(t.is_meta for t in adapter.state_dict().values()):
         raise CheckpointError(
             f"Adapter {name!r} lives on the meta device (shapes only, no values) and cannot be saved. "
             "Build the model on a real device, or materialise it with model.to_empty(device='cpu') first."
         )
-    tensors = {key: t.detach().contiguous().cpu() for key, t in checkpoint_tensors(adapter).items()}
+
+
+def write_folder(path: str | os.PathLike, fill: Callable[[Path], None], marker: str = CONFIG_FILE) -> Path:
+    """Atomically (re)place the folder ``path`` with what ``fill`` writes into a fresh staging folder.
+
+    A folder that holds files but no ``marker`` is not an adapter saved earlier, so it is
+    refused rather than overwritten: nothing of the user's is ever replaced.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"Cannot save adapter to {target}: a file of that name exists. Choose a folder path.")
+    if target.is_dir() and any(target.iterdir()) and not (target / marker).exists():
+        raise CheckpointError(
+            f"Cannot save adapter to {target}: the folder holds other files and no {marker}. "
+            "Choose an empty or new folder so nothing of yours is overwritten."
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-        (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        (staging / CARD_FILE).write_text(model_card(meta, os.path.getsize(staging / WEIGHTS_FILE)))
+        fill(staging)
         _replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -76,12 +96,7 @@ def load_adapter(model: "AdaptedModel", path: str | os.PathLike, name: str | Non
     """Add the adapter saved in folder ``path`` to ``model``; returns its name."""
     folder = Path(path)
     meta = read_meta(folder)
-    name = check_name(name or meta.get("name") or folder.name)
-    if name in model.adapters:
-        raise CheckpointError(
-            f"The model already has an adapter named {name!r}; load under another name with "
-            f"model.load({str(folder)!r}, name='...') or delete the existing one first."
-        )
+    name = claim_name(model, name or meta.get("name") or folder.name, folder)
     check_fingerprint(meta.get("base", {}), model.anatomy.fingerprint(), folder)
     if "config" not in meta:
         raise CheckpointError(f"{folder / CONFIG_FILE} has no \"config\" entry: the method config is missing.")
@@ -90,16 +105,36 @@ def load_adapter(model: "AdaptedModel", path: str | os.PathLike, name: str | Non
     except (ConfigError, TypeError) as error:
         raise CheckpointError(f"{folder / CONFIG_FILE} holds an invalid method config: {error}") from error
     head = meta.get("head")
+    adapter = build_adapter(model, config, head_from_dict(head) if isinstance(head, dict) else head, folder)
+    install(model, name, adapter, read_tensors(folder / WEIGHTS_FILE, expected=checkpoint_tensors(adapter)))
+    return name
+
+
+def claim_name(model: "AdaptedModel", name: str, folder: Path) -> str:
+    """``name`` if it is a valid adapter name that ``model`` does not use yet."""
+    check_name(name)
+    if name in model.adapters:
+        raise CheckpointError(
+            f"The model already has an adapter named {name!r}; load under another name with "
+            f"model.load({str(folder)!r}, name='...') or delete the existing one first."
+        )
+    return name
+
+
+def build_adapter(model: "AdaptedModel", config: MethodConfig, head, folder: Path) -> Adapter:
+    """A fresh adapter of ``config`` (and ``head``) for ``model``, or a clear error if it does not fit."""
     try:
-        adapter = Adapter(config, model.anatomy, head_from_dict(head) if isinstance(head, dict) else head)
+        return Adapter(config, model.anatomy, head)
     except (AnatomyError, ConfigError, TypeError) as error:
         raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
-    state = read_tensors(folder / WEIGHTS_FILE, expected=checkpoint_tensors(adapter))
+
+
+def install(model: "AdaptedModel", name: str, adapter: Adapter, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` (checked by :func:`check_layout`) into ``adapter`` and add it to ``model`` as ``name``."""
     with torch.no_grad():
         for key, tensor in checkpoint_tensors(adapter).items():
             tensor.copy_(state[key])
     model._register(name, adapter)
-    return name
 
 
 def checkpoint_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
@@ -114,7 +149,7 @@ def read_meta(folder: Path) -> dict:
     if not config_path.is_file():
         hint = ""
         if (folder / "adapter_config.json").is_file():
-            hint = " It holds adapter_config.json: a peft or AdapterHub adapter, which splice does not read yet."
+            hint = " It holds adapter_config.json (a peft or AdapterHub adapter): load it with model.load(folder)."
         raise CheckpointError(f"{folder} is not a splice adapter: {CONFIG_FILE} is missing.{hint}")
     try:
         meta = json.loads(config_path.read_text())
@@ -144,24 +179,29 @@ def read_tensors(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, tor
         raise CheckpointError(f"{path} is missing: the adapter folder is incomplete.")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            keys = set(handle.keys())
-            missing, unexpected = sorted(set(expected) - keys), sorted(keys - set(expected))
-            if missing or unexpected:
-                raise CheckpointError(
-                    f"{path} does not match this adapter's layout: missing {missing[:5]}, unexpected "
-                    f"{unexpected[:5]}. It was written for a different config or model."
-                )
-            for key in sorted(keys):
-                found, want = tuple(handle.get_slice(key).get_shape()), tuple(expected[key].shape)
-                if found != want:
-                    raise CheckpointError(
-                        f"{path}: tensor {key} has shape {list(found)}, but this model needs {list(want)}."
-                    )
+            keys = list(handle.keys())
+            check_layout({key: handle.get_slice(key).get_shape() for key in keys}, expected, path)
             return {key: handle.get_tensor(key) for key in keys}
     except (SafetensorError, OSError, ValueError) as error:
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(f"{path} is corrupted or truncated ({error}). Save the adapter again.") from error
+
+
+def check_layout(found: Mapping[str, Sequence[int]], expected: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Refuse tensors (name -> shape) from ``source`` that are not exactly the ones ``expected``."""
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not match this adapter's layout: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}. It was written for a different config or model."
+        )
+    for key in sorted(found):
+        if tuple(found[key]) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{source}: tensor {key} has shape {list(found[key])}, but this model needs "
+                f"{list(expected[key].shape)}."
+            )
 
 
 def _replace_dir(staging: Path, target: Path) -> None:

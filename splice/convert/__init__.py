@@ -1,0 +1,49 @@
+"""Adapters in other libraries' formats: recognise a folder, read it, or write one.
+
+``model.load(path)`` and ``model.save(name, path, format=...)`` come here:
+splice's own folders go to :mod:`splice.checkpoint`, ``peft`` folders to
+:mod:`.peft` (read and write), AdapterHub folders to :mod:`.adapters` (read).
+A ``name@version`` that is not a folder is looked up in the local hub.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..checkpoint import load_adapter, save_adapter
+from ..errors import AdapterError
+from ..hub import Hub, is_reference
+from .adapters import load_adapters
+from .detect import detect_format
+from .peft import load_peft, save_peft
+
+if TYPE_CHECKING:
+    from ..model import AdaptedModel
+
+READERS = {"splice": load_adapter, "peft": load_peft, "adapters": load_adapters}
+WRITERS = {"splice": save_adapter, "peft": save_peft}
+
+
+def load_any(model: AdaptedModel, path: str | os.PathLike, name: str | None = None) -> str:
+    """Add the adapter at ``path`` (a splice, peft or AdapterHub folder, or a hub ``name@version``).
+
+    Returns its name.
+    """
+    folder = Path(path)
+    if not folder.exists() and is_reference(str(path)):
+        folder = Hub().resolve(str(path))
+    return READERS[detect_format(folder)](model, folder, name)
+
+
+def save_as(model: AdaptedModel, name: str, path: str | os.PathLike, format: str = "splice") -> Path:
+    """Write adapter ``name`` to folder ``path`` in ``format`` (``"splice"`` or ``"peft"``)."""
+    if format not in WRITERS:
+        raise AdapterError(
+            f"Unknown format {format!r}: splice writes {', '.join(WRITERS)}. (AdapterHub's format is read only.)"
+        )
+    return WRITERS[format](model, name, path)
+
+
+__all__ = ["detect_format", "load_adapters", "load_any", "load_peft", "save_as", "save_peft"]

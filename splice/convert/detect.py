@@ -1,0 +1,65 @@
+"""Telling the three adapter formats apart by the files in a folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from ..checkpoint import CONFIG_FILE
+from ..errors import CheckpointError
+
+FOREIGN_CONFIG = "adapter_config.json"  # the config file of both peft and AdapterHub adapters
+FUSION_CONFIG = "adapter_fusion_config.json"
+HEAD_CONFIG = "head_config.json"
+
+Format = Literal["splice", "peft", "adapters"]
+
+
+def detect_format(folder: str | Path) -> Format:
+    """Which library wrote the adapter in ``folder``: ``"splice"``, ``"peft"`` or ``"adapters"`` (AdapterHub).
+
+    splice folders hold ``adapter.json``; peft and AdapterHub both write
+    ``adapter_config.json``, told apart by its ``peft_type`` (peft) or its
+    ``"version": "adapters.…"`` (AdapterHub).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"No adapter folder at {folder}.")
+    if (folder / CONFIG_FILE).is_file():
+        return "splice"
+    if not (folder / FOREIGN_CONFIG).is_file():
+        if (folder / FUSION_CONFIG).is_file():
+            raise CheckpointError(
+                f"{folder} holds an AdapterHub AdapterFusion layer ({FUSION_CONFIG}); splice does not read "
+                "AdapterFusion checkpoints yet. Load the fused adapters one by one instead."
+            )
+        if (folder / HEAD_CONFIG).is_file():
+            raise CheckpointError(
+                f"{folder} holds only an AdapterHub prediction head ({HEAD_CONFIG}), no adapter; point "
+                "splice at the folder that has adapter_config.json."
+            )
+        raise CheckpointError(
+            f"{folder} is not an adapter folder: it has neither {CONFIG_FILE} (splice) nor {FOREIGN_CONFIG} "
+            "(peft or AdapterHub)."
+        )
+    config = read_json(folder / FOREIGN_CONFIG)
+    if "peft_type" in config:
+        return "peft"
+    if str(config.get("version", "")).startswith("adapters.") or isinstance(config.get("config"), dict):
+        return "adapters"
+    raise CheckpointError(
+        f"{folder / FOREIGN_CONFIG} is neither a peft config (no \"peft_type\") nor an AdapterHub config "
+        "(no \"version\": \"adapters.…\"); splice cannot tell which library wrote it."
+    )
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``, or a clear error if the file is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}); the file is corrupted.") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+    return data

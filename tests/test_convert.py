@@ -1,0 +1,344 @@
+"""peft and AdapterHub formats: the peer-written fixtures reproduce their outputs, splice's peft
+output loads in the real peft (a test dependency) with the same outputs, and every refusal is
+clear and leaves the model untouched."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForCausalLM
+
+import splice
+from splice import IA3, AdapterError, Bottleneck, CheckpointError, LoRA
+from splice.convert import detect_format
+
+from helpers import hook_count, main_output, perturb
+from tiny_models import tiny_inputs, tiny_model
+
+peft = pytest.importorskip("peft")
+
+PEERS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "peers"
+TOLERANCE = 1e-4
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def snapshot(model) -> dict:
+    return {
+        "adapters": list(model.adapters),
+        "base": {k: v.detach().clone() for k, v in model.base.state_dict().items()},
+        "hooks": hook_count(model.base),
+    }
+
+
+def assert_untouched(model, before: dict) -> None:
+    assert list(model.adapters) == before["adapters"]
+    after = model.base.state_dict()
+    assert after.keys() == before["base"].keys()
+    assert all(torch.equal(after[k], v) for k, v in before["base"].items()), "a failed load changed the base"
+    assert hook_count(model.base) == before["hooks"]
+
+
+def refuses(model, folder: Path, *words: str, error=CheckpointError) -> None:
+    """Loading ``folder`` fails with ``error`` naming every one of ``words``, and changes nothing."""
+    before = snapshot(model)
+    with pytest.raises(error) as caught:
+        model.load(folder)
+    for word in words:
+        assert word in str(caught.value), f"{word!r} not in: {caught.value}"
+    assert_untouched(model, before)
+
+
+def randomise(module: torch.nn.Module, std: float = 0.2) -> None:
+    """Random values for every trainable parameter (peft's fresh LoRA is the identity)."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * std)
+
+
+def edit_config(folder: Path, **changes) -> None:
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    target = config["config"] if "peft_type" not in config else config
+    target.update(changes)
+    path.write_text(json.dumps(config))
+
+
+# -- the peer fixtures ---------------------------------------------------------------------------------
+
+FIXTURES = {"peft_bert_lora": AutoModel, "peft_llama_lora": AutoModelForCausalLM, "adapters_bert_lora": AutoModel}
+
+
+@pytest.mark.skipif(not PEERS.is_dir(), reason=f"peer fixtures not found at {PEERS}")
+@pytest.mark.parametrize("case", list(FIXTURES))
+def test_peer_fixture_reproduces_output(case):
+    folder = PEERS / case
+    expected = load_file(str(folder / "expected.safetensors"))
+    inputs = {"input_ids": expected["input_ids"], "attention_mask": expected["attention_mask"]}
+    model = splice.attach(FIXTURES[case].from_pretrained(folder / "base", attn_implementation="eager").eval())
+    assert (main_output(model, inputs) - expected["base_out"]).abs().max() < TOLERANCE
+    name = model.load(folder / "adapter")
+    model.activate(name)
+    out = main_output(model, inputs)
+    assert (out - expected["out"]).abs().max() < TOLERANCE  # every row, the padded one included
+    assert (out - expected["base_out"]).abs().max() > 10 * TOLERANCE, "the adapter must change the output"
+
+
+@pytest.mark.skipif(not PEERS.is_dir(), reason=f"peer fixtures not found at {PEERS}")
+def test_detect_format(tmp_path):
+    assert detect_format(PEERS / "peft_bert_lora" / "adapter") == "peft"
+    assert detect_format(PEERS / "adapters_bert_lora" / "adapter") == "adapters"
+    model = splice.attach(tiny_model("bert"))
+    model.add("x", LoRA(r=2))
+    model.save("x", tmp_path / "mine")
+    assert detect_format(tmp_path / "mine") == "splice"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not an adapter folder"):
+        detect_format(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "adapter_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="cannot tell"):
+        detect_format(tmp_path / "other")
+
+
+# -- peft: written by peft, read by splice ---------------------------------------------------------------
+
+PEFT_CASES = {
+    "bert-lora-head-patterns": ("bert", "classification", lambda: peft.LoraConfig(
+        r=4, target_modules=["query", "value"], modules_to_save=["classifier"], rank_pattern={"value": 2},
+        alpha_pattern={"query": 3}, use_rslora=True)),
+    "gpt2-fused-lora": ("gpt2", "base", lambda: peft.LoraConfig(r=4, target_modules=["c_attn", "mlp.c_proj"],
+                                                                 fan_in_fan_out=True)),
+    "neox-lora-one-layer": ("gpt_neox", "lm", lambda: peft.LoraConfig(
+        r=4, target_modules=["query_key_value", "dense_4h_to_h"], layers_to_transform=[1])),
+    "llama-ia3": ("llama", "lm", lambda: peft.IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
+                                                        feedforward_modules=["down_proj"])),
+    "gpt2-fused-ia3": ("gpt2", "lm", lambda: peft.IA3Config(target_modules=["c_attn", "mlp.c_proj"],
+                                                            feedforward_modules=["mlp.c_proj"])),
+}
+
+
+def peft_folder(tmp_path: Path, model_type: str, head: str, config) -> tuple[Path, torch.Tensor]:
+    """A peft adapter with random weights saved by peft itself, and peft's output on padded inputs."""
+    peft_model = peft.get_peft_model(tiny_model(model_type, head), config)
+    randomise(peft_model)
+    folder = tmp_path / "peft"
+    peft_model.save_pretrained(folder)
+    return folder, main_output(peft_model.eval(), tiny_inputs(model_type, padded=True))
+
+
+@pytest.mark.parametrize("case", list(PEFT_CASES))
+def test_peft_written_adapter_gives_peft_outputs(tmp_path, case):
+    model_type, head, make_config = PEFT_CASES[case]
+    folder, want = peft_folder(tmp_path, model_type, head, make_config())
+    model = splice.attach(tiny_model(model_type, head))
+    base = main_output(model, tiny_inputs(model_type, padded=True))
+    name = model.load(folder)
+    model.activate(name)
+    out = main_output(model, tiny_inputs(model_type, padded=True))
+    assert (out - want).abs().max() < TOLERANCE
+    assert (out - base).abs().max() > 10 * TOLERANCE
+
+
+def test_peft_options_become_splice_options(tmp_path):
+    _, head, make_config = PEFT_CASES["bert-lora-head-patterns"]
+    folder, _ = peft_folder(tmp_path, "bert", head, make_config())
+    model = splice.attach(tiny_model("bert", head))
+    adapter = model.adapters[model.load(folder, name="cls")]
+    assert adapter.config == LoRA(r=4, alpha=8, targets=("q", "v"), use_rslora=True,
+                                  rank_pattern={"v": 2}, alpha_pattern={"q": 3})
+    assert adapter.head_path == "classifier"
+
+    folder, _ = peft_folder(tmp_path / "n", *PEFT_CASES["neox-lora-one-layer"][:2],
+                            PEFT_CASES["neox-lora-one-layer"][2]())
+    model = splice.attach(tiny_model("gpt_neox", "lm"))
+    assert model.adapters[model.load(folder)].config.layers == (1,)
+
+
+# -- peft: written by splice, read by peft ----------------------------------------------------------------
+
+SPLICE_CASES = {
+    "bert-lora": ("bert", "base", LoRA(r=4, alpha=8, targets=["q", "v", "down"]), None),
+    "bert-lora-patterns-head": ("bert", "classification", LoRA(
+        r=4, targets=["q", "v"], rank_pattern={"v": 2, "layers.1.q": 3}, alpha_pattern={"q": 5}), "classifier"),
+    "llama-lora-rslora": ("llama", "lm", LoRA(r=4, alpha=16, targets="all-linear", use_rslora=True), None),
+    "gpt2-lora-fused": ("gpt2", "lm", LoRA(r=4, targets=["q", "v", "o", "up"]), None),
+    "neox-lora-one-layer": ("gpt_neox", "lm", LoRA(r=4, targets=["k", "v"], layers=(1,)), None),
+    "bert-ia3": ("bert", "base", IA3(), None),
+    "llama-ia3": ("llama", "lm", IA3(targets=("k", "v", "down", "up")), None),
+    "gpt2-ia3-fused": ("gpt2", "lm", IA3(targets=("k", "v", "down")), None),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLICE_CASES))
+def test_splice_written_peft_loads_in_peft(tmp_path, case):
+    model_type, head, config, head_path = SPLICE_CASES[case]
+    base = tiny_model(model_type, head)
+    inputs = tiny_inputs(model_type, padded=True)
+    model = splice.attach(copy.deepcopy(base))
+    model.add("x", config, head=head_path)
+    perturb(model.adapters["x"], seed=1, std=0.2)
+    model.activate("x")
+    want = main_output(model, inputs)
+    model.save("x", tmp_path / "out", format="peft")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter_config.json",
+                                                                     "adapter_model.safetensors"]
+
+    peft_model = peft.PeftModel.from_pretrained(base, tmp_path / "out").eval()
+    assert (main_output(peft_model, inputs) - want).abs().max() < TOLERANCE
+
+    again = splice.attach(tiny_model(model_type, head))  # and back: splice reads what it wrote
+    again.activate(again.load(tmp_path / "out"))
+    assert (main_output(again, inputs) - want).abs().max() < TOLERANCE
+
+
+def test_peft_write_keeps_short_target_names(tmp_path):
+    model = splice.attach(tiny_model("llama", "lm"))
+    model.add("x", LoRA(r=4, targets=["q", "v"]))
+    model.save("x", tmp_path / "out", format="peft")
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["target_modules"] == ["q_proj", "v_proj"]
+    assert config["r"] == 4 and config["rank_pattern"] == {} and config["modules_to_save"] is None
+
+
+def test_peft_write_refusals(tmp_path):
+    model = splice.attach(tiny_model("bert"))
+    model.add("bn", Bottleneck())
+    with pytest.raises(AdapterError, match="bottleneck"):
+        model.save("bn", tmp_path / "bn", format="peft")
+    model.add("x", LoRA())
+    with pytest.raises(AdapterError, match="Unknown format 'adapters'"):
+        model.save("x", tmp_path / "x", format="adapters")
+    assert not (tmp_path / "bn").exists() and not (tmp_path / "x").exists()
+
+
+# -- refusals ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bert_lora(tmp_path) -> Path:
+    folder, _ = peft_folder(tmp_path, "bert", "base", peft.LoraConfig(r=4, target_modules=["query", "value"]))
+    return folder
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"peft_type": "LOHA"}, ["peft_type 'LOHA'", "LORA"]),
+    ({"use_dora": True}, ["use_dora", "DoRA"]),
+    ({"bias": "all"}, ["bias='all'"]),
+    ({"init_lora_weights": "pissa"}, ["init_lora_weights='pissa'", "base model's weights"]),
+    ({"lora_bias": True}, ["lora_bias"]),
+    ({"brand_new_option": {"k": 1}}, ["brand_new_option"]),
+])
+def test_peft_option_refusals(bert_lora, changes, words):
+    edit_config(bert_lora, **changes)
+    refuses(splice.attach(tiny_model("bert")), bert_lora, *words)
+
+
+def test_peft_target_that_is_not_a_role_site(tmp_path):
+    folder, _ = peft_folder(tmp_path, "bert", "base", peft.LoraConfig(r=4, target_modules=["query", "pooler.dense"]))
+    refuses(splice.attach(tiny_model("bert")), folder, "pooler.dense", "not a role site")
+
+
+def test_peft_pattern_one_adapter_cannot_hold(tmp_path):
+    config = peft.LoraConfig(
+        r=4, target_modules=r".*layer\.0\.attention\.self\.query|.*layer\.1\.attention\.self\.value")
+    folder, _ = peft_folder(tmp_path, "bert", "base", config)
+    refuses(splice.attach(tiny_model("bert")), folder, "layers.0.v", "same roles in every chosen layer")
+
+
+def test_peft_head_the_model_lacks(tmp_path):
+    _, head, make_config = PEFT_CASES["bert-lora-head-patterns"]
+    folder, _ = peft_folder(tmp_path, "bert", head, make_config())
+    refuses(splice.attach(tiny_model("bert")), folder, "'classifier'", "does not have")
+
+
+def test_peft_adapter_for_another_base(bert_lora):
+    refuses(splice.attach(tiny_model("llama")), bert_lora, "not a role site")
+    config = tiny_model("bert").config
+    config.hidden_size, config.intermediate_size = 48, 96
+    wider = splice.attach(AutoModel.from_config(config))
+    refuses(wider, bert_lora, "output rows", "written for another model")
+
+
+class Payload:
+    """A pickle that would create a file if it were ever unpickled with code execution."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_bin_needing_unpickling_is_refused(bert_lora, tmp_path):
+    marker = tmp_path / "pwned"
+    tensors = load_file(str(bert_lora / "adapter_model.safetensors"))
+    (bert_lora / "adapter_model.safetensors").unlink()
+    torch.save({**tensors, "extra": Payload(marker)}, bert_lora / "adapter_model.bin")
+    refuses(splice.attach(tiny_model("bert")), bert_lora, "adapter_model.bin", "arbitrary code", "safetensors")
+    assert not marker.exists()
+
+
+def test_bin_with_plain_tensors_loads(bert_lora):
+    tensors = load_file(str(bert_lora / "adapter_model.safetensors"))
+    (bert_lora / "adapter_model.safetensors").unlink()
+    torch.save(tensors, bert_lora / "adapter_model.bin")
+    model = splice.attach(tiny_model("bert"))
+    assert model.load(bert_lora, name="from_bin") == "from_bin"
+
+
+def test_corrupted_weights_are_refused(bert_lora):
+    path = bert_lora / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    refuses(splice.attach(tiny_model("bert")), bert_lora, "adapter_model.safetensors")
+
+
+@pytest.fixture
+def adapters_lora(tmp_path) -> Path:
+    if not PEERS.is_dir():
+        pytest.skip(f"peer fixtures not found at {PEERS}")
+    folder = tmp_path / "adapters"
+    shutil.copytree(PEERS / "adapters_bert_lora" / "adapter", folder)
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    return folder
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"use_gating": True}, ["use_gating", "gate"]),
+    ({"use_dora": True}, ["use_dora", "DoRA"]),
+    ({"vera_d": 0.1}, ["vera_d", "VeRA"]),
+    ({"composition_mode": "mix"}, ["composition_mode 'mix'"]),
+    ({"n_up_projection": 3}, ["n_up_projection"]),
+    ({"architecture": "prefix_tuning"}, ["architecture 'prefix_tuning'"]),
+])
+def test_adapters_option_refusals(adapters_lora, changes, words):
+    edit_config(adapters_lora, **changes)
+    refuses(splice.attach(tiny_model("bert")), adapters_lora, *words)
+
+
+def test_adapters_bottleneck_and_other_base_are_refused(adapters_lora):
+    if (PEERS / "adapters_bert_pfeiffer").is_dir():
+        refuses(splice.attach(tiny_model("bert")), PEERS / "adapters_bert_pfeiffer" / "adapter", "bottleneck")
+    refuses(splice.attach(tiny_model("llama")), adapters_lora, "model_type", "'bert'", "'llama'")
+
+
+def test_adapters_static_head_becomes_splice_head(adapters_lora):
+    model = splice.attach(tiny_model("bert", "classification"))
+    head = {"weight": torch.randn(3, 32), "bias": torch.randn(3)}
+    save_file({f"classifier.{k}": v for k, v in head.items()}, str(adapters_lora / "model_head.safetensors"))
+    (adapters_lora / "head_config.json").write_text(json.dumps({"config": None, "model_class": "x"}))
+    adapter = model.adapters[model.load(adapters_lora)]
+    assert adapter.head_path == "classifier" and torch.equal(adapter.head.weight, head["weight"])
+
+    (adapters_lora / "head_config.json").write_text(json.dumps({"config": {"head_type": "classification"}}))
+    refuses(splice.attach(tiny_model("bert", "classification")), adapters_lora, "flex head", "'classification'")
