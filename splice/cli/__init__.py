@@ -1,0 +1,91 @@
+"""The ``splice`` command line: a thin layer over the Python API.
+
+    splice info out/sentiment                  # what an adapter folder (or hub name@version) is
+    splice convert peft_dir out/x --model base_dir --to splice
+    splice merge out/lora --model base_dir --out merged_dir
+    splice hub push out/sentiment sentiment --version 1.0
+
+Each command group is one module of this package with a ``register(commands)``
+function that adds its subparser and sets ``run`` (``args -> exit code``) as its
+default; :data:`COMMANDS` lists the modules, in the order ``splice --help``
+shows them. A new command is one more module and one more name here.
+
+Errors splice raises on purpose (:class:`splice.SpliceError`) and missing files
+print ``error: <message>`` and exit 2, as argparse does for bad arguments;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from ..errors import SpliceError
+from ..version import __version__
+
+COMMANDS: tuple[str, ...] = ("info", "convert", "merge", "hub")
+EXIT_USAGE = 2  # bad input: argparse's code for bad arguments, and ours for every refusal
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="splice",
+        description="Adapters for frozen Hugging Face models: inspect, convert, merge and store them.",
+        epilog="Run 'splice COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"splice {__version__}",
+                        help="print splice's version and exit")
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        importlib.import_module(f"{__name__}.{module}").register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a usage error argparse already printed
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+    try:
+        with _progress_bars(not args.quiet):
+            return args.run(args) or 0
+    except (SpliceError, FileNotFoundError, NotADirectoryError) as error:
+        print(f"error: {_message(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` or similar, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 1
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """With ``enabled`` false, transformers' own progress bars (loading, writing weights) off for one command."""
+    from transformers.utils import logging
+
+    before = logging.is_progress_bar_enabled()
+    if not enabled:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before:
+            logging.enable_progress_bar()
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.strerror or 'cannot open'}: {error.filename}"
+    return str(error)
+
+
+__all__ = ["COMMANDS", "build_parser", "main"]

@@ -1,0 +1,115 @@
+"""What several commands share: the command parser, loading a local base model, progress lines, formatting."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import SpliceError
+
+# --model-class: which Auto class reads the base model folder.
+MODEL_CLASSES = {
+    "base": "AutoModel",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq-cls": "AutoModelForSequenceClassification",
+}
+
+
+def add_command(commands: argparse._SubParsersAction, name: str, help: str, description: str | None = None,
+                parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+    """A subparser for ``name``, with the options every command has (``--quiet``) unless ``parents`` give them."""
+    parser = commands.add_parser(name, help=help, description=description or help, parents=list(parents))
+    if not any("--quiet" in parent._option_string_actions for parent in parents):
+        parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    parser.set_defaults(quiet=False)
+    return parser
+
+
+QUIET_HELP = "print no progress lines on stderr"
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="MODEL_PATH",
+                        help="folder of the base model, as save_pretrained wrote it")
+    parser.add_argument("--model-class", choices=list(MODEL_CLASSES), default="base",
+                        help="Auto class that reads the base: base (AutoModel, the default), causal-lm "
+                             "(AutoModelForCausalLM), seq-cls (AutoModelForSequenceClassification)")
+
+
+def load_base(path: str, model_class: str):
+    """The Hugging Face model in the local folder ``path``, in eval mode (never looked up online)."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        what = "no folder" if not folder.is_dir() else "no config.json in the folder"
+        raise SpliceError(
+            f"No Hugging Face model at {folder} ({what}); --model takes a local folder written by "
+            "save_pretrained."
+        )
+    import transformers
+
+    auto = getattr(transformers, MODEL_CLASSES[model_class])
+    return auto.from_pretrained(str(folder), local_files_only=True).eval()
+
+
+def attach_base(args: argparse.Namespace, steps: Steps):
+    """Load ``--model`` with ``--model-class`` and attach splice to it."""
+    from ..model import attach
+
+    with steps(f"loading {MODEL_CLASSES[args.model_class]} from {args.model}"):
+        return attach(load_base(args.model, args.model_class))
+
+
+class Steps:
+    """Progress lines on stderr: ``splice: <what> ...`` then ``done (1.2 s)``; silent with ``quiet``."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    @contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        start = time.perf_counter()
+        self.say(f"{what} ...")
+        yield
+        self.say(f"  done ({time.perf_counter() - start:.1f} s)")
+
+    def say(self, line: str) -> None:
+        if not self.quiet:
+            print(f"splice: {line}" if not line.startswith(" ") else line, file=sys.stderr, flush=True)
+
+
+def human_size(size: int) -> str:
+    """Bytes in decimal units, as ``summary()`` reports them: ``812 B``, ``12.3 kB``, ``4.20 MB``."""
+    if size < 1000:
+        return f"{size} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if size < scale * 1000 or unit == "GB":
+            value = size / scale
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Plain columns, two spaces apart; the columns in ``right`` are right-aligned."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def describe_base(base: dict) -> str:
+    """A splice base fingerprint in words: ``bert, hidden 32, 2 layers, 4 heads, vocabulary 128``."""
+    if not base:
+        return "-"
+    words = {"hidden_size": "hidden {}", "num_layers": "{} layers", "num_heads": "{} heads",
+             "vocab_size": "vocabulary {}"}
+    parts = [str(base["model_type"])] if base.get("model_type") is not None else []
+    parts += [words[key].format(base[key]) for key in words if base.get(key) is not None]
+    parts += [f"{key.replace('_', ' ')} {value}" for key, value in base.items()
+              if key not in words and key != "model_type" and value not in (None, "")]
+    return ", ".join(parts)

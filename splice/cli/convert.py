@@ -1,0 +1,38 @@
+"""``splice convert SRC DST --model MODEL_PATH --to splice|peft``: rewrite an adapter in another format.
+
+The adapter is loaded into the base model (``model.load`` checks every option,
+module name and shape against it) and saved again with ``model.save(...,
+format=...)``; what a format cannot hold is refused, by name, before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..convert import WRITERS
+from .common import Steps, add_command, add_model_options, attach_base
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = add_command(
+        commands, "convert", help="rewrite an adapter (splice, peft or AdapterHub) as splice or peft",
+        description="Load the adapter SRC (a splice, peft or AdapterHub folder, or a hub name@version) into the "
+                    "base model at --model, then write it to the folder DST in the format --to.")
+    parser.add_argument("source", metavar="SRC", help="adapter folder, or name@version in the hub")
+    parser.add_argument("dest", metavar="DST", help="folder to write (new, empty, or an earlier save)")
+    add_model_options(parser)
+    parser.add_argument("--to", required=True, choices=list(WRITERS), help="format to write")
+    parser.add_argument("--name", help="adapter name to load it under (and record in a splice folder)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    steps = Steps(args.quiet)
+    model = attach_base(args, steps)
+    with steps(f"reading {args.source}"):
+        name = model.load(args.source, name=args.name)
+    with steps(f"writing {name!r} as {args.to} to {args.dest}"):
+        model.save(name, args.dest, format=args.to)
+    print(args.dest)
+    return 0
