@@ -10,18 +10,19 @@ A model is a frozen base plus named deltas, applied through forward hooks at
 the sites the anatomy finds (attention projections, FFN, sublayers).
 """
 
+from . import heads, presets
 from .adapter import BASE_NAME, Adapter
-from . import heads
 from .anatomy import Anatomy, Site
 from .compose import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from .errors import AdapterError, AnatomyError, CheckpointError, ConfigError, SpliceError
-from .methods import IA3, METHODS, BitFit, Bottleneck, Fusion, LoRA, MethodConfig
+from .methods import IA3, METHODS, BitFit, Bottleneck, Fusion, LoRA, MethodConfig, PrefixTuning, PromptTuning, Union
 from .model import AdaptedModel, attach
 from .version import __version__
 
 __all__ = [
     "attach", "AdaptedModel", "Adapter", "Anatomy", "Site", "BASE_NAME",
-    "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "MethodConfig", "METHODS",
+    "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "PromptTuning", "PrefixTuning", "Union", "presets",
+    "MethodConfig", "METHODS",
     "Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit", "heads",
     "SpliceError", "ConfigError", "AnatomyError", "AdapterError", "CheckpointError",
     "__version__",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 
+import torch
 from torch import nn
 
 from .anatomy import Anatomy, Site
@@ -30,7 +31,8 @@ class Adapter(nn.Module):
     """The trainable part of one adapter (ΔΘ), kept apart from the frozen base (Θ₀).
 
     ``deltas`` nests stack -> layer -> role, so checkpoint keys read like
-    ``layers.3.ffn.down.weight``. ``head`` is either a splice :class:`~splice.heads.Head`
+    ``layers.3.ffn.down.weight`` (a model-level site, such as a soft prompt, by its
+    role alone: ``prompt.embedding``). ``head`` is either a splice :class:`~splice.heads.Head`
     run on the backbone's hidden states, or (``head_path``) the adapter's own copy of
     a base prediction head, swapped in while the adapter is active.
     """
@@ -42,11 +44,13 @@ class Adapter(nn.Module):
         self.sites: dict[str, Site] = {site.key: site for site in sites}  # plain dict: base modules stay out
         self.deltas = nn.ModuleDict()
         for site in sites:
-            layers = self.deltas[site.stack] if site.stack in self.deltas else nn.ModuleDict()
-            self.deltas[site.stack] = layers
-            roles = layers[str(site.layer)] if str(site.layer) in layers else nn.ModuleDict()
-            layers[str(site.layer)] = roles
-            roles[site.role] = config.build(site, anatomy)
+            *outer, leaf = _path(site)
+            table = self.deltas
+            for part in outer:
+                if part not in table:
+                    table[part] = nn.ModuleDict()
+                table = table[part]
+            table[leaf] = config.build(site, anatomy)
         self.head_path: str | None = None
         self.head_site: Site | None = None
         self.head: nn.Module | None = None
@@ -76,20 +80,39 @@ class Adapter(nn.Module):
         return self.task_head.to_dict() if self.task_head is not None else self.head_path
 
     def delta(self, key: str) -> nn.Module:
-        site = self.sites[key]
-        return self.deltas[site.stack][str(site.layer)][site.role]
+        module = self.deltas
+        for part in _path(self.sites[key]):
+            module = module[part]
+        return module
 
     def items(self):
         """(site, delta) pairs, in block order."""
         for key, site in self.sites.items():
             yield site, self.delta(key)
 
+    def export(self) -> tuple[MethodConfig, dict[str, torch.Tensor]]:
+        """What a save writes: the config and tensors with training-only reparameterisations folded away
+        (a prefix trained through an MLP is saved as the plain prefix it computes)."""
+        tensors = {}
+        for key, site in self.sites.items():
+            delta, name = self.delta(key), ".".join(_path(site))
+            state = delta.folded_state() if hasattr(delta, "folded_state") else delta.state_dict(keep_vars=True)
+            tensors.update({f"{name}.{k}": v for k, v in state.items()})
+        if self.head is not None:
+            tensors.update({f"head.{k}": v for k, v in self.head.state_dict(keep_vars=True).items()})
+        return self.config.folded(), tensors
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def num_bytes(self) -> int:
         """Bytes of tensor data this adapter writes to ``adapter.safetensors``."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        return sum(t.numel() * t.element_size() for t in self.export()[1].values())
+
+
+def _path(site: Site) -> tuple[str, ...]:
+    """Where a site's delta sits in ``deltas``: stack, layer, role (a model-level site: its role alone)."""
+    return (site.role,) if site.layer < 0 else (site.stack, str(site.layer), site.role)
 
 
 class HeadSwap:

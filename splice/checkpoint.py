@@ -38,7 +38,7 @@ FORMAT = "splice-adapter"
 def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike) -> Path:
     """Write adapter ``name`` of ``model`` to the folder ``path`` (replacing an older save there)."""
     adapter = model._get(name)
-    config, exported = adapter.config, checkpoint_tensors(adapter)
+    config, exported = adapter.export()
     meta = {
         "format": FORMAT,
         "splice_version": __version__,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import AdapterError
-from .routing import Leaf, Program, Routed, RowIndex
+from .routing import Program, Routed, RowIndex, as_program, join_soft
 
 Setup = Union[str, "Block"]
 
@@ -139,6 +139,7 @@ class Sequence(Program):
         self.steps = steps
         self.has_pre = any(s.has_pre for s in steps)
         self.has_post = any(s.has_post for s in steps)
+        self.has_soft = any(s.has_soft for s in steps)
         self.reads_input = any(s.reads_input for s in steps)
 
     def pre(self, x):
@@ -150,6 +151,9 @@ class Sequence(Program):
         for step in self.steps:
             y = step.post(x, y)
         return y
+
+    def soft(self, rows):
+        return join_soft([part for step in self.steps if (part := step.soft(rows)) is not None])
 
 
 class Weighted(Program):
@@ -235,7 +239,7 @@ class Compiler:
             if fused is not None:
                 return self._fused(setup, fused, key)
             delta = self.delta_at(setup, key)
-            return Leaf(delta) if delta is not None else None
+            return as_program(delta) if delta is not None else None
         if isinstance(setup, Fuse):
             return self._fused(self.fusion_over(setup.children), setup.children, key)
         children = [self.program(child, key) for child in setup.children]
@@ -246,6 +250,11 @@ class Compiler:
             return None
         if isinstance(setup, BatchSplit):
             return Routed(children, RowIndex.from_sizes(setup.batch_sizes))
+        if any(c is not None and c.has_soft for c in children):
+            raise AdapterError(
+                f"{type(setup).__name__} cannot mix prompt or prefix adapters: their soft tokens lengthen the whole "
+                "call, not one site's output. Use them alone, in a Stack, or per row with adapter_names."
+            )
         children = [c if c is not None else Program() for c in children]  # identity where a child is absent
         if isinstance(setup, Average):
             return Weighted(children, setup.weights)

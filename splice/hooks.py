@@ -15,15 +15,19 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .anatomy import Site
-from .routing import Program
+from .anatomy import Anatomy, Site
+from .routing import Program, first_input
+from .soft import SoftTokens
+
+SOFT_ROLES = ("prompt", "prefix")
 
 
 class HookSet:
     """The hooks splice installed on one base model, and the plan they dispatch to."""
 
-    def __init__(self) -> None:
+    def __init__(self, anatomy: Anatomy) -> None:
         self.plan: dict[str, Program] = {}
+        self.soft = SoftTokens(anatomy, self)
         self.skip_layers: frozenset[int] = frozenset()
         self._sites_at: dict[nn.Module, list[Site]] = {}  # module -> sites whose output it produces
         self._inputs_at: dict[nn.Module, list[Site]] = {}  # module -> sites whose input it receives
@@ -34,19 +38,26 @@ class HookSet:
     def ensure(self, sites: list[Site]) -> None:
         """Install hooks for ``sites`` where none exist yet (idempotent)."""
         for site in sites:
+            if site.role in SOFT_ROLES:
+                for module in self.soft.ensure(site):
+                    self._hook(module)
+                continue
             for registry, module in ((self._sites_at, site.module), (self._inputs_at, site.input_module)):
                 hosted = registry.get(module)
                 if hosted is None:
                     registry[module] = hosted = []
-                if module not in self._hooked:
-                    self._hooked.add(module)
-                    self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
-                    self._handles.append(module.register_forward_hook(self._after, with_kwargs=True))
+                self._hook(module)
                 if all(s.key != site.key for s in hosted):
                     hosted.append(site)
                     # Projections run before the sublayer sites sharing their module
                     # (a LoRA on BERT's attention output precedes a Houlsby adapter there).
                     hosted.sort(key=lambda s: not s.is_projection)
+
+    def _hook(self, module: nn.Module) -> None:
+        if module not in self._hooked:
+            self._hooked.add(module)
+            self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._after, with_kwargs=True))
 
     def remove(self) -> None:
         """Remove every hook: the base model is exactly as it was before attach."""
@@ -58,6 +69,7 @@ class HookSet:
         self._inputs_at.clear()
         self._stash.clear()
         self.plan = {}
+        self.soft = SoftTokens(self.soft.anatomy, self)
 
     # -- the hot path -----------------------------------------------------------------
     def _before(self, module: nn.Module, args: tuple, kwargs: dict):
@@ -75,14 +87,22 @@ class HookSet:
                 program = self.plan.get(site.key)
                 if program is not None and program.reads_input and site.layer not in self.skip_layers:
                     self._stash[site.key] = first_input(args, kwargs)
+        for handler in self.soft.before.get(module, ()):  # call rewrites see the deltas' inputs
+            rewritten = handler(args, kwargs)
+            if rewritten is not None:
+                args, kwargs = rewritten
+                changed = True
         return (args, kwargs) if changed else None
 
     def _after(self, module: nn.Module, args: tuple, kwargs: dict, output):
         if not self.plan:
             return None
-        is_tuple = isinstance(output, tuple)
+        strip = self.soft.strip.get(module)
+        changed = strip is not None
+        if changed:  # soft positions leave before the site deltas see the output
+            output = strip(output)
+        is_tuple = isinstance(output, tuple) and not hasattr(output, "keys")
         y_full = output[0] if is_tuple else output
-        changed = False
         for site in self._sites_at.get(module, ()):
             program = self.plan.get(site.key)
             if program is None or not program.has_post or site.layer in self.skip_layers:
@@ -94,18 +114,14 @@ class HookSet:
             y = program.post(x, take_columns(y_full, site.columns))
             y_full = put_columns(y_full, site.columns, y)
             changed = True
+        for handler in self.soft.after.get(module, ()):  # prefix keys/values override every delta there
+            y_full = handler(args, kwargs, y_full)
+            changed = True
         if not changed:
             return None
+        if not isinstance(y_full, torch.Tensor):  # a whole model output, rewritten by a soft handler
+            return y_full
         return (y_full, *output[1:]) if is_tuple else y_full
-
-
-def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    """The hidden states a module was called with, positionally or as ``hidden_states=``."""
-    if args:
-        return args[0]
-    if "hidden_states" in kwargs:
-        return kwargs["hidden_states"]
-    return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
 
 
 def replace_first_input(args: tuple, kwargs: dict, x: torch.Tensor) -> tuple[tuple, dict]:

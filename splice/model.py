@@ -43,7 +43,7 @@ class AdaptedModel(nn.Module):
         self.anatomy = Anatomy(base, roles)
         self.base = base
         self.adapters = nn.ModuleDict()
-        self.hooks = HookSet()
+        self.hooks = HookSet(self.anatomy)
         self.planner = Planner(self)
         self._setup: Setup | None = None
         self._plan: dict = {}
@@ -70,12 +70,16 @@ class AdaptedModel(nn.Module):
         return apply_heads(self.base, groups, args, kwargs)
 
     def generate(self, *args, adapter_names: Sequence[Setup] | None = None, **kwargs):
-        """The base model's ``generate`` under the active setup, or per row with ``adapter_names``."""
+        """The base model's ``generate`` under the active setup, or per row with ``adapter_names``.
+
+        Prompt and prefix adapters' soft tokens are not returned: sequences hold the
+        caller's ids and the new tokens, as without them.
+        """
         if isinstance(self._setup, Parallel) and adapter_names is None:
             raise AdapterError("generate() does not run a Parallel setup; activate one adapter or pass adapter_names.")
         args, kwargs, _ = self._prepare(args, kwargs, adapter_names)
         self.hooks.skip_layers = self._skip_layers
-        return self.base.generate(*args, **kwargs)
+        return self.hooks.soft.generate(self.base, args, kwargs)
 
     def _prepare(self, args: tuple, kwargs: dict, adapter_names) -> tuple[tuple, dict, HeadGroups]:
         """Install this forward's plan; replicate the batch for Parallel. Returns the heads to run."""

@@ -25,6 +25,12 @@ HEAD_KEY = "head"
 HeadGroups = list[tuple[Head, torch.Tensor | None]]
 
 
+def _layer(key: str) -> int:
+    """The block index in a site key ("layers.3.q" -> 3); -1 for model-level keys ("head", "prompt")."""
+    parts = key.split(".")
+    return int(parts[1]) if len(parts) == 3 else -1
+
+
 class Planner:
     """Compiles setups for one adapted model."""
 
@@ -141,10 +147,9 @@ class Planner:
         compiler = self._compiler()
         plan = {}
         for key in self._keys([setup]):
-            if key != HEAD_KEY and int(key.split(".")[1]) in skip_layers:
-                continue
             program = compiler.program(setup, key)
-            if program is not None:
+            # Soft positions lengthen the whole call (one mask for every block): AdapterDrop keeps them.
+            if program is not None and (_layer(key) not in skip_layers or program.has_soft):
                 plan[key] = program
         return plan
 

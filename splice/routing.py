@@ -15,24 +15,54 @@ This module is the seam the fused GPU kernels slot into: they replace the
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+class Soft(NamedTuple):
+    """Soft positions a setup adds to a call (prompt embeddings, prefix keys and values), for a batch.
+
+    ``values`` are ``[B, S, ...]`` each; ``visible [B, S]`` says which slots a row
+    uses. Rows with fewer slots than ``S`` have theirs right-aligned (next to the
+    real tokens) and the rest masked out, so padding never moves a row's positions.
+    """
+
+    values: tuple[torch.Tensor, ...]
+    visible: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.visible.shape[1]
+
+
+def join_soft(parts: list[Soft]) -> Soft | None:
+    """Several setups' soft positions one after another (a Stack of prefixes: both prefixes)."""
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    values = tuple(torch.cat(group, 1) for group in zip(*(p.values for p in parts)))
+    return Soft(values, torch.cat([p.visible for p in parts], 1))
+
+
 class Program:
-    """What a setup does at one site: ``pre`` changes the input, ``post`` the output (identity here)."""
+    """What a setup does at one site: ``pre`` changes the input, ``post`` the output (identity here),
+    ``soft`` gives the soft positions it adds to the call (prompt and prefix tuning; none here)."""
 
     reads_input = False
     has_pre = False
     has_post = False
+    has_soft = False
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     def post(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return y
+
+    def soft(self, rows: int) -> Soft | None:
+        return None
 
 
 class Leaf(Program):
@@ -42,6 +72,7 @@ class Leaf(Program):
         self.delta = delta
         self.has_pre = delta.stage == "input"
         self.has_post = delta.stage == "output"
+        self.has_soft = delta.stage == "soft"
         self.reads_input = self.has_post and delta.reads_input
 
     def pre(self, x):
@@ -49,6 +80,27 @@ class Leaf(Program):
 
     def post(self, x, y):
         return self.delta(x, y) if self.has_post else y
+
+    def soft(self, rows):
+        if not self.has_soft:
+            return None
+        values = self.delta.soft()  # each [S, ...]: the same for every row
+        visible = torch.ones(rows, values[0].shape[0], dtype=torch.bool, device=values[0].device)
+        return Soft(tuple(v.unsqueeze(0).expand(rows, *v.shape) for v in values), visible)
+
+
+def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a module was called with, positionally or as ``hidden_states=``."""
+    if args:
+        return args[0]
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+
+
+def as_program(delta) -> Program:
+    """The program of one adapter's delta at a site: a Leaf, or what a composite delta compiles to (Union)."""
+    return delta.program() if hasattr(delta, "program") else Leaf(delta)
 
 
 class RowIndex:
@@ -114,6 +166,7 @@ class Routed(Program):
         present = [c for c in children if c is not None]
         self.has_pre = any(c.has_pre for c in present)
         self.has_post = any(c.has_post for c in present)
+        self.has_soft = any(c.has_soft for c in present)
         self.reads_input = any(c.reads_input for c in present)
         self._pre_groups = _group_leaves(children, "input")
         self._post_groups = _group_leaves(children, "output")
@@ -125,6 +178,25 @@ class Routed(Program):
     def post(self, x, y):
         index = self.rows.fit(y.shape[0], y.device)
         return self._run(x, y, index, self._post_groups, stage="output")
+
+    def soft(self, rows):
+        """Each row's own soft positions, right-aligned in ``S = max`` slots; other rows' slots masked."""
+        parts = [c.soft(1) if c is not None and c.has_soft else None for c in self.children]
+        present = [p for p in parts if p is not None]
+        if not present:
+            return None
+        length, device = max(p.length for p in present), present[0].visible.device
+        tables = []
+        for i, first in enumerate(present[0].values):
+            empty = first.new_zeros(length, *first.shape[2:])
+            slots = [_right_align(p.values[i][0], length) if p is not None else empty for p in parts]
+            tables.append(torch.stack(slots + [empty]))  # last: rows of no setup
+        visible = torch.zeros(len(parts) + 1, length, dtype=torch.bool, device=device)
+        for child, p in enumerate(parts):
+            if p is not None:
+                visible[child, length - p.length:] = True
+        index = self.rows.fit(rows, device)
+        return Soft(tuple(t[index] for t in tables), visible[index])
 
     def _run(self, x, y, index, groups, stage):
         vectorised, others = groups
@@ -150,6 +222,12 @@ class Routed(Program):
                 part = program.post(xs, target.index_select(0, rows))
             target = target.index_copy(0, rows, part)
         return target
+
+
+def _right_align(values: torch.Tensor, length: int) -> torch.Tensor:
+    """``[s, ...]`` zero-padded in front to ``[length, ...]``."""
+    pad = [0, 0] * (values.dim() - 1) + [length - values.shape[0], 0]
+    return F.pad(values, pad)
 
 
 def _group_leaves(children: list[Program | None], stage: str):

@@ -304,8 +304,7 @@ def test_corrupted_weights_are_refused(bert_lora):
 
 @pytest.fixture
 def adapters_lora(tmp_path) -> Path:
-    if not PEERS.is_dir():
-        pytest.skip(f"peer fixtures not found at {PEERS}")
+    assert PEERS.is_dir(), f"peer fixtures not found at {PEERS}: the repository expects ../shared beside it"
     folder = tmp_path / "adapters"
     shutil.copytree(PEERS / "adapters_bert_lora" / "adapter", folder)
     for path in folder.iterdir():

@@ -1,4 +1,5 @@
-"""splice supports transformers >= 4.57: run the architecture x method matrix on 4.57 too.
+"""splice supports transformers >= 4.57: run the architecture x method matrix (with prompt and prefix tuning,
+whose mechanisms differ most between releases) on 4.57 too.
 
 The default environment has transformers 5.x; scripts/setup.sh installs 4.57.6 as an
 overlay in .venv/transformers-4.57, and this test runs the matrix in a child
@@ -22,7 +23,7 @@ def test_method_matrix_on_transformers_4_57():
     assert probe.stdout.strip() == "4.57.6"
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         "tests/test_methods.py", "tests/test_integration.py"],
+         "tests/test_methods.py", "tests/test_integration.py", "tests/test_prefix_prompt.py"],
         cwd=ROOT, env=env, capture_output=True, text=True,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

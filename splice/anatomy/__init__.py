@@ -2,14 +2,17 @@
 
 The only package that knows model internals: ``layouts`` (the role table per
 ``model_type``), ``detect`` (overrides and structural detection), ``linear``
-(Linear vs. HF Conv1D) and ``anatomy`` (resolving roles to :class:`Site`s).
+(Linear vs. HF Conv1D), ``calls`` (how models are called: masks, caches,
+positions, for prompt and prefix tuning) and ``anatomy`` (resolving roles to
+:class:`Site`s).
 """
 
 from .anatomy import Anatomy, Site, config_value
+from .calls import AttentionCall
 from .layouts import ALL_ROLES, HEAD_NAMES, LAYOUTS, PROJECTION_ROLES, SUBLAYER_ROLES, Layout, RoleSpec
 from .linear import is_linear, linear_weight
 
 __all__ = [
-    "Anatomy", "Site", "Layout", "RoleSpec", "LAYOUTS", "HEAD_NAMES",
+    "Anatomy", "Site", "Layout", "AttentionCall", "RoleSpec", "LAYOUTS", "HEAD_NAMES",
     "ALL_ROLES", "PROJECTION_ROLES", "SUBLAYER_ROLES", "config_value", "is_linear", "linear_weight",
 ]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import AnatomyError
+from .calls import AttentionCall, token_embedding
 from .detect import apply_overrides, detect_layout, find_blocks, get_module
 from .layouts import ALL_ROLES, FUSED, HEAD_NAMES, LAYOUTS, PROJECTION_ROLES, SUBLAYER_ROLES, RoleSpec
 from .linear import is_linear, linear_shape
@@ -118,7 +119,7 @@ class Anatomy:
 
     @property
     def head_dim(self) -> int:
-        return int(config_value(self.config, "head_dim", default=self.hidden_size // self.num_heads))
+        return int(config_value(self.config, "head_dim", "d_kv", default=self.hidden_size // self.num_heads))
 
     @property
     def causal(self) -> bool:
@@ -128,6 +129,61 @@ class Anatomy:
         config = self.config
         return bool(getattr(config, "is_decoder", False)) or any(
             a.endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or ()))
+
+    # -- how the model is called (prompt and prefix tuning) -------------------------------
+    @property
+    def encoder_decoder(self) -> bool:
+        return bool(getattr(self.config, "is_encoder_decoder", False))
+
+    @property
+    def attention_call(self) -> AttentionCall:
+        return self.layout.attention
+
+    @property
+    def positions(self) -> str:
+        """How position ids follow the mask (see ``Layout.positions``); decoders found by structure: explicit."""
+        return "explicit" if self.layout.positions == "fixed" and self.causal else self.layout.positions
+
+    def cached(self, stack: str) -> bool:
+        """Whether ``stack`` runs with a key/value cache (decoder self-attention)."""
+        return stack in (self.layout.cached_stacks or (tuple(self.blocks) if self.causal else ()))
+
+    def prompt_module(self) -> nn.Module:
+        """The module whose ``input_ids`` a soft prompt is prepended to (T5: the encoder stack)."""
+        module = get_module(self.model, self.layout.prompt_module) if self.layout.prompt_module else self.model
+        if module is None or token_embedding(module) is None:
+            raise AnatomyError(
+                f"This {type(self.model).__name__} (model_type {self.model_type!r}) takes no token ids, so there is "
+                "nothing to prepend a soft prompt to. Prompt tuning needs a text model (input_ids); use "
+                "splice.PrefixTuning or another method here."
+            )
+        return module
+
+    def prompt_site(self) -> Site:
+        """Where a soft prompt goes in: the prompt module's call (a model-level site, ``key`` "prompt")."""
+        module = self.prompt_module()
+        width = token_embedding(module).embedding_dim
+        return Site("prompt", "model", -1, "prompt", module, module, width, width)
+
+    def prefix_sites(self) -> list[Site]:
+        """One site per self-attention block (``key`` "layers.3.prefix"): where prefix keys and values go in.
+
+        ``in_features`` / ``out_features`` are the widths of the block's keys / values.
+        """
+        found = []
+        for attn in self.sites("attn"):
+            k, v = (next((s for s in self.sites(role) if s.stack == attn.stack and s.layer == attn.layer), None)
+                    for role in ("k", "v"))
+            if k is not None and v is not None:
+                found.append(Site(f"{attn.stack}.{attn.layer}.prefix", attn.stack, attn.layer, "prefix",
+                                  attn.module, attn.input_module, k.out_features, v.out_features))
+        if not found:
+            raise AnatomyError(
+                f"Prefix tuning needs self-attention blocks with key and value projections; splice finds none in "
+                f"model_type {self.model_type!r}. {self._block_listing()} Map them with "
+                "splice.attach(model, roles={'attn': '<attention module>', 'k': '...', 'v': '...'})."
+            )
+        return found
 
     @property
     def num_layers(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Mapping
 
@@ -51,7 +52,7 @@ def apply_overrides(layout: Layout, overrides: Mapping[str, RoleSpec]) -> Layout
         stacks = {"layers": paths[0]} if len(paths) == 1 else {f"stack{i}": p for i, p in enumerate(paths)}
     roles = {stack: {**layout.roles.get(stack, next(iter(layout.roles.values()), {})), **overrides}
              for stack in stacks}
-    return Layout(stacks, roles, layout.final_norm, layout.causal)
+    return dataclasses.replace(layout, stacks=stacks, roles=roles)
 
 
 _NAME_PATTERNS = {

@@ -8,9 +8,12 @@ list of alternatives (first present wins) where transformers releases differ.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Mapping, Union
+
+from .calls import AttentionCall
 
 PROJECTION_ROLES = ("q", "k", "v", "o", "up", "gate", "down", "cross_q", "cross_k", "cross_v", "cross_o")
 SUBLAYER_ROLES = ("attn", "cross_attn", "ffn")
@@ -31,6 +34,15 @@ class Layout:
     roles: Mapping[str, Mapping[str, RoleSpec]]  # stack name -> role -> spec
     final_norm: tuple[str, ...] = ()
     causal: bool = False  # decoder-only: each position sees only earlier ones
+    # How the model is called, for prompt and prefix tuning (see calls.py):
+    attention: AttentionCall = AttentionCall()  # noqa: RUF009 (frozen, so one shared default is safe)
+    # "explicit": it takes position_ids (pass mask-derived ones); "derived": it derives them from the mask
+    # itself (OPT); "relative": relative positions only; "fixed": absolute positions it cannot be given.
+    positions: str = "fixed"
+    cached_stacks: tuple[str, ...] = ()  # stacks run with a key/value cache (prefixes go in through it)
+    prompt_module: str = ""  # the module whose input_ids take a soft prompt ("": the model itself)
+    decoder_inputs: tuple[str, ...] = ("input_ids", "inputs_embeds")  # what sets a cached stack's length
+    decoder_mask: str = "attention_mask"  # the mask of a cached stack's tokens
 
 
 def _bert_like(q: str, k: str, v: str, attn_in: str = "attention.self") -> dict:
@@ -67,20 +79,29 @@ def _t5_stack(cross: bool) -> dict:
 
 
 def _single(blocks: str | tuple[str, ...], roles: dict, final_norm: tuple[str, ...] = (),
-            causal: bool = False) -> Layout:
-    return Layout({"layers": blocks}, {"layers": roles}, final_norm, causal)
+            causal: bool = False, **calls) -> Layout:
+    if causal:  # decoder-only: the one stack runs with a cache; rotary/learned positions follow the mask
+        calls = {"cached_stacks": ("layers",), "positions": "explicit", **calls}
+    return Layout({"layers": blocks}, {"layers": roles}, final_norm, causal, **calls)
 
 
-_BERT = _single("encoder.layer", _bert_like("attention.self.query", "attention.self.key", "attention.self.value"))
+_BERT = _single("encoder.layer", _bert_like("attention.self.query", "attention.self.key", "attention.self.value"),
+                positions="explicit")
+# RoBERTa offsets its positions by pad_token_id + 1 and numbers them from input_ids itself.
+_ROBERTA = dataclasses.replace(_BERT, positions="fixed")
 _LLAMA = _single("layers", _LLAMA_LIKE, ("norm",), causal=True)
 
 LAYOUTS: dict[str, Layout] = {
     "bert": _BERT,
-    "roberta": _BERT,
-    "xlm-roberta": _BERT,
+    "roberta": _ROBERTA,
+    "xlm-roberta": _ROBERTA,
     "electra": _BERT,
     "deberta-v2": _single("encoder.layer", _bert_like(
-        "attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj")),
+        "attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
+        # The mask comes second, positionally; relative_pos is rebuilt for a longer sequence when None.
+        attention=AttentionCall(mask=("attention_mask", 1), hidden=("hidden_states", "query_states"),
+                                rebuilt=("relative_pos",)),
+        positions="relative"),
     # transformers 5 flattened ViT; 4.x nests it BERT-style (alternatives: first present wins).
     "vit": _single(("layers", "encoder.layer"), {
         "q": ["attention.q_proj", "attention.attention.query"],
@@ -93,7 +114,7 @@ LAYOUTS: dict[str, Layout] = {
     "distilbert": _single("transformer.layer", {
         "q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin", "o": "attention.out_lin",
         "up": "ffn.lin1", "down": "ffn.lin2", "attn": "attention", "ffn": "ffn",
-    }),
+    }, attention=AttentionCall(hidden=("hidden_states", "query", "key", "value"))),  # 4.57: query/key/value=
     "gpt2": _single("h", {
         "q": "attn.c_attn[qkv:0]", "k": "attn.c_attn[qkv:1]", "v": "attn.c_attn[qkv:2]",
         "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj", "attn": "attn", "ffn": "mlp",
@@ -104,11 +125,11 @@ LAYOUTS: dict[str, Layout] = {
         "v": "attention.query_key_value[qkv_per_head:2]",
         "o": "attention.dense", "up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h",
         "attn": "attention", "ffn": "mlp",
-    }, ("final_layer_norm",), causal=True),
+    }, ("final_layer_norm",), causal=True, attention=AttentionCall(cache="layer_past")),
     "opt": _single("decoder.layers", {
         "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
         "up": "fc1", "down": "fc2", "attn": "self_attn", "ffn": ("fc1", "fc2"),
-    }, ("decoder.final_layer_norm",), causal=True),
+    }, ("decoder.final_layer_norm",), causal=True, positions="derived"),
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -125,5 +146,12 @@ LAYOUTS: dict[str, Layout] = {
         {"encoder": "encoder.block", "decoder": "decoder.block"},
         {"encoder": _t5_stack(cross=False), "decoder": _t5_stack(cross=True)},
         ("encoder.final_layer_norm", "decoder.final_layer_norm"),
+        # 4.57 computes the encoder's relative bias from cache_position = arange(T).
+        attention=AttentionCall(positions=("cache_position",)),
+        positions="relative",
+        cached_stacks=("decoder",),
+        prompt_module="encoder",
+        decoder_inputs=("decoder_input_ids", "decoder_inputs_embeds", "labels"),
+        decoder_mask="decoder_attention_mask",
     ),
 }

@@ -11,8 +11,13 @@ from .bottleneck import Bottleneck
 from .fusion import Fusion
 from .ia3 import IA3
 from .lora import LoRA
+from .prefix import PrefixTuning
+from .prompt import PromptTuning
+from .union import Union
 
-METHODS: dict[str, type[MethodConfig]] = {cls.method: cls for cls in (Bottleneck, LoRA, IA3, BitFit, Fusion)}
+METHODS: dict[str, type[MethodConfig]] = {
+    cls.method: cls for cls in (Bottleneck, LoRA, IA3, BitFit, Fusion, PromptTuning, PrefixTuning, Union)
+}
 
 
 def config_from_dict(data: dict[str, Any]) -> MethodConfig:
@@ -25,4 +30,5 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
     return cls.from_dict(data)
 
 
-__all__ = ["METHODS", "MethodConfig", "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "config_from_dict"]
+__all__ = ["METHODS", "MethodConfig", "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "PromptTuning",
+           "PrefixTuning", "Union", "config_from_dict"]

@@ -10,8 +10,15 @@ A site delta is an ``nn.Module`` with one of two stages:
 - ``stage = "input"``: ``forward(x) -> x'`` changes the site's input before the
   module runs (IA³ on the FFN's inner activation).
 
+- ``stage = "soft"``: ``soft() -> tuple of [S, ...]`` gives positions the
+  method adds to the call (prompt embeddings; prefix keys and values), put in
+  by :mod:`splice.soft`.
+
 ``reads_input`` says whether an output-stage delta needs ``x`` (hooks stash it
-only then). Mergeable deltas also implement ``merge(site)`` / ``unmerge(site)``,
+only then). A delta that trains through a reparameterisation implements
+``folded_state()`` (the plain tensors a save writes) with the config's
+``folded()``. A composite delta (Union) implements ``program()`` instead of a
+stage. Mergeable deltas also implement ``merge(site)`` / ``unmerge(site)``,
 folding themselves into, and back out of, the base weight in place, and may
 implement ``check_merge(site)``, which raises before any weight is written
 when a site cannot take the merge.
@@ -70,6 +77,10 @@ class MethodConfig:
         """A fresh delta module for ``site``; a fresh adapter must not change the model's output."""
         raise NotImplementedError
 
+    def folded(self) -> "MethodConfig":
+        """The config a save writes (a delta's ``folded_state`` gives the matching tensors); usually itself."""
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         data = {"method": self.method}
         for f in dataclasses.fields(self):
@@ -98,6 +109,12 @@ class MethodConfig:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"{type(self).__name__}.{field} must be a positive number, got {value!r}.")
+
+    def _require_count(self, field: str, value, allow_none: bool = False) -> None:
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{type(self).__name__}.{field} must be a positive integer, got {value!r}.")
 
     def _require_fraction(self, field: str, value: float) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:

@@ -1,0 +1,346 @@
+"""Prompt tuning, prefix tuning and unions of methods, on every architecture where they apply.
+
+Prefix tuning needs self-attention (all 17 tiny architectures); prompt tuning needs
+token inputs (all but ViT). Checks: training moves only the adapter and leaves the
+base bit-identical; save -> load into a fresh model reproduces outputs; padding
+does not change a row; a prefix whose slots are all masked is the base model
+(catches relative-position bugs); gradient checkpointing gives the same
+gradients; ``generate`` returns no soft tokens and equals greedy recomputation;
+per-row routing mixes them with other adapters exactly.
+"""
+
+import json
+
+import pytest
+import torch
+
+import splice
+
+from helpers import assert_same_state, perturb, state_copy
+from tiny_models import ARCHITECTURES, DECODERS, tiny_inputs, tiny_model
+
+METHODS = {
+    "prompt": lambda: splice.PromptTuning(length=3),
+    "prefix": lambda: splice.PrefixTuning(length=3),
+    "prefix_mlp": lambda: splice.PrefixTuning(length=2, projection_dim=8),
+}
+PROMPT_ARCHS = [a for a in ARCHITECTURES if a != "vit"]
+CASES = ([(a, "prompt") for a in PROMPT_ARCHS] + [(a, "prefix") for a in ARCHITECTURES]
+         + [(a, "prefix_mlp") for a in ("bert", "llama", "t5")])
+
+
+def output(model, inputs):
+    """Every per-position output a test compares: encoder and decoder states for T5."""
+    out = model(**inputs)
+    if getattr(out, "encoder_last_hidden_state", None) is not None:
+        return torch.cat([out.last_hidden_state, out.encoder_last_hidden_state], 1)
+    return out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None else out[0]
+
+
+def adapted(arch, method, head="base", seed=0):
+    model = splice.attach(tiny_model(arch, head=head))
+    model.add("soft", METHODS[method]() if isinstance(method, str) else method)
+    perturb(model.adapters["soft"], seed=seed, std=0.5)
+    model.activate("soft")
+    return model
+
+
+def real_rows(arch, inputs, row):
+    """Row ``row`` without its padding (pads are on the left for decoders, on the right otherwise)."""
+    n = int(inputs["attention_mask"][row].sum())
+    cut = slice(-n, None) if arch in DECODERS else slice(0, n)
+    return {k: v[row : row + 1, cut] if k in ("input_ids", "attention_mask") else v[row : row + 1]
+            for k, v in inputs.items()}, cut
+
+
+@pytest.mark.parametrize("arch,method", CASES)
+def test_train_save_load(arch, method, tmp_path):
+    model = adapted(arch, method)
+    inputs = tiny_inputs(arch, padded=arch != "vit")
+    with torch.no_grad():
+        model.disable()
+        base = output(model, inputs)
+        model.activate("soft")
+        assert output(model, inputs).shape == base.shape, "soft positions must not reach the outputs"
+    before = state_copy(model.base)
+    model.train_adapter("soft")
+    optimizer = torch.optim.AdamW(model.adapters.parameters(), lr=1e-2)
+    for _ in range(2):
+        loss = output(model, inputs).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in model.adapters["soft"].parameters())
+        optimizer.step()
+    model.eval()
+    assert_same_state(model.base, before)
+    with torch.no_grad():
+        expected = output(model, inputs)
+    assert not torch.allclose(expected, base)
+    model.save("soft", tmp_path / "soft")
+    saved = json.loads((tmp_path / "soft" / "adapter.json").read_text())["config"]
+    assert saved.get("projection_dim") is None, "the reparameterisation is folded away at save"
+    fresh = splice.attach(tiny_model(arch))
+    fresh.load(tmp_path / "soft")
+    fresh.activate("soft")
+    with torch.no_grad():
+        torch.testing.assert_close(output(fresh, inputs), expected, atol=1e-5, rtol=1e-5)
+        fresh.disable()
+        assert torch.equal(output(fresh, inputs), base), "disable() gives the base back"
+
+
+@pytest.mark.parametrize("arch,method", [c for c in CASES if c[0] != "vit"])
+def test_padding_does_not_change_a_row(arch, method):
+    model = adapted(arch, method)
+    inputs = tiny_inputs(arch, padded=True)
+    with torch.no_grad():
+        padded = model(**inputs)[0]
+        single, cut = real_rows(arch, inputs, 1)
+        alone = model(**single)[0]
+    torch.testing.assert_close(padded[1:, cut if arch != "t5" else slice(None)], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a != "vit"])
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_masked_soft_slots_equal_the_base(arch, method):
+    """A row routed to ``__base__`` beside a prompt/prefix row has every soft slot masked: it is the base."""
+    model = adapted(arch, method)
+    inputs = tiny_inputs(arch, padded=True)
+    if method == "prompt" and model.anatomy.positions == "fixed":  # it cannot be told to skip masked slots
+        with pytest.raises(splice.AdapterError, match="different lengths cannot share a batch"):
+            model(**inputs, adapter_names=["soft", "__base__"])
+        return
+    with torch.no_grad():
+        mixed = output(model, {**inputs, "adapter_names": ["soft", "__base__"]})
+        model.disable()
+        if arch == "t5":
+            single, cut = {k: v[1:] for k, v in inputs.items()}, slice(None)
+        else:  # unpadded: positions count from the first real token, as the soft slots' mask makes them
+            single, cut = real_rows(arch, inputs, 1)
+        base = output(model, single)
+    torch.testing.assert_close(mixed[1:, cut], base, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated")
+@pytest.mark.parametrize("arch,method", [
+    (arch, method) for arch in ["bert", "deberta-v2", "gpt2", "gpt_neox", "llama", "opt", "t5", "vit"]
+    for method in ["prefix", "prompt"] if (arch, method) != ("vit", "prompt")  # refused: see test_bad_inputs
+])
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_gives_same_gradients(arch, method, reentrant):
+    grads = []
+    for checkpointing in (False, True):
+        model = adapted(arch, method)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        model.train_adapter("soft")
+        output(model, tiny_inputs(arch, padded=arch != "vit")).pow(2).mean().backward()
+        grads.append({n: p.grad for n, p in model.adapters["soft"].named_parameters()})
+    for name, grad in grads[0].items():
+        assert grads[1][name] is not None, f"{name}: checkpointed blocks must still reach the soft tokens"
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4)
+
+
+def greedy(model, inputs, steps):
+    """Greedy decoding by recomputing the whole sequence at every step (no cache)."""
+    if inputs.pop("decoder_input_ids", None) is not None:
+        ids = torch.zeros(inputs["input_ids"].shape[0], 1, dtype=torch.long)
+        for _ in range(steps):
+            logits = model(**inputs, decoder_input_ids=ids).logits[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
+        return ids
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    done = torch.zeros(ids.shape[0], 1, dtype=torch.bool)
+    for _ in range(steps):
+        nxt = model(input_ids=ids, attention_mask=mask).logits[:, -1].argmax(-1, keepdim=True)
+        nxt = nxt.masked_fill(done, 0)  # after end-of-sequence, generate pads
+        done |= nxt == model.generation_config.eos_token_id
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    return ids
+
+
+@pytest.mark.parametrize("arch", DECODERS + ("t5",))
+@pytest.mark.parametrize("method", ["prefix", "prompt", "both"])
+def test_generate_returns_no_soft_tokens_and_equals_recompute(arch, method):
+    model = splice.attach(tiny_model(arch, head="lm"))
+    names = ["prefix", "prompt"] if method == "both" else [method]
+    for seed, name in enumerate(names):
+        model.add(name, METHODS[name]())
+        perturb(model.adapters[name], seed=seed, std=1.0)
+    model.activate(*names)
+    inputs = tiny_inputs(arch, padded=True)
+    inputs.pop("decoder_input_ids", None)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        if arch == "t5":
+            expected = greedy(model, {**inputs, "decoder_input_ids": True}, 4)
+        else:
+            expected = greedy(model, inputs, 4)
+    assert generated.shape == expected.shape
+    assert torch.equal(generated, expected)
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_beams_and_several_sequences_get_the_soft_tokens_on_every_copy(arch):
+    model = splice.attach(tiny_model(arch, head="lm"))
+    model.add("prefix", splice.PrefixTuning(length=3))
+    model.add("prompt", splice.PromptTuning(length=2))
+    model.activate("prefix", "prompt")
+    inputs = tiny_inputs(arch)
+    inputs.pop("decoder_input_ids", None)
+    kwargs = {"max_new_tokens": 3, "pad_token_id": 0}
+    with torch.no_grad():
+        beams = model.generate(**inputs, num_beams=2, do_sample=False, **kwargs)
+        copies = model.generate(**inputs, num_return_sequences=2, do_sample=True, top_k=1, **kwargs)  # greedy
+        single = model.generate(**inputs, do_sample=False, **kwargs)
+    assert beams.shape == single.shape
+    assert torch.equal(copies[::2], single) and torch.equal(copies[1::2], single)
+
+
+ROUTED = {
+    "prefix": splice.PrefixTuning(length=3),
+    "prefix2": splice.PrefixTuning(length=2),
+    "prompt": splice.PromptTuning(length=3),
+    "prompt1": splice.PromptTuning(length=1),
+    "lora": splice.LoRA(r=4, targets=["v", "o", "down"]),  # DeBERTa also runs q and k on position embeddings
+    "pfeiffer": splice.Bottleneck(r=4),
+}
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2", "llama", "gpt2", "opt", "t5"])
+def test_routed_rows_equal_rows_run_alone(arch):
+    model = splice.attach(tiny_model(arch))
+    for seed, (name, config) in enumerate(ROUTED.items()):
+        model.add(name, config)
+        perturb(model.adapters[name], seed=seed, std=0.5)
+    entries = [*ROUTED, "__base__", splice.Stack("prefix", "lora"), splice.Stack("prompt", "pfeiffer")]
+    if arch in ("deberta-v2", "t5"):  # relative positions: prefixed rows beside longer prompts are refused
+        with pytest.raises(splice.AdapterError, match="relative positions"):
+            model(**tiny_inputs(arch, batch=2), adapter_names=["prefix", "prompt"])
+        entries = [e for e in entries if "prompt" not in str(e)]
+    inputs = tiny_inputs(arch, batch=len(entries), padded=True)
+    with torch.no_grad():
+        mixed = output(model, {**inputs, "adapter_names": entries})
+        for row, setup in enumerate(entries):
+            model.disable() if setup == "__base__" else model.activate(setup)
+            if arch == "t5":  # encoder and decoder states side by side: run the padded row as it is
+                single, cut = {k: v[row : row + 1] for k, v in inputs.items()}, slice(None)
+            else:
+                single, cut = real_rows(arch, inputs, row)
+            alone = output(model, single)
+            torch.testing.assert_close(mixed[row : row + 1, cut], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_routed_generate_equals_rows_alone():
+    model = splice.attach(tiny_model("llama", head="lm"))
+    for seed, name in enumerate(["prefix", "prompt1", "lora"]):
+        model.add(name, ROUTED[name])
+        perturb(model.adapters[name], seed=seed, std=1.0)
+    entries = ["prefix", "prompt1", "lora", "__base__"]
+    inputs = tiny_inputs("llama", batch=4)
+    kwargs = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    mixed = model.generate(**inputs, adapter_names=entries, **kwargs)
+    for row, setup in enumerate(entries):
+        model.disable() if setup == "__base__" else model.activate(setup)
+        assert torch.equal(mixed[row : row + 1], model.generate(**{k: v[row : row + 1] for k, v in inputs.items()},
+                                                                **kwargs))
+
+
+def test_rows_of_different_prompt_lengths_need_positions_the_model_takes():
+    model = splice.attach(tiny_model("roberta"))
+    model.add("a", splice.PromptTuning(length=3))
+    model.add("b", splice.PromptTuning(length=1))
+    with pytest.raises(splice.AdapterError, match="different lengths cannot share a batch"):
+        model(**tiny_inputs("roberta"), adapter_names=["a", "b"])
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "t5"])
+@pytest.mark.parametrize("preset", ["mam", "unipelt"])
+def test_union_presets_train_and_reload(arch, preset, tmp_path):
+    config = getattr(splice.presets, preset)(prefix_length=2)
+    assert splice.methods.config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    model = splice.attach(tiny_model(arch))
+    inputs = tiny_inputs(arch, padded=True)
+    with torch.no_grad():
+        base = output(model, inputs)
+    model.add("u", config)
+    before = state_copy(model.base)
+    model.train_adapter("u")
+    optimizer = torch.optim.AdamW(model.adapters.parameters(), lr=1e-2)
+    for _ in range(2):
+        loss = output(model, inputs).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    trained = [n for n, p in model.adapters["u"].named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert any("gates" in n for n in trained) == (preset == "unipelt")
+    model.eval()
+    assert_same_state(model.base, before)
+    with torch.no_grad():
+        expected = output(model, inputs)
+    assert not torch.allclose(expected, base)
+    model.save("u", tmp_path / "u")
+    fresh = splice.attach(tiny_model(arch))
+    fresh.activate(fresh.load(tmp_path / "u"))
+    with torch.no_grad():
+        torch.testing.assert_close(output(fresh, inputs), expected, atol=1e-5, rtol=1e-5)
+    assert "union" in str(fresh.summary(print_table=False))
+
+
+def test_union_of_methods_at_one_site_applies_each():
+    model = splice.attach(tiny_model("llama"))
+    inputs = tiny_inputs("llama")
+    model.add("lora", splice.LoRA(r=4, targets=["v"]))
+    model.add("ia3", splice.IA3(targets=["v"], scale_inputs=()))
+    model.add("u", splice.Union(splice.LoRA(r=4, targets=["v"]), splice.IA3(targets=["v"], scale_inputs=())))
+    for name in ("lora", "ia3"):
+        perturb(model.adapters[name], seed=1)
+        model.adapters["u"].load_state_dict({f"deltas.layers.{i}.v.members.{name}.{k}": v
+                                             for i in range(2) for k, v in
+                                             model.adapters[name].deltas["layers"][str(i)]["v"].state_dict().items()},
+                                            strict=False)
+    with torch.no_grad():
+        model.activate("lora", "ia3")
+        stacked = model(**inputs)[0]
+        model.activate("u")
+        torch.testing.assert_close(model(**inputs)[0], stacked)
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_merge_is_refused_with_a_clear_message(method):
+    model = adapted("llama", method)
+    with pytest.raises(splice.AdapterError, match="cannot be merged"):
+        model.merge("soft")
+    model.add("u", splice.presets.mam())
+    with pytest.raises(splice.AdapterError, match="cannot be merged"):
+        model.merge("u")
+
+
+def test_prompt_init_from_token_ids():
+    model = splice.attach(tiny_model("bert"))
+    model.add("p", splice.PromptTuning(length=5, init_ids=[7, 9]))
+    table = model.base.get_input_embeddings().weight
+    assert torch.equal(model.adapters["p"].deltas["prompt"].embedding, table[[7, 9, 7, 9, 7]])
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: splice.PromptTuning(length=0), splice.ConfigError, "length must be a positive integer"),
+    (lambda: splice.PrefixTuning(length=-1), splice.ConfigError, "length must be a positive integer"),
+    (lambda: splice.PromptTuning(init_text="classify:"), splice.ConfigError, "needs tokenizer="),
+    (lambda: splice.PromptTuning(init_ids=[1], init_text="a", tokenizer="t"), splice.ConfigError, "not both"),
+    (lambda: splice.PrefixTuning(layers=[0]), splice.ConfigError, "every self-attention block"),
+    (lambda: splice.PrefixTuning(projection_dim=0), splice.ConfigError, "projection_dim"),
+    (lambda: splice.Union(splice.LoRA()), splice.ConfigError, "two or more"),
+    (lambda: splice.Union(splice.LoRA(), splice.LoRA(r=2)), splice.ConfigError, "different methods"),
+])
+def test_bad_configs(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_bad_models():
+    vit = splice.attach(tiny_model("vit"))
+    with pytest.raises(splice.AnatomyError, match="takes no token ids"):
+        vit.add("p", splice.PromptTuning())
+    bert = splice.attach(tiny_model("bert"))
+    with pytest.raises(splice.ConfigError, match="outside this model's vocabulary"):
+        bert.add("p", splice.PromptTuning(init_ids=[10_000]))
