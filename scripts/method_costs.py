@@ -25,6 +25,9 @@ METHODS = {
     "LoRA r=16, all linear": splice.LoRA(r=16, alpha=32, targets="all-linear"),
     "IA³ on k, v, FFN": splice.IA3(),
     "BitFit, all linear": splice.BitFit(),
+    "Prompt tuning, 20 tokens": splice.PromptTuning(length=20),
+    "Prefix tuning, 10 tokens": splice.PrefixTuning(length=10),
+    "MAM (prefix 30 + parallel adapter)": splice.presets.mam(),
 }
 
 
