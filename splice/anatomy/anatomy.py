@@ -48,6 +48,7 @@ class Site:
     in_features: int
     out_features: int
     columns: slice | torch.Tensor | None = None
+    norm: nn.Module | None = None  # residual roles on post-LN models: the norm the block applies to output + residual
 
     @property
     def is_projection(self) -> bool:
@@ -280,9 +281,10 @@ class Anatomy:
         key = f"{stack}.{index}.{role}"
         if isinstance(spec, tuple):
             input_module, module = get_module(block, spec[0]), get_module(block, spec[1])
-            if input_module is None or module is None:
+            norm = get_module(block, spec[2]) if len(spec) > 2 and spec[2] else None
+            if input_module is None or module is None or (len(spec) > 2 and spec[2] and norm is None):
                 return None
-            return Site(key, stack, index, role, module, input_module, self.hidden_size, self.hidden_size)
+            return Site(key, stack, index, role, module, input_module, self.hidden_size, self.hidden_size, norm=norm)
         fused = FUSED.match(spec)
         module = get_module(block, fused["path"] if fused else spec)
         if module is None:

@@ -2,8 +2,10 @@
 
 A role spec is a dotted path inside a block, a fused projection's share of
 columns (``"attn.c_attn[qkv:0]"``), a (input module, output module) pair for a
-sublayer whose input and pre-residual output live in different modules, or a
-list of alternatives (first present wins) where transformers releases differ.
+sublayer whose input and pre-residual output live in different modules, an
+(input, output, norm) triple for a residual role (the norm is the block's
+post-LN, or None on pre-norm models), or a list of alternatives (first present
+wins) where transformers releases differ.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from typing import Mapping, Union
 from .calls import AttentionCall
 
 PROJECTION_ROLES = ("q", "k", "v", "o", "up", "gate", "down", "cross_q", "cross_k", "cross_v", "cross_o")
-SUBLAYER_ROLES = ("attn", "cross_attn", "ffn")
+# attn_residual / ffn_residual: the same sublayer outputs, read together with the residual stream that
+# enters them (and, on post-LN models, the norm the block applies to their sum), as AdapterHub's
+# bottleneck adapters do.
+RESIDUAL_ROLES = ("attn_residual", "ffn_residual")
+SUBLAYER_ROLES = ("attn", "cross_attn", "ffn", *RESIDUAL_ROLES)
 ALL_ROLES = PROJECTION_ROLES + SUBLAYER_ROLES
 
 RoleSpec = Union[str, tuple, list]
@@ -51,6 +57,8 @@ def _bert_like(q: str, k: str, v: str, attn_in: str = "attention.self") -> dict:
         "up": "intermediate.dense", "down": "output.dense",
         "attn": (attn_in, "attention.output.dense"),
         "ffn": ("intermediate", "output.dense"),
+        "attn_residual": (attn_in, "attention.output.dense", "attention.output.LayerNorm"),
+        "ffn_residual": ("intermediate", "output.dense", "output.LayerNorm"),
     }
 
 
@@ -58,6 +66,8 @@ _LLAMA_LIKE = {
     "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
     "up": "mlp.up_proj", "gate": "mlp.gate_proj", "down": "mlp.down_proj",
     "attn": "self_attn", "ffn": "mlp",
+    "attn_residual": ("input_layernorm", "self_attn", None),
+    "ffn_residual": ("post_attention_layernorm", "mlp", None),
 }
 
 
@@ -71,6 +81,8 @@ def _t5_stack(cross: bool) -> dict:
         "up": [f"{ffn}.DenseReluDense.wi", f"{ffn}.DenseReluDense.wi_1"],
         "gate": f"{ffn}.DenseReluDense.wi_0", "down": f"{ffn}.DenseReluDense.wo",
         "ffn": f"{ffn}.DenseReluDense",
+        "attn_residual": ("layer.0.layer_norm", "layer.0.SelfAttention", None),
+        "ffn_residual": (f"{ffn}.layer_norm", f"{ffn}.DenseReluDense", None),
     }
     if cross:
         roles.update({f"cross_{p}": f"layer.1.EncDecAttention.{p}" for p in "qkvo"})
@@ -114,10 +126,13 @@ LAYOUTS: dict[str, Layout] = {
     "distilbert": _single("transformer.layer", {
         "q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin", "o": "attention.out_lin",
         "up": "ffn.lin1", "down": "ffn.lin2", "attn": "attention", "ffn": "ffn",
+        "attn_residual": ("attention", "attention", "sa_layer_norm"),
+        "ffn_residual": ("ffn", "ffn", "output_layer_norm"),
     }, attention=AttentionCall(hidden=("hidden_states", "query", "key", "value"))),  # 4.57: query/key/value=
     "gpt2": _single("h", {
         "q": "attn.c_attn[qkv:0]", "k": "attn.c_attn[qkv:1]", "v": "attn.c_attn[qkv:2]",
         "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj", "attn": "attn", "ffn": "mlp",
+        "attn_residual": ("ln_1", "attn", None), "ffn_residual": ("ln_2", "mlp", None),
     }, ("ln_f",), causal=True),
     "gpt_neox": _single("layers", {
         "q": "attention.query_key_value[qkv_per_head:0]",
@@ -125,10 +140,15 @@ LAYOUTS: dict[str, Layout] = {
         "v": "attention.query_key_value[qkv_per_head:2]",
         "o": "attention.dense", "up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h",
         "attn": "attention", "ffn": "mlp",
+        # parallel residual: both sublayers read the block's input (post_attention_layernorm's input too)
+        "attn_residual": ("input_layernorm", "attention", None),
+        "ffn_residual": ("post_attention_layernorm", "mlp", None),
     }, ("final_layer_norm",), causal=True, attention=AttentionCall(cache="layer_past")),
     "opt": _single("decoder.layers", {
         "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
         "up": "fc1", "down": "fc2", "attn": "self_attn", "ffn": ("fc1", "fc2"),
+        "attn_residual": ("self_attn_layer_norm", "self_attn", None),
+        "ffn_residual": ("final_layer_norm", "fc2", None),
     }, ("decoder.final_layer_norm",), causal=True, positions="derived"),
     "llama": _LLAMA,
     "mistral": _LLAMA,
@@ -141,6 +161,8 @@ LAYOUTS: dict[str, Layout] = {
         "v": "self_attn.qkv_proj[qkv_gqa:2]", "o": "self_attn.o_proj",
         "gate": "mlp.gate_up_proj[halves:0]", "up": "mlp.gate_up_proj[halves:1]",
         "down": "mlp.down_proj", "attn": "self_attn", "ffn": "mlp",
+        "attn_residual": ("input_layernorm", "self_attn", None),
+        "ffn_residual": ("post_attention_layernorm", "mlp", None),
     }, ("norm",), causal=True),
     "t5": Layout(
         {"encoder": "encoder.block", "decoder": "decoder.block"},

@@ -28,6 +28,7 @@ import torch
 from ..anatomy import Site
 from ..checkpoint import build_adapter, check_fingerprint, check_layout, checkpoint_tensors, claim_name, install
 from ..errors import CheckpointError
+from .bottleneck import bottleneck_from, is_bottleneck
 from .detect import FOREIGN_CONFIG, HEAD_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces
 from .weights import read_weights
@@ -54,7 +55,7 @@ _KEY = re.compile(r"(?P<module>.+)\.loras\.(?P<name>[^.]+)\.(?P<param>lora_A|lor
 
 
 def load_adapters(model: AdaptedModel, folder: Path, name: str | None = None) -> str:
-    """Add the AdapterHub adapter in ``folder`` to ``model`` (LoRA or (IA)³); returns its name.
+    """Add the AdapterHub adapter in ``folder`` to ``model`` (bottleneck, LoRA or (IA)³); returns its name.
 
     Everything is checked (options, base, module names, shapes) before the model is touched.
     """
@@ -63,18 +64,22 @@ def load_adapters(model: AdaptedModel, folder: Path, name: str | None = None) ->
     options = meta.get("config")
     if not isinstance(options, dict):
         raise CheckpointError(f"{source} has no \"config\" object: the adapter's options are missing.")
-    _check_options(options, source)
-    alpha = _alpha(meta, options)
+    bottleneck = is_bottleneck(options)
+    if not bottleneck:
+        _check_options(options, source)
     name = claim_name(model, name or meta.get("name") or folder.name, folder)
     check_fingerprint({key: meta[key] for key in ("model_type", "hidden_size") if key in meta},
                       model.anatomy.fingerprint(), folder)
     weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
-    modules = _group(tensors, weights_path)
-    r = options.get("r", 8)
-    if options.get("composition_mode", "add") == "scale":
-        method, state = _ia3(model, modules, options, alpha, weights_path)
+    if bottleneck:
+        method, state = bottleneck_from(model, options, tensors, "version" in meta, weights_path)
     else:
-        method, state = _lora(model, modules, options, r, alpha, weights_path)
+        modules = _group(tensors, weights_path)
+        alpha = _alpha(meta, options)
+        if options.get("composition_mode", "add") == "scale":
+            method, state = _ia3(model, modules, options, alpha, weights_path)
+        else:
+            method, state = _lora(model, modules, options, options.get("r", 8), alpha, weights_path)
     head, head_tensors = _head(model, folder)
     adapter = build_adapter(model, method, head, folder)
     state.update(head_tensors)
@@ -87,11 +92,9 @@ def _check_options(options: dict, source: Path) -> None:
     """Refuse, by name, every architecture and option splice does not implement."""
     architecture = options.get("architecture")
     if architecture != "lora":
-        kind = f"architecture {architecture!r}"
-        if architecture is None and "reduction_factor" in options:
-            kind = "a bottleneck adapter (seq_bn, double_seq_bn or par_bn)"
         raise CheckpointError(
-            f"{source} holds {kind}; splice reads AdapterHub LoRA and (IA)3 adapters (architecture 'lora') so far."
+            f"{source} holds architecture {architecture!r}; splice reads AdapterHub bottleneck, LoRA and (IA)3 "
+            "adapters so far."
         )
     for key, value in options.items():
         if key in _HONOURED or (key in _REFUSED and value in (None, False)):

@@ -36,6 +36,12 @@ class Bottleneck(MethodConfig):
     Defaults to Pfeiffer placement with reduction factor 16, ReLU, and scale 1.
     ``ln_before`` / ``ln_after`` add the adapter's own LayerNorm on its input /
     on the up-projection's output, as the ``adapters`` library offers.
+
+    ``residual_input`` feeds the adapter from the residual stream ``x`` entering the
+    sublayer, as AdapterHub's bottleneck adapters do: a sequential adapter sees
+    ``N(y + x)`` (``N`` the block's own post-LN on post-LN models, none on pre-norm
+    ones) and returns ``y + f(N(y + x))`` (AdapterHub ``seq_bn``); a parallel one
+    sees ``x`` itself (``par_bn``; on pre-norm models that is the un-normalised stream).
     """
 
     method: ClassVar[str] = "bottleneck"
@@ -50,6 +56,7 @@ class Bottleneck(MethodConfig):
     ln_after: bool = False
     dropout: float = 0.0
     init: str = "bert"
+    residual_input: bool = False
 
     def validate(self) -> None:
         self._require_choice("placement", self.placement, PLACEMENTS)
@@ -67,6 +74,8 @@ class Bottleneck(MethodConfig):
         self._require_positive("reduction_factor", self.reduction_factor, allow_none=True)
         self._require_positive("scale", self.scale)
         self._require_fraction("dropout", self.dropout)
+        if self.residual_input and "cross_attn" in (self.roles or ()):
+            raise ConfigError("Bottleneck.residual_input reads the residual stream of attn or ffn, not cross_attn.")
         if self.roles is not None:
             bad = [role for role in self.roles if role not in SUBLAYER_ROLES]
             if bad or not self.roles:
@@ -79,24 +88,30 @@ class Bottleneck(MethodConfig):
         return self.placement == "parallel"
 
     def sites(self, anatomy: Anatomy) -> list[Site]:
-        return self._sites_for_roles(anatomy, self.roles or PLACEMENTS[self.placement])
+        roles = self.roles or PLACEMENTS[self.placement]
+        if self.residual_input:  # the same sublayers, seen together with their residual stream
+            roles = tuple(role if role.endswith("_residual") else f"{role}_residual" for role in roles)
+        return self._sites_for_roles(anatomy, roles)
 
     def hidden_units(self, features: int) -> int:
         """The bottleneck width at a site with ``features`` input features."""
         return self.r if self.r is not None else max(1, int(features // self.reduction_factor))
 
     def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
-        return BottleneckDelta(site.out_features, self.hidden_units(site.out_features), self)
+        return BottleneckDelta(site.out_features, self.hidden_units(site.out_features), self, site.norm)
 
 
 class BottleneckDelta(nn.Module):
-    """``y + scale * up(act(down(h)))`` with ``h = y`` (sequential) or ``h = x`` (parallel)."""
+    """``y + scale * up(act(down(h)))`` with ``h = y`` (sequential), ``h = x`` (parallel),
+    or ``h = N(y + x)`` (sequential reading the residual stream ``x``)."""
 
     stage = "output"
 
-    def __init__(self, features: int, units: int, config: Bottleneck):
+    def __init__(self, features: int, units: int, config: Bottleneck, norm: nn.Module | None = None):
         super().__init__()
-        self.reads_input = config.parallel
+        self.reads_input = config.parallel or config.residual_input
+        self.sums_residual = config.residual_input and not config.parallel
+        self._norm = (norm,)  # the base's own module: kept out of this adapter's parameters
         self.scale = config.scale
         self.ln_before = nn.LayerNorm(features) if config.ln_before else None
         self.down = nn.Linear(features, units)
@@ -112,9 +127,18 @@ class BottleneckDelta(nn.Module):
         nn.init.zeros_(self.up.weight)  # zero up-projection: a fresh adapter is the identity
         nn.init.zeros_(self.up.bias)
 
+    def adapter_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the bottleneck reads: the sublayer output, its input, or the normed residual sum."""
+        if self.sums_residual:
+            total = y + x
+            norm = self._norm[0]
+            return norm(total) if norm is not None else total
+        return x if self.reads_input else y
+
     @staticmethod
     def route_key(delta: "BottleneckDelta") -> tuple:
-        return (type(delta.act), delta.reads_input, delta.ln_before is None, delta.ln_after is None, delta.dropout.p)
+        return (type(delta.act), delta.reads_input, delta.sums_residual, delta.ln_before is None,
+                delta.ln_after is None, delta.dropout.p)
 
     @staticmethod
     def routed(deltas: list["BottleneckDelta"], index: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -123,7 +147,7 @@ class BottleneckDelta(nn.Module):
         down_w, down_b = stacked([d.down.weight for d in deltas]), stacked([d.down.bias for d in deltas])
         up_w, up_b = stacked([d.up.weight for d in deltas]), stacked([d.up.bias for d in deltas])
         scale = stacked([down_w.new_tensor(d.scale) for d in deltas])
-        h = (x if first.reads_input else y).to(down_w.dtype)
+        h = first.adapter_input(x, y).to(down_w.dtype)  # one site: every delta here shares its norm
         h = h.reshape(h.shape[0], -1, h.shape[-1])
         if first.ln_before is not None:
             h = _routed_layer_norm(h, [d.ln_before for d in deltas], index)
@@ -135,7 +159,7 @@ class BottleneckDelta(nn.Module):
         return y + (scale[index][:, None, None] * h).reshape(y.shape).to(y.dtype)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = (x if self.reads_input else y).to(self.down.weight.dtype)
+        h = self.adapter_input(x, y).to(self.down.weight.dtype)
         if self.ln_before is not None:
             h = self.ln_before(h)
         h = self.up(self.dropout(self.act(self.down(h))))
