@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import AdapterError
-from .routing import Program, Routed, RowIndex, as_program, join_soft
+from .routing import Leaf, Program, Routed, RowIndex, as_program, join_soft
 
 Setup = Union[str, "Block"]
 
@@ -173,17 +173,32 @@ class Weighted(Program):
 
 
 class Fused(Program):
-    """AdapterFusion: the fusion layer attends over each child's output at this site."""
+    """AdapterFusion: the fusion layer attends over each child's output (or change) at this site."""
 
     def __init__(self, children: list[Program], layer: nn.Module):
         if any(c.has_pre for c in children):
             raise AdapterError("Fuse works over adapters that change a sublayer's output (bottleneck adapters).")
+        self.deltas = getattr(layer, "attend", "outputs") == "deltas"
+        self.query_input = getattr(layer, "query_from", "output") == "adapter_input"
+        if (self.deltas or self.query_input) and not all(
+            type(c) is Program or (isinstance(c, Leaf) and hasattr(c.delta, "change")) for c in children
+        ):
+            raise AdapterError("A fusion with attend='deltas' or query_from='adapter_input' fuses bottleneck "
+                               "adapters, whose change and input it reads.")
         self.children, self.layer = children, layer
         self.has_post = True
         self.reads_input = any(c.reads_input for c in children)
 
     def post(self, x, y):
-        return self.layer(y, [c.post(x, y) for c in self.children])
+        if self.deltas:  # an adapter absent at this site adds nothing
+            candidates = [c.delta.change(x, y) if isinstance(c, Leaf) else torch.zeros_like(y) for c in self.children]
+        else:
+            candidates = [c.post(x, y) for c in self.children]
+        query = None
+        if self.query_input:  # what the last fused adapter here reads, as AdapterHub's query
+            leaf = next((c for c in reversed(self.children) if isinstance(c, Leaf)), None)
+            query = leaf.delta.adapter_input(x, y) if leaf is not None else y
+        return self.layer(y, candidates, query)
 
 
 class Sliced(Program):

@@ -226,8 +226,11 @@ class AdaptedModel(nn.Module):
                 pass
 
     def add_fusion(self, name: str, adapters: Sequence[str], head: str | Head | None = None,
-                   temperature: float = 1.0) -> Adapter:
-        """Add an AdapterFusion over trained bottleneck ``adapters`` (train it with :meth:`train_fusion`)."""
+                   temperature: float = 1.0, query_from: str = "output", attend: str = "outputs") -> Adapter:
+        """Add an AdapterFusion over trained bottleneck ``adapters`` (train it with :meth:`train_fusion`).
+
+        ``query_from="adapter_input", attend="deltas"`` computes AdapterHub's AdapterFusion (see
+        :class:`splice.methods.Fusion`)."""
         fused = [self._get(a) for a in adapters]
         wrong = [a for a, adapter in zip(adapters, fused) if not isinstance(adapter.config, Bottleneck)]
         if wrong:
@@ -236,7 +239,9 @@ class AdaptedModel(nn.Module):
                 "See the composition table in the README."
             )
         roles = sorted({site.role for adapter in fused for site in adapter.sites.values()})
-        return self.add(name, Fusion(adapters=tuple(adapters), roles=tuple(roles), temperature=temperature), head)
+        config = Fusion(adapters=tuple(adapters), roles=tuple(roles), temperature=temperature, query_from=query_from,
+                        attend=attend)
+        return self.add(name, config, head)
 
     def train_fusion(self, name: str) -> None:
         """Train only the fusion ``name`` (and its head); the fused adapters and the base stay frozen."""
@@ -311,7 +316,8 @@ class AdaptedModel(nn.Module):
     # -- files and reports -------------------------------------------------------------------
     def save(self, name: str, path: str | os.PathLike, format: str = "splice") -> None:
         """Write adapter ``name`` to folder ``path``: splice's own files (adapter.json + adapter.safetensors +
-        README.md), or ``format="peft"`` (LoRA, IA3) for ``peft.PeftModel.from_pretrained``."""
+        README.md), ``format="peft"`` (LoRA, IA3) for ``peft.PeftModel.from_pretrained``, or ``format="adapters"``
+        (bottleneck adapters AdapterHub can express) for ``adapters``' ``model.load_adapter``."""
         from .convert import save_as
 
         save_as(self, name, path, format)

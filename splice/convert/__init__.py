@@ -2,7 +2,8 @@
 
 ``model.load(path)`` and ``model.save(name, path, format=...)`` come here:
 splice's own folders go to :mod:`splice.checkpoint`, ``peft`` folders to
-:mod:`.peft` (read and write), AdapterHub folders to :mod:`.adapters` (read).
+:mod:`.peft` (read and write), AdapterHub folders to :mod:`.adapters` (read), :mod:`.bottleneck`
+(bottleneck read and write) and :mod:`.fusion` (AdapterFusion read).
 A ``name@version`` that is not a folder is looked up in the local hub.
 """
 
@@ -12,18 +13,22 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..checkpoint import load_adapter, save_adapter
+from ..checkpoint import CONFIG_FILE, load_adapter, save_adapter
 from ..errors import AdapterError
 from ..hub import Hub, is_reference
 from .adapters import load_adapters
+from .bottleneck import save_adapters
 from .detect import detect_format
+from .fusion import is_fusion_folder, load_fusion
 from .peft import load_peft, save_peft
 
 if TYPE_CHECKING:
     from ..model import AdaptedModel
 
+ADAPTER_CONFIGS = (CONFIG_FILE, "adapter_config.json")
+
 READERS = {"splice": load_adapter, "peft": load_peft, "adapters": load_adapters}
-WRITERS = {"splice": save_adapter, "peft": save_peft}
+WRITERS = {"splice": save_adapter, "peft": save_peft, "adapters": save_adapters}
 
 
 def load_any(model: AdaptedModel, path: str | os.PathLike, name: str | None = None) -> str:
@@ -34,16 +39,19 @@ def load_any(model: AdaptedModel, path: str | os.PathLike, name: str | None = No
     folder = Path(path)
     if not folder.exists() and is_reference(str(path)):
         folder = Hub().resolve(str(path))
+    if folder.is_dir() and is_fusion_folder(folder) and not any((folder / f).is_file() for f in ADAPTER_CONFIGS):
+        return load_fusion(model, folder, name)  # an AdapterHub AdapterFusion (its fused adapters loaded first)
     return READERS[detect_format(folder)](model, folder, name)
 
 
 def save_as(model: AdaptedModel, name: str, path: str | os.PathLike, format: str = "splice") -> Path:
-    """Write adapter ``name`` to folder ``path`` in ``format`` (``"splice"`` or ``"peft"``)."""
+    """Write adapter ``name`` to folder ``path`` in ``format`` (``"splice"``, ``"peft"`` or ``"adapters"``)."""
     if format not in WRITERS:
         raise AdapterError(
-            f"Unknown format {format!r}: splice writes {', '.join(WRITERS)}. (AdapterHub's format is read only.)"
+            f"Unknown format {format!r}: splice writes {', '.join(WRITERS)}."
         )
     return WRITERS[format](model, name, path)
 
 
-__all__ = ["detect_format", "load_adapters", "load_any", "load_peft", "save_as", "save_peft"]
+__all__ = ["detect_format", "load_adapters", "load_any", "load_fusion", "load_peft", "save_adapters", "save_as",
+           "save_peft"]

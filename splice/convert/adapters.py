@@ -14,7 +14,8 @@ projection (GPT-2 ``c_attn``) each matrix of ``attn_matrices`` has its own
 block of ``A`` rows and ``B`` rows, which become splice's per-role sites.
 Where the adapter lives (``selfattn_lora``, ``intermediate_lora``,
 ``output_lora``, ``attn_matrices``, ``leave_out``) is recorded by the tensor
-names, from which splice reads the sites.
+names, from which splice reads the sites. Bottleneck adapters are read in
+:mod:`.bottleneck`, prefix tuning in :mod:`.adapters_soft`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from ..anatomy import Site
 from ..checkpoint import build_adapter, check_fingerprint, check_layout, checkpoint_tensors, claim_name, install
 from ..errors import CheckpointError
+from . import adapters_soft
 from .bottleneck import bottleneck_from, is_bottleneck
 from .detect import FOREIGN_CONFIG, HEAD_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces
@@ -55,7 +57,7 @@ _KEY = re.compile(r"(?P<module>.+)\.loras\.(?P<name>[^.]+)\.(?P<param>lora_A|lor
 
 
 def load_adapters(model: AdaptedModel, folder: Path, name: str | None = None) -> str:
-    """Add the AdapterHub adapter in ``folder`` to ``model`` (bottleneck, LoRA or (IA)³); returns its name.
+    """Add the AdapterHub adapter in ``folder`` to ``model`` (bottleneck, LoRA, (IA)³, prefix); returns its name.
 
     Everything is checked (options, base, module names, shapes) before the model is touched.
     """
@@ -65,7 +67,10 @@ def load_adapters(model: AdaptedModel, folder: Path, name: str | None = None) ->
     if not isinstance(options, dict):
         raise CheckpointError(f"{source} has no \"config\" object: the adapter's options are missing.")
     bottleneck = is_bottleneck(options)
-    if not bottleneck:
+    soft = options.get("architecture") in adapters_soft.ARCHITECTURES
+    if soft:
+        adapters_soft.check_options(model, options, source)
+    elif not bottleneck:
         _check_options(options, source)
     name = claim_name(model, name or meta.get("name") or folder.name, folder)
     check_fingerprint({key: meta[key] for key in ("model_type", "hidden_size") if key in meta},
@@ -73,6 +78,8 @@ def load_adapters(model: AdaptedModel, folder: Path, name: str | None = None) ->
     weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
     if bottleneck:
         method, state = bottleneck_from(model, options, tensors, "version" in meta, weights_path)
+    elif soft:
+        method, state = adapters_soft.prefix_from(model, options, tensors, "version" in meta, weights_path)
     else:
         modules = _group(tensors, weights_path)
         alpha = _alpha(meta, options)

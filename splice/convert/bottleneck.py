@@ -10,18 +10,27 @@ pre-norm ones), with ``f(a) = s·up(act(down(a)))``:
 - ``is_parallel=True`` (par_bn): ``N(h + x + s·f(x))``, ``Bottleneck(placement="parallel", residual_input=True)``.
 
 Options that change this arithmetic in other ways are refused by name.
+
+:func:`save_adapters` writes the reverse: a splice Bottleneck that one of these
+computes becomes an AdapterHub folder (``adapter_config.json`` +
+``pytorch_adapter.bin``) for ``bert``/``roberta``/``xlm-roberta``/``electra`` and
+``llama``/``mistral`` models; anything else is refused, saying why.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import CheckpointError
+from ..checkpoint import check_materialised, write_folder
+from ..errors import AdapterError, CheckpointError
 from ..methods import Bottleneck
+from .detect import FOREIGN_CONFIG
 
 if TYPE_CHECKING:
     from ..model import AdaptedModel
@@ -141,3 +150,131 @@ def _params(params: dict[str, torch.Tensor], ln_before: bool, ln_after: bool, so
     if unknown or missing:
         raise CheckpointError(f"{source}: unexpected bottleneck tensors {unknown}, missing {missing}.")
     return {names[k]: v for k, v in params.items() if k in names}
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+# Where AdapterHub puts the bottleneck of each location, by model type (the block's path prepended):
+# BERT-style models keep it on the sublayer's output module, the others on the block itself.
+_BERT_PLACES = {"attn": "attention.output.adapters", "ffn": "output.adapters"}
+_BLOCK_PLACES = {"attn": "attention_adapters.adapters", "ffn": "output_adapters.adapters"}
+PLACES = {"bert": _BERT_PLACES, "roberta": _BERT_PLACES, "xlm-roberta": _BERT_PLACES, "electra": _BERT_PLACES,
+          "llama": _BLOCK_PLACES, "mistral": _BLOCK_PLACES}
+# adapters 1.3.0's BnConfig.to_dict(), as it writes it (SeqBnConfig defaults; the writer overrides what differs).
+BN_DEFAULTS = {
+    "adapter_residual_before_ln": False, "cross_adapter": False, "dropout": 0.0, "factorized_phm_W": True,
+    "factorized_phm_rule": False, "hypercomplex_nonlinearity": "glorot-uniform", "init_weights": "bert",
+    "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None, "is_parallel": False,
+    "learn_phm": True, "leave_out": [], "ln_after": False, "ln_before": False, "mh_adapter": False,
+    "non_linearity": "relu", "original_ln_after": True, "original_ln_before": True, "output_adapter": True,
+    "phm_bias": True, "phm_c_init": "normal", "phm_dim": 4, "phm_init_range": 0.0001, "phm_layer": False,
+    "phm_rank": 1, "reduction_factor": 16, "residual_before_ln": True, "scaling": 1.0, "shared_W_phm": False,
+    "shared_phm_rule": True, "stochastic_depth": 0.0, "use_gating": False,
+}
+ADAPTERS_VERSION = "adapters.1.3.0"
+BIN_FILE = "pytorch_adapter.bin"
+
+
+def bottleneck_to(model: AdaptedModel, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """AdapterHub's ``adapter_config.json`` contents and tensors for splice Bottleneck adapter ``name``.
+
+    Refuses, naming the reason, what AdapterHub cannot compute the same way.
+    """
+    adapter = model._get(name)
+    config = adapter.config
+    why = _unwritable(model, name, adapter)
+    if why:
+        raise AdapterError(f"Adapter {name!r} cannot be written in AdapterHub's format: {why}")
+    stack = next(stack for stack, blocks in model.anatomy.blocks.items() if blocks)
+    blocks = model.anatomy.blocks[stack]
+    places = PLACES[model.anatomy.model_type]
+    tensors: dict[str, torch.Tensor] = {}
+    roles, layers, widths = set(), set(), set()
+    for site, delta in adapter.items():
+        role = site.role.removesuffix("_residual")
+        roles.add(role)
+        layers.add(site.layer)
+        widths.add(delta.down.weight.shape[0])
+        prefix = f"{blocks[site.layer][0]}.{places[role]}.{name}."
+        down = "adapter_down.1" if delta.ln_before is not None else "adapter_down.0"
+        params = {f"{down}.weight": delta.down.weight, f"{down}.bias": delta.down.bias,
+                  "adapter_up.weight": delta.up.weight, "adapter_up.bias": delta.up.bias}
+        if delta.ln_before is not None:  # AdapterHub registers the norm twice: as itself and as adapter_down.0
+            for p in ("weight", "bias"):
+                params[f"adapter_norm_before.{p}"] = getattr(delta.ln_before, p)
+                params[f"adapter_down.0.{p}"] = getattr(delta.ln_before, p)
+        if delta.ln_after is not None:
+            params.update({f"adapter_norm_after.{p}": getattr(delta.ln_after, p) for p in ("weight", "bias")})
+        tensors.update({prefix + key: t.detach().cpu().clone().contiguous() for key, t in params.items()})
+    hidden = model.anatomy.hidden_size
+    width = widths.pop()
+    options = dict(BN_DEFAULTS)
+    options.update(
+        mh_adapter="attn" in roles, output_adapter="ffn" in roles, reduction_factor=_reduction_factor(hidden, width),
+        non_linearity=config.non_linearity, original_ln_before=config.residual_input and not config.parallel,
+        is_parallel=config.parallel, scaling=float(config.scale), ln_before=config.ln_before, ln_after=config.ln_after,
+        dropout=float(config.dropout), leave_out=[i for i in range(len(blocks)) if i not in layers],
+    )
+    meta = {"config": options, "hidden_size": hidden, "model_class": type(model.base).__name__, "model_name": "",
+            "model_type": model.anatomy.model_type, "name": name, "version": ADAPTERS_VERSION}
+    return meta, tensors
+
+
+def _unwritable(model: AdaptedModel, name: str, adapter) -> str | None:
+    """Why ``adapter`` has no AdapterHub equivalent (None: it has one)."""
+    config = adapter.config
+    if not isinstance(config, Bottleneck):
+        return (f"it is a {config.method!r} adapter; splice writes AdapterHub's format for bottleneck adapters "
+                "only. Save it with format='splice' (or format='peft' for LoRA, IA3, prompt and prefix tuning).")
+    if adapter.head is not None:
+        kind = "a splice head" if adapter.task_head is not None else f"a copy of the base head {adapter.head_path!r}"
+        return f"it has {kind}, which this writer does not express as an AdapterHub head. Save with format='splice'."
+    model_type = model.anatomy.model_type
+    if model_type not in PLACES:
+        return (f"model type {model_type!r} is not one whose AdapterHub bottleneck placement splice knows "
+                f"({', '.join(PLACES)}).")
+    if sum(1 for blocks in model.anatomy.blocks.values() if blocks) != 1:
+        return "AdapterHub bottleneck folders are written for single-stack models only."
+    roles = {site.role.removesuffix("_residual") for site in adapter.sites.values()}
+    if not roles <= {"attn", "ffn"}:
+        return (f"it adapts {sorted(roles - {'attn', 'ffn'})}; AdapterHub bottlenecks sit after attention "
+                "(mh_adapter) and after the FFN (output_adapter) only.")
+    if config.parallel and not config.residual_input:
+        return ("a parallel bottleneck fed the sublayer's own input has no AdapterHub equivalent: par_bn reads the "
+                "residual stream. Use Bottleneck(placement='parallel', residual_input=True).")
+    if config.non_linearity not in _ACTIVATIONS:
+        return f"non_linearity {config.non_linearity!r} has no AdapterHub name splice maps."
+    if config.ln_after and config.scale != 1.0:
+        return ("ln_after with scale != 1: AdapterHub normalises the scaled up-projection, splice scales the "
+                "normalised one.")
+    widths = {delta.down.weight.shape[0] for _, delta in adapter.items()}
+    if len(widths) != 1:
+        return f"its widths differ between sites ({sorted(widths)}); AdapterHub has one reduction factor."
+    return None
+
+
+def _reduction_factor(hidden: int, width: int) -> float | int:
+    """A reduction factor AdapterHub turns back into ``width``: ``int(hidden // rf) == width``."""
+    if hidden % width == 0:
+        return hidden // width
+    factor = hidden / width
+    return factor if int(hidden // factor) == width else hidden / (width + 0.5)
+
+
+def save_adapters(model: AdaptedModel, name: str, path: str | os.PathLike) -> Path:
+    """Write Bottleneck adapter ``name`` as an AdapterHub folder: ``adapter_config.json`` + ``pytorch_adapter.bin``.
+
+    The weights go in ``pytorch_adapter.bin`` (a plain mapping of tensors, which ``torch.load(weights_only=True)``
+    reads), the file ``adapters``' ``load_adapter`` reads by default (``use_safetensors=True`` falls back to it).
+    Tensor names carry the model's own block paths (``bert.encoder.layer.0...`` on a model with a head,
+    ``encoder.layer.0...`` on a bare one), which ``adapters`` loads into either.
+    """
+    adapter = model._get(name)
+    check_materialised(adapter, name)
+    meta, tensors = bottleneck_to(model, name)
+
+    def fill(staging: Path) -> None:
+        torch.save(tensors, staging / BIN_FILE)
+        (staging / FOREIGN_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    return write_folder(path, fill, marker=FOREIGN_CONFIG)

@@ -31,8 +31,8 @@ def detect_format(folder: str | Path) -> Format:
     if not (folder / FOREIGN_CONFIG).is_file():
         if (folder / FUSION_CONFIG).is_file():
             raise CheckpointError(
-                f"{folder} holds an AdapterHub AdapterFusion layer ({FUSION_CONFIG}); splice does not read "
-                "AdapterFusion checkpoints yet. Load the fused adapters one by one instead."
+                f"{folder} holds an AdapterHub AdapterFusion layer ({FUSION_CONFIG}), not an adapter: load the "
+                "fused adapters first, then the fusion with model.load(folder)."
             )
         if (folder / HEAD_CONFIG).is_file():
             raise CheckpointError(

@@ -1,4 +1,4 @@
-"""peft's format: read LoRA and IA³ adapters, and write them for ``peft.PeftModel.from_pretrained``.
+"""peft's format: read LoRA, IA³, prompt and prefix tuning, and write them for ``peft.PeftModel.from_pretrained``.
 
 A peft folder holds ``adapter_config.json`` (the ``LoraConfig`` / ``IA3Config``
 fields) and ``adapter_model.safetensors`` (or a ``.bin``) with tensors named
@@ -11,7 +11,8 @@ trained, and the tensor names record the outcome: splice reads the sites from
 them. Every other option is either honoured or refused by name. Fused modules
 (GPT-2 ``c_attn``) carry one LoRA over all of q, k and v in peft; splice splits
 ``B`` by rows over its q/k/v sites and gives each the same ``A`` (the same
-product), and writes the reverse.
+product), and writes the reverse. Prompt and prefix tuning ("prompt learning"
+in peft) are in :mod:`.prompts`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from ..checkpoint import (
     install,
     write_folder,
 )
-from ..errors import AdapterError, CheckpointError
+from ..errors import AdapterError, AnatomyError, CheckpointError
+from . import prompts
 from .detect import FOREIGN_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces, rows_of
 from .weights import read_weights
@@ -78,24 +80,29 @@ _WHAT = {
 
 
 def load_peft(model: AdaptedModel, folder: Path, name: str | None = None) -> str:
-    """Add the peft adapter in ``folder`` to ``model`` (LoRA or IA³); returns its name.
+    """Add the peft adapter in ``folder`` to ``model`` (LoRA, IA³, prompt or prefix tuning); returns its name.
 
     Everything is checked (options, module names, shapes) before the model is touched.
     """
     config = read_json(folder / FOREIGN_CONFIG)
     source = folder / FOREIGN_CONFIG
-    readers: dict[str, Callable] = {"LORA": _read_lora, "IA3": _read_ia3}
+    readers: dict[str, Callable] = {"LORA": _read_lora, "IA3": _read_ia3,
+                                    **{kind: prompts.read for kind in prompts.KINDS}}
     kind = config.get("peft_type")
     if kind not in readers:
-        raise CheckpointError(
-            f"{source}: peft_type {kind!r} is not one splice reads; it reads {', '.join(readers)} "
-            "(prompt and prefix tuning are coming)."
-        )
-    _check_options(config, source)
-    name = claim_name(model, name or folder.name, folder)
-    weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
-    tensors = {key.removeprefix(PREFIX): tensor for key, tensor in tensors.items()}
-    method, state, rest = readers[kind](model, config, tensors, weights_path)
+        raise CheckpointError(f"{source}: peft_type {kind!r} is not one splice reads; it reads {', '.join(readers)}.")
+    try:
+        if kind in prompts.KINDS:
+            prompts.check_options(model, config, source)
+        else:
+            _check_options(config, source)
+        name = claim_name(model, name or folder.name, folder)
+        weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
+        if kind not in prompts.KINDS:
+            tensors = {key.removeprefix(PREFIX): tensor for key, tensor in tensors.items()}
+        method, state, rest = readers[kind](model, config, tensors, weights_path)
+    except AnatomyError as error:  # e.g. a prompt for a model that takes no token ids
+        raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
     head, head_tensors = _head(model, config, rest, weights_path)
     adapter = build_adapter(model, method, head, folder)
     state.update(head_tensors)
@@ -235,19 +242,22 @@ def _head(model: AdaptedModel, config: dict, rest: dict[str, torch.Tensor], sour
 
 
 def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
-    """Write adapter ``name`` (LoRA or IA³) as a peft folder that ``peft.PeftModel.from_pretrained`` loads.
+    """Write adapter ``name`` (LoRA, IA³, prompt or prefix tuning) for ``peft.PeftModel.from_pretrained``.
 
     A copied base head is written as ``modules_to_save``. Fused sites (GPT-2
     ``c_attn``) become one peft LoRA over the fused module: with the same rank
     when the roles share ``A``, else with their ranks stacked (exact either way).
+    Prompt and prefix adapters get the ``task_type`` of the base model's class
+    (peft's plain ``PeftModel`` would ignore them).
     """
     adapter = model._get(name)
     check_materialised(adapter, name)
-    writers: dict[str, Callable] = {"lora": _lora_export, "ia3": _ia3_export}
+    writers: dict[str, Callable] = {"lora": _lora_export, "ia3": _ia3_export, "prompt": prompts.export,
+                                    "prefix": prompts.export}
     if adapter.config.method not in writers:
         raise AdapterError(
-            f"peft has no format for splice's {adapter.config.method!r} adapters; format='peft' writes LoRA and "
-            "IA3. Save it with format='splice'."
+            f"peft has no format for splice's {adapter.config.method!r} adapters; format='peft' writes LoRA, IA3, "
+            "prompt and prefix tuning. Save it with format='splice'."
         )
     if adapter.task_head is not None:
         raise AdapterError(
@@ -256,10 +266,11 @@ def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
     config, tensors = writers[adapter.config.method](model, adapter)
     head_path = model.anatomy.module_path(adapter.head_site.module) if adapter.head_site is not None else None
     if head_path is not None:
-        tensors.update({f"{PREFIX}{head_path}.{key}": t for key, t in adapter.head.state_dict().items()})
+        prefix = prompts.HEAD_PREFIX if config["peft_type"] in prompts.KINDS else PREFIX
+        tensors.update({f"{prefix}{head_path}.{key}": t for key, t in adapter.head.state_dict().items()})
     config.update(
         modules_to_save=[head_path] if head_path is not None else None,
-        task_type=None,
+        task_type=config.get("task_type"),
         base_model_name_or_path=getattr(getattr(model.base, "config", None), "_name_or_path", None) or None,
         inference_mode=True,
     )

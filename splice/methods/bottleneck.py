@@ -158,14 +158,18 @@ class BottleneckDelta(nn.Module):
             h = _routed_layer_norm(h, [d.ln_after for d in deltas], index)
         return y + (scale[index][:, None, None] * h).reshape(y.shape).to(y.dtype)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def change(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the adapter adds to ``y``: ``scale * up(act(down(h)))`` (in the adapter's dtype)."""
         h = self.adapter_input(x, y).to(self.down.weight.dtype)
         if self.ln_before is not None:
             h = self.ln_before(h)
         h = self.up(self.dropout(self.act(self.down(h))))
         if self.ln_after is not None:
             h = self.ln_after(h)
-        return y + (self.scale * h).to(y.dtype)
+        return self.scale * h
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y + self.change(x, y).to(y.dtype)
 
 
 def _routed_layer_norm(h: torch.Tensor, norms: list[nn.LayerNorm], index: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,12 @@ identity, so a fresh fusion returns a (near-uniform) mix of the adapters' output
 
 A fusion is an adapter like any other (saved, loaded, summarised, trained with
 ``train_fusion``); its config lists the adapters it fuses, which stay frozen.
+
+Two options give AdapterHub's AdapterFusion arithmetic (``adapters``' ``BertFusion``):
+``query_from="adapter_input"`` takes the query from what the fused bottlenecks read
+(``N(y + x)`` for residual-input ones, else ``y``) instead of ``y``, and
+``attend="deltas"`` attends over what each adapter adds, ``u_i = o_i - y``, and adds
+``y`` back after mixing: ``y + sum_i softmax_i(q · k(u_i) / T) v(u_i)``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from ..anatomy import SUBLAYER_ROLES, Anatomy, Site
 from ..errors import ConfigError
 from .base import MethodConfig
 
+# Where the query comes from: the sublayer output ``y``, or what the fused bottlenecks read.
+QUERY_SOURCES = ("output", "adapter_input")
+# What keys and values are computed from: each adapter's output ``o_i``, or its change ``o_i - y`` (then ``+ y``).
+CANDIDATES = ("outputs", "deltas")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Fusion(MethodConfig):
@@ -31,6 +42,8 @@ class Fusion(MethodConfig):
     adapters: tuple[str, ...] = ()
     roles: tuple[str, ...] = ("ffn",)
     temperature: float = 1.0
+    query_from: str = "output"
+    attend: str = "outputs"
 
     def validate(self) -> None:
         if len(self.adapters) < 2 or not all(isinstance(a, str) for a in self.adapters):
@@ -40,12 +53,14 @@ class Fusion(MethodConfig):
         if not self.roles or any(role not in SUBLAYER_ROLES for role in self.roles):
             raise ConfigError(f"Fusion.roles must be sublayer roles from {SUBLAYER_ROLES}, got {self.roles!r}.")
         self._require_positive("temperature", self.temperature)
+        self._require_choice("query_from", self.query_from, QUERY_SOURCES)
+        self._require_choice("attend", self.attend, CANDIDATES)
 
     def sites(self, anatomy: Anatomy) -> list[Site]:
         return self._sites_for_roles(anatomy, self.roles)
 
     def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
-        return FusionLayer(site.out_features, self.temperature)
+        return FusionLayer(site.out_features, self.temperature, self.query_from, self.attend)
 
 
 class FusionLayer(nn.Module):
@@ -54,9 +69,10 @@ class FusionLayer(nn.Module):
     stage = "output"
     reads_input = False
 
-    def __init__(self, features: int, temperature: float):
+    def __init__(self, features: int, temperature: float, query_from: str = "output", attend: str = "outputs"):
         super().__init__()
         self.temperature = temperature
+        self.query_from, self.attend = query_from, attend
         self.query = nn.Linear(features, features)
         self.key = nn.Linear(features, features)
         self.value = nn.Linear(features, features)
@@ -67,10 +83,15 @@ class FusionLayer(nn.Module):
             self.value.weight.copy_(torch.eye(features))
             self.value.bias.zero_()
 
-    def forward(self, y: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, outputs: list[torch.Tensor], query: torch.Tensor | None = None) -> torch.Tensor:
+        """Mix ``outputs`` (each adapter's output, or its change with ``attend="deltas"``) by attention from
+        ``query`` (default ``y``)."""
         dtype = self.query.weight.dtype
-        candidates = torch.stack(outputs, dim=-2).to(dtype)  # [..., adapters, features]
-        query = self.query(y.to(dtype)).unsqueeze(-2)  # [..., 1, features]
+        candidates = torch.stack([o.to(dtype) for o in outputs], dim=-2)  # [..., adapters, features]
+        query = self.query((y if query is None else query).to(dtype)).unsqueeze(-2)  # [..., 1, features]
         scores = (query * self.key(candidates)).sum(-1) / self.temperature
         weights = torch.softmax(scores, dim=-1).unsqueeze(-1)
-        return (weights * self.value(candidates)).sum(-2).to(y.dtype)
+        mixed = (weights * self.value(candidates)).sum(-2)
+        if self.attend == "deltas":
+            mixed = mixed + y.to(dtype)
+        return mixed.to(y.dtype)
