@@ -71,3 +71,15 @@ def test_train_save_load_merge_on_real_text(batch, tmp_path):
         fresh.unmerge("nli")
         fresh.disable()
         torch.testing.assert_close(fresh(**batch).last_hidden_state, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_initialised_from_text_with_a_local_tokenizer(tokenizer):
+    model = minilm()
+    text = "classify the sentiment of this tweet"
+    model.add("prompt", splice.PromptTuning(length=8, init_text=text, tokenizer=str(minilm_dir())))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    expected = model.base.get_input_embeddings().weight[[ids[i % len(ids)] for i in range(8)]]
+    soft = [p for p in model.adapters["prompt"].parameters()]
+    assert len(soft) == 1 and torch.equal(soft[0].detach(), expected.detach())
+    with pytest.raises(splice.ConfigError, match="could not load tokenizer"):
+        model.add("bad", splice.PromptTuning(length=4, init_text=text, tokenizer="/nonexistent/tokenizer"))
