@@ -11,6 +11,9 @@ public call arguments:
   encoder) runs, ``input_ids`` become ``inputs_embeds`` with the soft prompt in
   front; the mask, ``token_type_ids``, positions and token labels grow to match.
   After it runs, the soft positions are dropped from the outputs.
+  With ``PromptTuning(insert="embedded")`` (site ``embedded_prompt``) the prompt goes
+  in front of the embedding block's output instead: the model call only gets the
+  grown mask and labels, the real tokens keep their ids, types and positions.
 - **Prefix on a cached stack** (decoders, T5's decoder): before the model runs,
   a cache scoped to this call and pre-filled with every layer's prefix keys and
   values (``[B, kv_heads, S, head_dim]``, so grouped-query attention needs
@@ -41,7 +44,14 @@ import torch
 from torch import nn
 
 from .anatomy import Anatomy, Site
-from .anatomy.calls import extend_mask, positions_from_mask, prefix_cache, strip_positions, token_embedding
+from .anatomy.calls import (
+    extend_mask,
+    mask_follows_embeddings,
+    positions_from_mask,
+    prefix_cache,
+    strip_positions,
+    token_embedding,
+)
 from .errors import AdapterError, AnatomyError
 from .routing import Soft, first_input
 
@@ -49,6 +59,7 @@ if TYPE_CHECKING:
     from .hooks import HookSet
 
 PROMPT_KEY = "prompt"
+EMBEDDED_KEY = "embedded_prompt"  # PromptTuning(insert="embedded"): after the embedding block
 Handler = Callable[..., object]
 
 
@@ -66,17 +77,22 @@ class SoftTokens:
         self.injected = False  # this forward passed a prefix cache: rebuild it where checkpointing drops it
         self.prompt_module: nn.Module | None = None
         self._prompt_visible: torch.Tensor | None = None  # the soft prompt's slots, while its call runs
+        self._embedded: Soft | None = None  # an embedded prompt waiting for the embedding block's output
 
     # -- installing ---------------------------------------------------------------------------
     def ensure(self, site: Site) -> list[nn.Module]:
         """Register the handlers ``site`` (role ``prompt`` or ``prefix``) needs; returns the modules to hook."""
         if site.role == PROMPT_KEY:
-            if self.prompt_module is not None:
-                return []
-            self.prompt_module = site.module
-            self._add(self.before, site.module, self._prompt_call, first=True)  # before a prefix's slots go in
-            self.strip[site.module] = self._prompt_strip
-            return [site.module]
+            modules = []
+            if self.prompt_module is None:
+                self.prompt_module = site.module
+                self._add(self.before, site.module, self._prompt_call, first=True)  # before a prefix's slots go in
+                self.strip[site.module] = self._prompt_strip
+                modules.append(site.module)
+            if site.input_module is not site.module and site.input_module not in self.after:
+                self._add(self.after, site.input_module, self._embedded_output)
+                modules.append(site.input_module)
+            return modules
         if any(s.key == site.key for s in self._cached) or site.input_module in self.strip:
             return []
         if self.anatomy.cached(site.stack):
@@ -112,7 +128,15 @@ class SoftTokens:
 
     # -- prompt -------------------------------------------------------------------------------------
     def _prompt_call(self, args: tuple, kwargs: dict):
-        program = self._program(PROMPT_KEY)
+        program, embedded = self._program(PROMPT_KEY), self._program(EMBEDDED_KEY)
+        self._embedded = None
+        if program is not None and embedded is not None:
+            raise AdapterError(
+                "A setup cannot combine PromptTuning(insert='input') and PromptTuning(insert='embedded'): one puts "
+                "its tokens before the embedding block, the other after it. Activate prompts of one kind."
+            )
+        if embedded is not None and not _continues(kwargs):
+            return self._embedded_call(embedded, args, kwargs)
         if program is None or _continues(kwargs):
             return None
         module = self.prompt_module
@@ -145,9 +169,43 @@ class SoftTokens:
         self._prompt_visible = visible
         return args, kwargs
 
+    def _embedded_call(self, program, args: tuple, kwargs: dict):
+        """Insert after the embedding block: the model call only gets the grown mask and labels."""
+        source = args[0] if args and isinstance(args[0], torch.Tensor) else next(
+            (kwargs[n] for n in ("input_ids", "inputs_embeds") if isinstance(kwargs.get(n), torch.Tensor)), None)
+        if source is None:
+            return None
+        rows, length, device = source.shape[0], source.shape[1], source.device
+        soft = program.soft(rows)
+        count, visible = soft.length, soft.visible.to(device)
+        kwargs = dict(kwargs)
+        mask = kwargs.get("attention_mask")
+        if mask is not None and not mask_follows_embeddings(self.anatomy.model):
+            raise AnatomyError(
+                "PromptTuning(insert='embedded') with a padding mask needs transformers 5, or the model loaded "
+                "with attn_implementation='eager' on transformers 4.x (4.x's SDPA path sizes the mask from the "
+                "input ids, not from the embeddings the prompt joins)."
+            )
+        mask = torch.ones(rows, length, dtype=torch.long, device=device) if mask is None else mask
+        kwargs["attention_mask"] = torch.cat([visible.to(mask.dtype), mask], 1)
+        labels = kwargs.get("labels")
+        if isinstance(labels, torch.Tensor) and labels.dim() == 2 and labels.shape == (rows, length):
+            kwargs["labels"] = torch.cat([labels.new_full((rows, count), -100), labels], 1)
+        self._inserted[self.prompt_module] = (count, count + length)
+        self._prompt_visible = visible
+        self._embedded = soft
+        return args, kwargs
+
+    def _embedded_output(self, args: tuple, kwargs: dict, y: torch.Tensor) -> torch.Tensor:
+        soft, self._embedded = self._embedded, None
+        if soft is None:
+            return y
+        return torch.cat([soft.values[0].to(device=y.device, dtype=y.dtype), y], 1)
+
     def _prompt_strip(self, output):
         inserted = self._inserted.pop(self.prompt_module, None)
         self._prompt_visible = None
+        self._embedded = None
         return output if inserted is None else strip_positions(output, *inserted)
 
     def _set_positions(self, kwargs: dict, visible: torch.Tensor, mask: torch.Tensor, length: int,

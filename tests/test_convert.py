@@ -567,7 +567,7 @@ def adapters_prefix(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"architecture": "prompt_tuning"}, ["prompt tuning", "after the embedding layer"]),
+    ({"architecture": "prompt_tuning"}, ["prompt_tuning option", "bottleneck_size=7"]),  # prefix options on a prompt
     ({"leave_out": [0]}, ["leave_out=[0]"]),
     ({"use_gating": True}, ["use_gating=True"]),
     ({"new_knob": 2}, ["new_knob=2"]),
@@ -587,3 +587,51 @@ def test_adapters_prefix_option_refusals(adapters_prefix, changes, words):
 ])
 def test_adapters_prefix_models_refused(adapters_prefix, model_type, head, words):
     refuses(splice.attach(tiny_model(model_type, head)), adapters_prefix, *words)
+
+
+# -- AdapterHub prompt tuning ----------------------------------------------------------------------------------
+# tests/data/adapters_prompt/bert was written by the real adapters 1.3.0 (see make.py there): the prompt goes in
+# front of the embedding block's output, as splice's PromptTuning(insert="embedded").
+
+ADAPTERS_PROMPT = Path(__file__).resolve().parent / "data" / "adapters_prompt"
+
+
+def test_adapters_prompt_reproduces_output(tmp_path):
+    expected = load_file(str(ADAPTERS_PROMPT / "bert" / "expected.safetensors"))
+    inputs = {"input_ids": expected["input_ids"], "attention_mask": expected["attention_mask"]}
+    model = splice.attach(tiny_model("bert"))
+    base = main_output(model, inputs)
+    assert (base - expected["base_out"]).abs().max() < TOLERANCE
+    name = model.load(ADAPTERS_PROMPT / "bert" / "adapter")
+    assert model.adapters[name].config == splice.PromptTuning(length=3, insert="embedded")
+    model.activate(name)
+    out = main_output(model, inputs)
+    real = inputs["attention_mask"].bool()  # adapters returns the 3 prompt positions first; splice drops them
+    assert (out - expected["out"][:, 3:])[real].abs().max() < TOLERANCE  # the padded row's real positions too
+    assert (out - base).abs().max() > 10 * TOLERANCE
+    model.save(name, tmp_path / "mine")
+    again = splice.attach(tiny_model("bert"))
+    again.activate(again.load(tmp_path / "mine"))
+    assert (main_output(again, inputs) - out).abs().max() < TOLERANCE
+
+
+@pytest.fixture
+def adapters_prompt(tmp_path) -> Path:
+    folder = tmp_path / "prompt"
+    shutil.copytree(ADAPTERS_PROMPT / "bert" / "adapter", folder)
+    return folder
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"combine": "prefix_after_bos"}, ["combine='prefix_after_bos'"]),
+    ({"prompt_length": 4}, ["prompt_length is 4", "[3, 32]"]),
+    ({"new_knob": 2}, ["new_knob=2"]),
+])
+def test_adapters_prompt_option_refusals(adapters_prompt, changes, words):
+    edit_config(adapters_prompt, **changes)
+    refuses(splice.attach(tiny_model("bert")), adapters_prompt, *words)
+
+
+@pytest.mark.parametrize("model_type, head", [("distilbert", "base"), ("llama", "lm"), ("t5", "base")])
+def test_adapters_prompt_models_refused(adapters_prompt, model_type, head):
+    refuses(splice.attach(tiny_model(model_type, head)), adapters_prompt, "insert='embedded'", f"{model_type!r}")

@@ -17,16 +17,18 @@ import torch
 import splice
 
 from helpers import assert_same_state, perturb, state_copy
-from tiny_models import ARCHITECTURES, DECODERS, tiny_inputs, tiny_model
+from tiny_models import ARCHITECTURES, DECODERS, tiny_config, tiny_inputs, tiny_model
 
 METHODS = {
     "prompt": lambda: splice.PromptTuning(length=3),
     "prefix": lambda: splice.PrefixTuning(length=3),
     "prefix_mlp": lambda: splice.PrefixTuning(length=2, projection_dim=8),
+    "embedded": lambda: splice.PromptTuning(length=3, insert="embedded"),  # after the embedding block
 }
+EMBEDDED_ARCHS = ("bert", "roberta", "xlm-roberta", "electra")
 PROMPT_ARCHS = [a for a in ARCHITECTURES if a != "vit"]
 CASES = ([(a, "prompt") for a in PROMPT_ARCHS] + [(a, "prefix") for a in ARCHITECTURES]
-         + [(a, "prefix_mlp") for a in ("bert", "llama", "t5")])
+         + [(a, "prefix_mlp") for a in ("bert", "llama", "t5")] + [(a, "embedded") for a in EMBEDDED_ARCHS])
 
 
 def output(model, inputs):
@@ -328,6 +330,7 @@ def test_prompt_init_from_token_ids():
     (lambda: splice.PromptTuning(init_text="classify:"), splice.ConfigError, "needs tokenizer="),
     (lambda: splice.PromptTuning(init_ids=[1], init_text="a", tokenizer="t"), splice.ConfigError, "not both"),
     (lambda: splice.PrefixTuning(layers=[0]), splice.ConfigError, "every self-attention block"),
+    (lambda: splice.PromptTuning(insert="output"), splice.ConfigError, "insert must be one of"),
     (lambda: splice.PrefixTuning(projection_dim=0), splice.ConfigError, "projection_dim"),
     (lambda: splice.Union(splice.LoRA()), splice.ConfigError, "two or more"),
     (lambda: splice.Union(splice.LoRA(), splice.LoRA(r=2)), splice.ConfigError, "different methods"),
@@ -344,3 +347,80 @@ def test_bad_models():
     bert = splice.attach(tiny_model("bert"))
     with pytest.raises(splice.ConfigError, match="outside this model's vocabulary"):
         bert.add("p", splice.PromptTuning(init_ids=[10_000]))
+
+
+# -- PromptTuning(insert="embedded"): the prompt after the embedding block (AdapterHub's prompt tuning) ----------
+
+def test_embedded_prompt_config_round_trips():
+    config = splice.PromptTuning(length=4, insert="embedded")
+    assert splice.methods.config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert splice.PromptTuning().insert == "input"
+
+
+def test_embedded_prompt_follows_the_embedding_block():
+    """Real tokens keep positions 0..T-1: the model equals the encoder run on [prompt; embeddings(ids)]."""
+    model = adapted("bert", "embedded")
+    inputs = tiny_inputs("bert", padded=True)
+    prompt = model.adapters["soft"].deltas["prompt"].embedding
+    bert = model.base
+    with torch.no_grad():
+        out = output(model, inputs)
+        hidden = torch.cat([prompt.expand(2, -1, -1), bert.embeddings(input_ids=inputs["input_ids"])], 1)
+        mask = torch.cat([torch.ones(2, 3, dtype=torch.long), inputs["attention_mask"]], 1)
+        extended = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        expected = bert.encoder(hidden, attention_mask=extended)[0][:, 3:]
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_embedded_prompts_of_different_lengths_route_per_row(arch):
+    """Positions are the model's own, so rows of different prompt lengths share a batch (RoBERTa included)."""
+    model = splice.attach(tiny_model(arch))
+    model.add("a", splice.PromptTuning(length=3, insert="embedded"))
+    model.add("b", splice.PromptTuning(length=1, insert="embedded"))
+    for seed, name in enumerate("ab"):
+        perturb(model.adapters[name], seed=seed, std=0.5)
+    entries = ["a", "b", "__base__"]
+    inputs = tiny_inputs(arch, batch=3, padded=True)
+    with torch.no_grad():
+        mixed = output(model, {**inputs, "adapter_names": entries})
+        for row, setup in enumerate(entries):
+            model.disable() if setup == "__base__" else model.activate(setup)
+            single, cut = real_rows(arch, inputs, row)
+            torch.testing.assert_close(mixed[row : row + 1, cut], output(model, single), atol=1e-5, rtol=1e-5)
+
+
+def test_embedded_and_input_prompts_do_not_mix():
+    model = splice.attach(tiny_model("bert"))
+    model.add("input", splice.PromptTuning(length=2))
+    model.add("embedded", splice.PromptTuning(length=2, insert="embedded"))
+    with pytest.raises(splice.AdapterError, match="cannot combine"):
+        model(**tiny_inputs("bert"), adapter_names=["input", "embedded"])
+
+
+@pytest.mark.parametrize("arch, head", [("llama", "base"), ("distilbert", "base"), ("t5", "base")])
+def test_embedded_prompt_refused_where_the_embedding_block_is_unknown(arch, head):
+    model = splice.attach(tiny_model(arch, head=head))
+    with pytest.raises(splice.AnatomyError, match="insert='input'"):
+        model.add("p", splice.PromptTuning(insert="embedded"))
+
+
+def test_embedded_prompt_with_sdpa_and_padding_works_or_says_why():
+    """transformers 5 sizes the mask from the embeddings (works); 4.x's SDPA path cannot (a clear refusal)."""
+    import transformers
+
+    config = tiny_config("bert")
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = splice.attach(transformers.BertModel(config).eval())
+    model.add("p", splice.PromptTuning(length=3, insert="embedded"))
+    model.activate("p")
+    inputs = tiny_inputs("bert", batch=2, padded=True)
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        with torch.no_grad():
+            mixed = model(**inputs).last_hidden_state
+            alone = model(**{k: v[:1] for k, v in inputs.items()}).last_hidden_state
+        torch.testing.assert_close(mixed[:1], alone, atol=1e-5, rtol=1e-5)
+    else:
+        with pytest.raises(splice.AnatomyError, match="attn_implementation='eager'"):
+            model(**inputs)

@@ -160,11 +160,25 @@ class Anatomy:
             )
         return module
 
-    def prompt_site(self) -> Site:
-        """Where a soft prompt goes in: the prompt module's call (a model-level site, ``key`` "prompt")."""
+    def prompt_site(self, embedded: bool = False) -> Site:
+        """Where a soft prompt goes in: the prompt module's call (a model-level site, ``key`` "prompt").
+
+        ``embedded``: after the embedding block instead (``key`` "embedded_prompt"; its ``input_module``
+        is that block, whose output the prompt is put in front of).
+        """
         module = self.prompt_module()
         width = token_embedding(module).embedding_dim
-        return Site("prompt", "model", -1, "prompt", module, module, width, width)
+        if not embedded:
+            return Site("prompt", "model", -1, "prompt", module, module, width, width)
+        block = get_module(self.model, self.layout.embeddings, suffix=True) if self.layout.embeddings else None
+        if block is None or self.layout.prompt_module:
+            known = sorted(t for t, layout in LAYOUTS.items() if layout.embeddings)
+            raise AnatomyError(
+                f"PromptTuning(insert='embedded') puts the prompt after the model's embedding block, which splice "
+                f"knows only for model_type {', '.join(known)}; not for {self.model_type!r}. "
+                "Use insert='input' (the prompt in front of the token embeddings) here."
+            )
+        return Site("embedded_prompt", "model", -1, "prompt", module, block, width, width)
 
     def prefix_sites(self) -> list[Site]:
         """One site per self-attention block (``key`` "layers.3.prefix"): where prefix keys and values go in.

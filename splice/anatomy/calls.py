@@ -68,6 +68,20 @@ def extend_mask(mask: torch.Tensor | None, visible: torch.Tensor, queries: bool 
     return mask
 
 
+def mask_follows_embeddings(model: nn.Module) -> bool:
+    """Whether the model sizes its attention mask from the embedding block's output.
+
+    transformers 5 builds it from the embeddings' length (so rows added there can be
+    given mask slots at the call); 4.x with SDPA sizes it from the input ids instead
+    and would mismatch. 4.x with eager attention uses the 2-D mask as given.
+    """
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", "eager")
+    return major >= 5 or implementation == "eager"
+
+
 def positions_from_mask(mask: torch.Tensor, last: int) -> torch.Tensor:
     """Position ids that count only attended slots (left padding and masked slots take no position)."""
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)

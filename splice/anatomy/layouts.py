@@ -47,6 +47,9 @@ class Layout:
     positions: str = "fixed"
     cached_stacks: tuple[str, ...] = ()  # stacks run with a key/value cache (prefixes go in through it)
     prompt_module: str = ""  # the module whose input_ids take a soft prompt ("": the model itself)
+    # The block that embeds input_ids (word, position and type embeddings, LayerNorm; path suffix), whose output
+    # takes a PromptTuning(insert="embedded") ("": not known, so that is refused).
+    embeddings: str = ""
     decoder_inputs: tuple[str, ...] = ("input_ids", "inputs_embeds")  # what sets a cached stack's length
     decoder_mask: str = "attention_mask"  # the mask of a cached stack's tokens
 
@@ -98,7 +101,7 @@ def _single(blocks: str | tuple[str, ...], roles: dict, final_norm: tuple[str, .
 
 
 _BERT = _single("encoder.layer", _bert_like("attention.self.query", "attention.self.key", "attention.self.value"),
-                positions="explicit")
+                positions="explicit", embeddings="embeddings")
 # RoBERTa offsets its positions by pad_token_id + 1 and numbers them from input_ids itself.
 _ROBERTA = dataclasses.replace(_BERT, positions="fixed")
 _LLAMA = _single("layers", _LLAMA_LIKE, ("norm",), causal=True)

@@ -15,7 +15,7 @@ block of ``A`` rows and ``B`` rows, which become splice's per-role sites.
 Where the adapter lives (``selfattn_lora``, ``intermediate_lora``,
 ``output_lora``, ``attn_matrices``, ``leave_out``) is recorded by the tensor
 names, from which splice reads the sites. Bottleneck adapters are read in
-:mod:`.bottleneck`, prefix tuning in :mod:`.adapters_soft`.
+:mod:`.bottleneck`, prefix and prompt tuning in :mod:`.adapters_soft`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,10 @@ def load_adapters(model: AdaptedModel, folder: Path, name: str | None = None) ->
     if bottleneck:
         method, state = bottleneck_from(model, options, tensors, "version" in meta, weights_path)
     elif soft:
-        method, state = adapters_soft.prefix_from(model, options, tensors, "version" in meta, weights_path)
+        if options["architecture"] == "prompt_tuning":
+            method, state = adapters_soft.prompt_from(options, tensors, weights_path)
+        else:
+            method, state = adapters_soft.prefix_from(model, options, tensors, "version" in meta, weights_path)
     else:
         modules = _group(tensors, weights_path)
         alpha = _alpha(meta, options)

@@ -1,4 +1,4 @@
-"""AdapterHub prefix tuning (``"architecture": "prefix_tuning"``) as splice PrefixTuning; prompt tuning refused.
+"""AdapterHub prefix and prompt tuning as splice PrefixTuning and PromptTuning(insert="embedded").
 
 What ``adapters`` 1.3.0 saves (``methods/prefix_tuning.py``): one ``PrefixTuningPool``
 shared by every layer, so each tensor is saved once per reference to it, under
@@ -30,10 +30,13 @@ rows included). Refused, because ``adapters`` computes something else:
   position terms, splice places them at distances −P..−1: 1.6e-3 apart;
 - encoder-decoder models, ``leave_out`` (splice prefixes every block), ``use_gating``.
 
-Prompt tuning is refused: ``adapters`` inserts the prompt *after* the embedding
-layer (after position embeddings and LayerNorm, real tokens keeping positions
-0..), splice prepends it to the token embeddings (positions and LayerNorm apply
-to it, real tokens start at P).
+Prompt tuning (``"architecture": "prompt_tuning"``, ``methods/prompt_tuning.py``) is one
+``prompt_embedding.weight`` ``[P, embedding_size]`` under ``[<model prefix>.]prompt_tuning.prompt_tunings.
+<name>.``, put (``combine="prefix"``) in front of the *output* of the model's embedding block
+(after position embeddings and LayerNorm; the real tokens keep positions 0..), with P attended
+mask slots in every self-attention: splice's ``PromptTuning(insert="embedded")``, read on the
+BERT family (max |Δ| 0 on the real positions of a tiny BERT, padded row included).
+``combine="prefix_after_bos"`` is refused.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AnatomyError, CheckpointError
-from ..methods import PrefixTuning
+from ..methods import PrefixTuning, PromptTuning
 
 if TYPE_CHECKING:
     from ..model import AdaptedModel
@@ -58,18 +61,17 @@ _HONOURED = {
 }
 _KEY = re.compile(r"(?:.+\.)?prefix_tunings\.(?P<name>[^.]+)\.(?P<location>[^.]+)\."
                   r"(?P<param>wte\.weight|control_trans(?:\.[02]\.(?:weight|bias))?)")
+_PROMPT_HONOURED = {"architecture", "prompt_length", "prompt_init", "prompt_init_text", "random_uniform_scale",
+                    "combine", "init_weights_seed"}  # the init options only set the starting values
+_PROMPT_KEY = re.compile(r"(?:.+\.)?prompt_tunings\.(?P<name>[^.]+)\.prompt_embedding\.weight")
 _RENAMED = {"gelu": "gelu_new", "gelu_orig": "gelu"}  # what adapters does to configs without a "version"
 
 
 def check_options(model: AdaptedModel, options: dict, source: Path) -> None:
     """Refuse prompt tuning, and prefix options or models whose prefix splice cannot reproduce."""
     if options["architecture"] == "prompt_tuning":
-        raise CheckpointError(
-            f"{source} holds AdapterHub prompt tuning, which splice does not read: adapters inserts the prompt after "
-            "the embedding layer (after position embeddings and LayerNorm, the real tokens keeping positions 0..), "
-            "while splice's PromptTuning prepends it to the token embeddings (real tokens start at position P), so "
-            "the same prompt computes something else."
-        )
+        _check_prompt(model, options, source)
+        return
     for key, value in options.items():
         if key not in _HONOURED:
             raise CheckpointError(f"{source}: prefix_tuning option {key}={value!r} is one splice does not know; it "
@@ -174,3 +176,40 @@ def _fold(params: dict[str, torch.Tensor], length: int, size: int, act, source: 
         hidden = act(F.linear(embedding.float(), first.float(), params["control_trans.0.bias"].float()))
         table = F.linear(hidden, last.float(), params["control_trans.2.bias"].float())
     return table.to(embedding.dtype)
+
+
+def _check_prompt(model: AdaptedModel, options: dict, source: Path) -> None:
+    for key, value in options.items():
+        if key not in _PROMPT_HONOURED:
+            raise CheckpointError(f"{source}: prompt_tuning option {key}={value!r} is one splice does not know; it "
+                                  "may change what the adapter computes, so splice does not read it.")
+    if options.get("combine", "prefix") != "prefix":
+        raise CheckpointError(f"{source}: combine={options['combine']!r} (the prompt after the first token) is not "
+                              "implemented by splice; it reads combine='prefix'.")
+    length = options.get("prompt_length", 10)
+    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+        raise CheckpointError(f"{source}: prompt_length must be a positive integer, got {length!r}.")
+    try:
+        model.anatomy.prompt_site(embedded=True)
+    except AnatomyError as error:
+        raise CheckpointError(f"AdapterHub prompt tuning in {source} cannot be read here: {error}") from error
+
+
+def prompt_from(options: dict, tensors: dict[str, torch.Tensor],
+                source: Path) -> tuple[PromptTuning, dict[str, torch.Tensor]]:
+    """A splice PromptTuning(insert="embedded") and its soft tokens from AdapterHub's prompt embedding."""
+    found = {}
+    for key, tensor in tensors.items():
+        match = _PROMPT_KEY.fullmatch(key)
+        if match is None:
+            raise CheckpointError(f"{source} holds {key!r}, which is not a prompt-tuning tensor; splice does not "
+                                  "know what it belongs to.")
+        found[match["name"]] = tensor
+    if len(found) != 1:
+        raise CheckpointError(f"{source} holds {len(found)} prompts ({', '.join(sorted(found)) or 'none'}); "
+                              "splice reads one.")
+    table = next(iter(found.values()))
+    length = options.get("prompt_length", 10)
+    if table.dim() != 2 or table.shape[0] != length:
+        raise CheckpointError(f"{source}: prompt_embedding is {list(table.shape)}, but prompt_length is {length}.")
+    return PromptTuning(length=length, insert="embedded"), {"prompt.embedding": table.contiguous()}

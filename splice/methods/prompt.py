@@ -34,6 +34,8 @@ from ..anatomy.calls import token_embedding
 from ..errors import ConfigError
 from .base import MethodConfig
 
+INSERTS = ("input", "embedded")
+
 
 @dataclass(frozen=True, kw_only=True)
 class PromptTuning(MethodConfig):
@@ -44,6 +46,13 @@ class PromptTuning(MethodConfig):
     ``tokenizer`` (a tokenizer name or folder, as for ``AutoTokenizer.from_pretrained``;
     only the ids it yields matter). Otherwise the tokens are drawn at random with
     the spread of the model's own embedding table.
+
+    ``insert``: ``"input"`` (default) prepends the soft tokens to the token embeddings,
+    so position embeddings and the embedding LayerNorm apply to them and the real
+    tokens start at position ``length``; ``"embedded"`` prepends them to the output of
+    the model's embedding block (AdapterHub's prompt tuning), so they get neither and
+    the real tokens keep positions ``0..T-1``. ``"embedded"`` is known for the BERT
+    family (bert, roberta, xlm-roberta, electra).
     """
 
     method: ClassVar[str] = "prompt"
@@ -52,9 +61,13 @@ class PromptTuning(MethodConfig):
     init_ids: tuple[int, ...] | None = None
     init_text: str | None = None
     tokenizer: str | None = None
+    insert: str = "input"
 
     def validate(self) -> None:
         self._require_count("length", self.length)
+        if self.insert not in INSERTS:
+            raise ConfigError(f"PromptTuning.insert must be one of {', '.join(map(repr, INSERTS))}, "
+                              f"got {self.insert!r}.")
         if self.layers is not None:
             raise ConfigError("PromptTuning acts on the input embeddings, not on blocks: drop layers=.")
         if self.init_ids is not None and self.init_text is not None:
@@ -71,7 +84,7 @@ class PromptTuning(MethodConfig):
             )
 
     def sites(self, anatomy: Anatomy) -> list[Site]:
-        return [anatomy.prompt_site()]
+        return [anatomy.prompt_site(embedded=self.insert == "embedded")]
 
     def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
         table = token_embedding(site.module).weight
