@@ -1,167 +1,17 @@
-"""Prediction heads that belong to an adapter.
-
-A head turns the backbone's final hidden states into task outputs, so one bare
-``AutoModel`` backbone serves many tasks: ``model.add("sst2", splice.Bottleneck(),
-head=splice.heads.Classification(num_labels=2, labels=["neg", "pos"]))``. The
-head is saved and loaded with its adapter and switches with it; under per-row
-routing each row gets its own task's head.
-
-Contract of a head (a small ``nn.Module``):
-
-- ``label_names``: the batch keys holding its targets (popped before the backbone runs);
-- ``prepare_inputs(inputs)``: reshape the batch for the backbone if needed (multiple choice);
-- ``forward(hidden, attention_mask, inputs)``: logits from ``hidden`` ``[rows, tokens, hidden]``;
-- ``loss(logits, targets)``: the training loss from the popped targets;
-- ``to_dict()`` / :func:`head_from_dict`: JSON round trip (``kind`` + constructor options);
-- ``build(hidden_size)``: create the parameters for a backbone of that width (the
-  adapter calls it when the head joins it, so users never pass the hidden size).
-
-The kinds: :class:`Classification` (single- and multi-label), :class:`Regression`,
-:class:`TokenClassification` (tagging), :class:`MultipleChoice` and
-:class:`QuestionAnswering` (extractive). Heads that pool a sequence into one
-vector (``pooling="auto"``) take its first token on bidirectional encoders and its
-last non-padding token on causal decoders; ``head.causal`` says which the backbone
-is (set from the model's anatomy when the head is added).
-
-Language modelling needs no splice head: attach the decoder with its LM head
-(``AutoModelForCausalLM``) and add the adapter with ``head=None``; the base's own
-``lm_head`` (tied or not), its shifted loss and ``generate`` are used unchanged.
-``head="lm_head"`` gives the adapter its own trainable copy of that head instead.
-"""
+"""The head kinds: classification, regression, token classification, multiple choice, question answering."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
-from transformers.utils import ModelOutput
 
-from .errors import ConfigError, SpliceError
-from .methods.base import ACTIVATIONS
-
-
-class Head(nn.Module):
-    """Base class of splice's prediction heads."""
-
-    kind: ClassVar[str] = ""
-    label_names: ClassVar[tuple[str, ...]] = ("labels",)
-
-    def prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return inputs
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
-                inputs: Mapping[str, Any]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def loss(self, logits: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def build(self, hidden_size: int) -> None:
-        """Create the parameters for a backbone whose hidden states are ``hidden_size`` wide."""
-
-
-HEADS: dict[str, type[Head]] = {}
-
-
-def head_from_dict(data: Mapping[str, Any]) -> Head:
-    """Rebuild a head from its ``to_dict()`` form."""
-    kind = data.get("kind") if isinstance(data, Mapping) else None
-    if kind not in HEADS:
-        raise ConfigError(f"Unknown head kind {kind!r}; splice knows {', '.join(sorted(HEADS)) or 'none'}.")
-    options = {k: v for k, v in data.items() if k != "kind"}
-    return HEADS[kind](**options)
-
-
-@dataclass
-class HeadOutput(ModelOutput):
-    """What an adapted model returns when a splice head is active (a ``ModelOutput``, so the Trainer reads it).
-
-    ``logits`` is one tensor when every row's head gives the same shape, else a
-    list with one tensor per row (per-row routing over heads of different tasks).
-    """
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | list[torch.Tensor] | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-
-
-def apply_heads(base: nn.Module, groups: list[tuple[Head, torch.Tensor | None]],
-                args: tuple, kwargs: dict[str, Any]) -> HeadOutput:
-    """Run ``base`` once, then each head on its rows (``None``: all rows) and its loss if targets were given.
-
-    The loss is the mean over the batch's target items (labels other than -100), or,
-    when the Trainer passes ``num_items_in_batch`` (gradient accumulation), their sum
-    divided by that count, which is what the Trainer then expects.
-    """
-    if len(groups) == 1:
-        kwargs = groups[0][0].prepare_inputs(dict(kwargs))
-    num_items = kwargs.pop("num_items_in_batch", None)
-    names = {name for head, _ in groups for name in head.label_names}
-    targets = {name: kwargs.pop(name) for name in names if kwargs.get(name) is not None}
-    wants_hidden = kwargs.get("output_hidden_states", False)
-    outputs = base(*args, **{**kwargs, "output_hidden_states": True})
-    hidden = getattr(outputs, "last_hidden_state", None)
-    if hidden is None:  # task models (e.g. *ForCausalLM) return logits; their last hidden state is post-norm
-        hidden = outputs.hidden_states[-1]
-    mask = kwargs.get("attention_mask")
-    rows_total = hidden.shape[0]
-    per_group, terms = [], []
-    for head, rows in groups:
-        logits = head(_take_rows(hidden, rows), None if mask is None else _take_rows(mask, rows), kwargs)
-        per_group.append((rows, logits))
-        own = {k: _take_rows(v, rows) for k, v in targets.items() if k in head.label_names}
-        if own:
-            items = own["labels"].ne(-100).sum() if "labels" in own else logits.new_tensor(logits.shape[0])
-            terms.append((head.loss(logits, own), items))
-    loss = None
-    if terms:
-        total = sum(mean * items for mean, items in terms)
-        loss = total / (num_items if num_items is not None else sum(items for _, items in terms))
-    return HeadOutput(
-        loss=loss,
-        logits=_assemble(per_group, rows_total),
-        hidden_states=outputs.hidden_states if wants_hidden else None,
-        attentions=getattr(outputs, "attentions", None),
-    )
-
-
-def _take_rows(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    return tensor if rows is None else tensor.index_select(0, rows.to(tensor.device))
-
-
-def _assemble(per_group: list[tuple[torch.Tensor | None, torch.Tensor]], rows_total: int):
-    """One logits tensor in row order when shapes agree, else a per-row list."""
-    if len(per_group) == 1 and per_group[0][0] is None:
-        return per_group[0][1]
-    shapes = {tuple(logits.shape[1:]) for _, logits in per_group}
-    if len(shapes) == 1:
-        first = per_group[0][1]
-        out = first.new_empty((rows_total, *first.shape[1:]))
-        for rows, logits in per_group:
-            out = out.index_copy(0, rows.to(out.device), logits)
-        return out
-    by_row: list[torch.Tensor | None] = [None] * rows_total
-    for rows, logits in per_group:
-        for position, row in enumerate(rows.tolist()):
-            by_row[row] = logits[position]
-    return by_row
-
-
-# -- the head kinds ------------------------------------------------------------------------------
+from ..errors import ConfigError, SpliceError
+from ..methods.base import ACTIVATIONS
+from .contract import Head, register
 
 POOLINGS = ("auto", "cls", "mean", "last")
-
-
-def register(cls: type[Head]) -> type[Head]:
-    """Class decorator: make a head kind known to :func:`head_from_dict` under its ``kind``."""
-    HEADS[cls.kind] = cls
-    return cls
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -320,6 +170,9 @@ class PooledHead(MLPHead):
     def pooled_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.project(pool(hidden, attention_mask, self.resolved_pooling))
 
+    def forward(self, hidden, attention_mask, inputs):
+        return self.pooled_logits(hidden, attention_mask)
+
     def options(self) -> dict[str, Any]:
         return {"pooling": self.pooling, **super().options(), "causal": self.causal}
 
@@ -359,9 +212,6 @@ class Classification(PooledHead):
         super().__init__(pooling=pooling, causal=causal, layers=layers, dropout=dropout, activation=activation,
                          hidden_size=hidden_size)
 
-    def forward(self, hidden, attention_mask, inputs):
-        return self.pooled_logits(hidden, attention_mask)
-
     def loss(self, logits, targets):
         labels = _target(targets, "labels", logits)
         if self.multi_label:
@@ -388,9 +238,6 @@ class Regression(PooledHead):
         self.num_outputs = self.out_features = num_outputs
         super().__init__(pooling=pooling, causal=causal, layers=layers, dropout=dropout, activation=activation,
                          hidden_size=hidden_size)
-
-    def forward(self, hidden, attention_mask, inputs):
-        return self.pooled_logits(hidden, attention_mask)
 
     def loss(self, logits, targets):
         labels = _target(targets, "labels", logits)
