@@ -534,8 +534,9 @@ def test_peft_write_refusals_for_prompt_and_prefix(tmp_path):
 
 
 # -- AdapterHub prefix tuning ----------------------------------------------------------------------------------
-# tests/data/adapters_prefix holds folders written by the real adapters 1.3.0 (see make.py there): the prefix
-# goes in front of each self-attention's keys and values with positions untouched, as splice's encoder prefix.
+# tests/data/adapters_prefix holds folders written by the real adapters 1.3.0 (tests/data/make_adapterhub.py):
+# the prefix goes in front of each self-attention's keys and values with positions untouched, as splice's
+# encoder prefix.
 
 ADAPTERS_PREFIX = Path(__file__).resolve().parent / "data" / "adapters_prefix"
 
@@ -590,8 +591,8 @@ def test_adapters_prefix_models_refused(adapters_prefix, model_type, head, words
 
 
 # -- AdapterHub prompt tuning ----------------------------------------------------------------------------------
-# tests/data/adapters_prompt/bert was written by the real adapters 1.3.0 (see make.py there): the prompt goes in
-# front of the embedding block's output, as splice's PromptTuning(insert="embedded").
+# tests/data/adapters_prompt/bert was written by the real adapters 1.3.0 (tests/data/make_adapterhub.py): the
+# prompt goes in front of the embedding block's output, as splice's PromptTuning(insert="embedded").
 
 ADAPTERS_PROMPT = Path(__file__).resolve().parent / "data" / "adapters_prompt"
 
