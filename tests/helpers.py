@@ -34,3 +34,12 @@ def assert_same_state(module: nn.Module, before: dict[str, torch.Tensor]) -> Non
 
 def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def descend(model: nn.Module, loss_of, steps: int = 2, lr: float = 1e-2) -> None:
+    """A few AdamW steps on whatever requires grad, minimising ``loss_of()`` (grads of the last step stay)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_of().backward()
+        optimizer.step()

@@ -6,7 +6,7 @@ import torch
 import splice
 from splice import Average, BatchSplit, Fuse, Parallel, Split, Stack
 
-from helpers import assert_same_state, main_output, perturb, state_copy
+from helpers import assert_same_state, descend, main_output, perturb, state_copy
 from tiny_models import tiny_inputs, tiny_model
 
 
@@ -45,12 +45,7 @@ def test_stack_swaps_the_language_adapter_at_inference():
     inputs = tiny_inputs("bert")
     model.train_adapter("task", setup=Stack("en", "task"))
     before = {n: state_copy(model.adapters[n]) for n in ("en", "de")}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        loss = model(**inputs)[0].pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    descend(model, lambda: model(**inputs)[0].pow(2).mean(), steps=2)
     for name in ("en", "de"):
         assert_same_state(model.adapters[name], before[name])
     model.eval()
@@ -104,12 +99,7 @@ def test_fusion_two_stage_training_touches_only_fusion(tmp_path):
     assert model.active == ("abc", "a", "b", "c")
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(any(p is q for q in model.adapters["abc"].parameters()) for p in trainable)
-    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
-    for _ in range(3):
-        loss = model(**inputs)[0].pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    descend(model, lambda: model(**inputs)[0].pow(2).mean(), steps=3)
     model.eval()
     for name in "abc":
         assert_same_state(model.adapters[name], frozen[name])
@@ -185,12 +175,7 @@ def test_training_b_leaves_a_bit_identical():
     inputs = tiny_inputs("bert", padded=True)
     before = run(model, "a", inputs)
     model.train_adapter("b")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        loss = model(**inputs)[0].pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    descend(model, lambda: model(**inputs)[0].pow(2).mean(), steps=3)
     model.eval()
     assert torch.equal(run(model, "a", inputs), before)
 

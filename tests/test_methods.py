@@ -11,7 +11,7 @@ import torch
 
 import splice
 
-from helpers import assert_same_state, perturb, state_copy
+from helpers import assert_same_state, descend, perturb, state_copy
 from tiny_models import ARCHITECTURES, DECODERS, tiny_inputs, tiny_model
 
 METHODS = {
@@ -33,13 +33,8 @@ def hidden(model, inputs):
 def train_steps(model, name, inputs, steps=3):
     model.train_adapter(name)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2)
     target = torch.randn_like(hidden(model, inputs))
-    for _ in range(steps):
-        loss = (hidden(model, inputs) - target).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    descend(model, lambda: (hidden(model, inputs) - target).pow(2).mean(), steps=steps)
     model.eval()
     return params
 

@@ -16,7 +16,7 @@ import torch
 
 import splice
 
-from helpers import assert_same_state, perturb, state_copy
+from helpers import assert_same_state, descend, perturb, state_copy
 from tiny_models import ARCHITECTURES, DECODERS, tiny_config, tiny_inputs, tiny_model
 
 METHODS = {
@@ -66,13 +66,8 @@ def test_train_save_load(arch, method, tmp_path):
         assert output(model, inputs).shape == base.shape, "soft positions must not reach the outputs"
     before = state_copy(model.base)
     model.train_adapter("soft")
-    optimizer = torch.optim.AdamW(model.adapters.parameters(), lr=1e-2)
-    for _ in range(2):
-        loss = output(model, inputs).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        assert all(p.grad is not None for p in model.adapters["soft"].parameters())
-        optimizer.step()
+    descend(model, lambda: output(model, inputs).pow(2).mean())
+    assert all(p.grad is not None for p in model.adapters["soft"].parameters())
     model.eval()
     assert_same_state(model.base, before)
     with torch.no_grad():
@@ -267,12 +262,7 @@ def test_union_presets_train_and_reload(arch, preset, tmp_path):
     model.add("u", config)
     before = state_copy(model.base)
     model.train_adapter("u")
-    optimizer = torch.optim.AdamW(model.adapters.parameters(), lr=1e-2)
-    for _ in range(2):
-        loss = output(model, inputs).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    descend(model, lambda: output(model, inputs).pow(2).mean())
     trained = [n for n, p in model.adapters["u"].named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
     assert any("gates" in n for n in trained) == (preset == "unipelt")
     model.eval()
