@@ -201,15 +201,10 @@ class Routed(Program):
     def _run(self, x, y, index, groups, stage):
         vectorised, others = groups
         target = x if stage == "input" else y
-        for (delta_class, _), members in vectorised.items():
-            # Rows of other setups get index -1: the identity slot of the stacked tensors.
-            lookup = torch.full((len(self.children) + 1,), -1, dtype=torch.long)
-            for slot, (child, _) in enumerate(members):
-                lookup[child] = slot
-            group_index = lookup.to(index.device)[index]
-            deltas = [delta for _, delta in members]
-            target = (delta_class.routed(deltas, group_index, target) if stage == "input"
-                      else delta_class.routed(deltas, group_index, x, target))
+        for group in vectorised:
+            group_index = group.slots(index.device)[index]
+            target = (group.cls.routed(group.deltas, group_index, target) if stage == "input"
+                      else group.cls.routed(group.deltas, group_index, x, target))
         for child in others:  # composite setups: once per setup, on its rows only
             program = self.children[child]
             rows = (index == child).nonzero().squeeze(1)
@@ -230,8 +225,30 @@ def _right_align(values: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(values, pad)
 
 
+class LeafGroup:
+    """Leaves of one delta class and layout that run in one vectorised call.
+
+    ``slots`` maps a setup's position in the batch's setups to its slot in the
+    stacked tensors; setups outside the group map to -1, the identity slot. It is
+    built once per plan (and copied once per device), not on every forward.
+    """
+
+    def __init__(self, cls: type, members: list[tuple[int, nn.Module]], setups: int):
+        self.cls = cls
+        self.deltas = [delta for _, delta in members]
+        lookup = torch.full((setups + 1,), -1, dtype=torch.long)  # the extra last entry serves index -1
+        for slot, (position, _) in enumerate(members):
+            lookup[position] = slot
+        self._slots = {lookup.device: lookup}
+
+    def slots(self, device: torch.device) -> torch.Tensor:
+        if device not in self._slots:
+            self._slots[device] = next(iter(self._slots.values())).to(device)
+        return self._slots[device]
+
+
 def _group_leaves(children: list[Program | None], stage: str):
-    """Split children into vectorisable leaves (by delta class) and the rest, for one stage."""
+    """Split children into vectorisable leaf groups (by delta class and layout) and the rest, for one stage."""
     vectorised: dict[tuple, list[tuple[int, nn.Module]]] = defaultdict(list)
     others = []
     for position, child in enumerate(children):
@@ -247,4 +264,5 @@ def _group_leaves(children: list[Program | None], stage: str):
                 continue
         if (child.has_pre if stage == "input" else child.has_post):
             others.append(position)
-    return dict(vectorised), others
+    groups = [LeafGroup(cls, members, len(children)) for (cls, _), members in vectorised.items()]
+    return groups, others
