@@ -24,3 +24,7 @@ class AdapterError(SpliceError):
 
 class CheckpointError(SpliceError):
     """An adapter folder is missing, corrupted, or does not fit this model."""
+
+
+class DataError(SpliceError):
+    """A data file or built-in data set cannot serve the requested task as given."""

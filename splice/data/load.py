@@ -1,0 +1,140 @@
+"""``load_data``: any supported source and a task in, deterministic splits of normalised records out."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import DataError
+from .builtin import BUILTIN_DATA
+from .readers import ACCEPTED, CONLL_SUFFIXES, TABLE_SUFFIXES, read_conll, read_folder, read_lines, read_table
+from .records import Columns, as_string, check_tags, check_task, decide_labels, is_empty, table_records
+from .splits import Splits, split_records
+
+
+def load_data(source: str | os.PathLike, task: str, *, columns: Columns = Columns(),
+              sizes: tuple[float | int, float | int, float | int] = (0.8, 0.1, 0.1), seed: int = 0,
+              labels: Sequence[str] | None = None, limit: int | None = None) -> Splits:
+    """Read ``source`` for ``task`` and split it into train, validation and test.
+
+    ``source`` is a built-in name (:data:`BUILTIN_DATA`), a CSV / TSV / JSON-lines /
+    Parquet file, a CoNLL-style ``token<TAB>tag`` file (tagging), a text file of one
+    text per line (causal-lm), or a folder with one subfolder of .txt files per label.
+    Rows with nothing to learn from (empty text) are dropped; then the rows are
+    shuffled with ``seed``, the first ``limit`` kept, and cut by ``sizes`` (fractions,
+    or row counts when all three are ints). ``labels`` fixes the label set, e.g. to the
+    classes of a trained head, and every row must use one of them; otherwise the label
+    set is what the whole data uses (before ``limit``). Bad input raises
+    :class:`~splice.errors.DataError` saying what is wrong and how to fix it.
+    """
+    check_task(task)
+    notes: list[str] = []
+    name = os.fspath(source)
+    if name in BUILTIN_DATA:
+        records, places, where = _builtin(name, task, notes)
+    else:
+        path = Path(name)
+        records, places = _from_path(path, task, columns)
+        where = str(path)
+        _note_repeats(records, notes)
+    kept = [(record, place) for record, place in zip(records, places) if not is_empty(record)]
+    if len(kept) < len(records):
+        notes.insert(0, f"dropped {len(records) - len(kept):,} rows with empty text")
+    if not kept:
+        raise DataError(f"{where} has no rows with text for {task}.")
+    records, places = [record for record, _ in kept], [place for _, place in kept]
+    label_set = decide_labels(task, records, places, where, labels)
+    train, validation, test = split_records(records, sizes, seed, limit, notes)
+    return Splits(task, train, validation, test, label_set, where, notes)
+
+
+def _builtin(name: str, task: str, notes: list[str]) -> tuple[list[dict], list[str], str]:
+    """A built-in data set's records for ``task``, exact duplicates dropped, placed by row number."""
+    data = BUILTIN_DATA[name]
+    if task not in data.loaders:
+        raise DataError(f"Built-in data {name!r} serves {', '.join(data.tasks)}, not {task}.")
+    loaded = data.loaders[task]()
+    records, seen = [], set()
+    for record in loaded:
+        key = _content(record)
+        if key not in seen:
+            seen.add(key)
+            records.append(record)
+    if len(records) < len(loaded):
+        unit = "sentences" if task == "tagging" else "texts"
+        notes.append(f"dropped {len(loaded) - len(records):,} duplicate {unit}")
+    return records, [f"row {i + 1}" for i in range(len(records))], data.source(name)
+
+
+def _content(record: dict) -> tuple:
+    """What makes two records the same example: their text (tokens, prompt + completion), not their label."""
+    if "tokens" in record:
+        return tuple(record["tokens"])
+    return tuple(record[key] for key in ("text", "prompt", "completion") if key in record)
+
+
+def _note_repeats(records: list[dict], notes: list[str]) -> None:
+    """Say so when a user's file repeats texts: copies can fall in different splits (they are kept)."""
+    repeats = len(records) - len({_content(record) for record in records})
+    if repeats:
+        notes.append(f"{repeats:,} rows repeat an earlier text; the copies are kept and may fall in different splits")
+
+
+def _from_path(path: Path, task: str, columns: Columns) -> tuple[list[dict], list[str]]:
+    """The records and their places in a user's file or folder."""
+    if path.is_dir():
+        if task == "tagging":
+            raise DataError(f"{path} is a folder, which serves classification (one subfolder per label) and "
+                            "causal-lm (every .txt file one text); tagging reads a token<TAB>tag file or a table "
+                            "with tokens and tags columns.")
+        return read_folder(path, by_label=task == "classification")
+    if not path.exists():
+        hint = f" or a built-in data set ({', '.join(BUILTIN_DATA)})" if not path.suffix else ""
+        raise DataError(f"Data {str(path)!r} does not exist; give a data file or folder{hint}.")
+    suffix = path.suffix.lower()
+    if task == "tagging" and suffix in CONLL_SUFFIXES:
+        records, places = read_conll(path)
+        for record, place in zip(records, places):
+            check_tags(record, f"{path} {place}")
+        return records, places
+    if task == "causal-lm" and suffix == ".txt":
+        lines, places = read_lines(path)
+        return [{"text": line} for line in lines], places
+    if suffix in (".txt", ".conll"):
+        serves = "tagging (token<TAB>tag lines)" + (" and causal-lm (one text per line)" if suffix == ".txt" else "")
+        raise DataError(f"{path} is a {suffix} file, which serves {serves}, not {task}; for {task} give a .csv, "
+                        ".tsv, .jsonl, .json or .parquet table" + (" or a folder per label" if task == "classification"
+                                                                   else "") + ".")
+    if suffix not in TABLE_SUFFIXES:
+        raise DataError(f"Cannot read {path}: unknown file type {path.suffix or '(no extension)'!r}; give {ACCEPTED}.")
+    table = read_table(path)
+    if not table.rows:
+        raise DataError(f"{path} has no rows (only a header, or nothing): nothing to train or evaluate on.")
+    return table_records(table, task, columns), table.places
+
+
+def read_texts(source: str | os.PathLike, *, column: str = "text") -> list[str]:
+    """Texts to predict on: from a .txt file (one per line), a table's ``column``, or ``"-"`` for stdin lines."""
+    name = os.fspath(source)
+    if name == "-":
+        texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        where = "standard input"
+    else:
+        path = Path(name)
+        if not path.is_file():
+            raise DataError(f"Input file {path} does not exist.")
+        if path.suffix.lower() in TABLE_SUFFIXES:
+            table = read_table(path)
+            if column not in table.columns:
+                columns = ", ".join(repr(c) for c in table.columns) or "none"
+                raise DataError(f"{path} has no column {column!r} (its columns: {columns}); name the text column "
+                                "with --text-column.")
+            texts = [text for text in (as_string(row.get(column)) for row in table.rows) if text.strip()]
+        else:
+            texts, _ = read_lines(path)
+        where = str(path)
+    if not texts:
+        raise DataError(f"No texts to predict on in {where}.")
+    return texts
