@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -100,7 +101,15 @@ def _save_dequantised(folder: Path, gguf_file: str, out: Path) -> None:
     plain.load_state_dict(quantised.state_dict())
     plain.generation_config = quantised.generation_config
     plain.save_pretrained(out)
-    AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    tokenizer.model_max_length = config.max_position_embeddings  # else "unlimited", and truncation never cuts
+    tokenizer.save_pretrained(out)
+    # transformers 5 names its fast tokenizer class TokenizersBackend, which 4.57 does not know; the 4.x name
+    # PreTrainedTokenizerFast is the same class on 5.x, so the folder loads on every supported release. Llama
+    # takes no token_type_ids, which that class on 4.57 would otherwise return (and generate refuses).
+    settings = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    settings.update(tokenizer_class="PreTrainedTokenizerFast", model_input_names=["input_ids", "attention_mask"])
+    (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
 
 
 # Names accepted wherever a command takes --model, besides a local folder.
