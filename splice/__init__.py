@@ -14,7 +14,7 @@ from . import heads, presets
 from .adapter import BASE_NAME, Adapter
 from .anatomy import Anatomy, Site
 from .compose import Average, BatchSplit, Fuse, Parallel, Split, Stack
-from .errors import AdapterError, AnatomyError, CheckpointError, ConfigError, SpliceError
+from .errors import AdapterError, AnatomyError, CheckpointError, ConfigError, DataError, SpliceError
 from .methods import IA3, METHODS, BitFit, Bottleneck, Fusion, LoRA, MethodConfig, PrefixTuning, PromptTuning, Union
 from .model import AdaptedModel, attach
 from .version import __version__
@@ -24,6 +24,6 @@ __all__ = [
     "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "PromptTuning", "PrefixTuning", "Union", "presets",
     "MethodConfig", "METHODS",
     "Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit", "heads",
-    "SpliceError", "ConfigError", "AnatomyError", "AdapterError", "CheckpointError",
+    "SpliceError", "ConfigError", "AnatomyError", "AdapterError", "CheckpointError", "DataError",
     "__version__",
 ]

@@ -153,10 +153,17 @@ def test_sizes_as_counts_and_limit(tmp_path):
     assert limited.labels == ("neg", "neu", "pos")
 
 
-def test_empty_text_rows_are_dropped_with_a_note(tmp_path):
-    rows = ROWS + [{"text": "  ", "label": "pos"}, {"text": None, "label": "neg"}]
+def test_empty_text_rows_are_dropped_and_repeats_kept_with_notes(tmp_path):
+    rows = ROWS + [{"text": "  ", "label": "pos"}, {"text": None, "label": "neg"}, ROWS[0], ROWS[1]]
     splits = load_data(write_jsonl(tmp_path / "d.jsonl", rows), "classification")
-    assert len(splits.split("all")) == 30 and "dropped 2 rows with empty text" in splits.notes
+    assert len(splits.split("all")) == 32 and "dropped 2 rows with empty text" in splits.notes
+    assert any(note.startswith("2 rows repeat an earlier text") for note in splits.notes)
+
+
+def test_long_csv_fields(tmp_path):
+    long = "word " * 40_000  # 200 kB, over the csv module's default field limit
+    path = write_csv(tmp_path / "d.csv", ["text", "label"], [[long, "a"], ["short", "b"]])
+    assert sorted(texts(load_data(path, "classification", sizes=(1.0, 0, 0)).train)) == ["short", long]
 
 
 def test_fixed_labels_keep_their_order_and_allow_missing_classes(tmp_path):
@@ -222,7 +229,7 @@ def test_builtin_refuses_a_task_it_does_not_serve(name, task):
 # --- errors --------------------------------------------------------------------------------------------------------
 
 def test_missing_file_unknown_task_and_unknown_extension(tmp_path):
-    with pytest.raises(DataError, match="does not exist.*built-in data set"):
+    with pytest.raises(DataError, match="does not exist.*built-in data set.*Did you mean the built-in 'tweet-sen"):
         load_data("tweet-sentimnt", "classification")
     with pytest.raises(DataError, match="Unknown task 'regression'.*classification, tagging, causal-lm"):
         load_data("bbc-news", "regression")

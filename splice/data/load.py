@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 from ..errors import DataError
 from .builtin import BUILTIN_DATA
 from .readers import ACCEPTED, CONLL_SUFFIXES, TABLE_SUFFIXES, read_conll, read_folder, read_lines, read_table
-from .records import Columns, as_string, check_tags, check_task, decide_labels, is_empty, table_records
+from .records import Columns, as_string, check_task, decide_labels, is_empty, missing_column, table_records
 from .splits import Splits, split_records
 
 
@@ -19,7 +20,8 @@ def load_data(source: str | os.PathLike, task: str, *, columns: Columns = Column
               labels: Sequence[str] | None = None, limit: int | None = None) -> Splits:
     """Read ``source`` for ``task`` and split it into train, validation and test.
 
-    ``source`` is a built-in name (:data:`BUILTIN_DATA`), a CSV / TSV / JSON-lines /
+    ``source`` is a built-in name (:data:`BUILTIN_DATA`; it wins over a file of the same
+    name, so write ``./name`` for the file), a CSV / TSV / JSON-lines /
     Parquet file, a CoNLL-style ``token<TAB>tag`` file (tagging), a text file of one
     text per line (causal-lm), or a folder with one subfolder of .txt files per label.
     Rows with nothing to learn from (empty text) are dropped; then the rows are
@@ -41,7 +43,7 @@ def load_data(source: str | os.PathLike, task: str, *, columns: Columns = Column
         _note_repeats(records, notes)
     kept = [(record, place) for record, place in zip(records, places) if not is_empty(record)]
     if len(kept) < len(records):
-        notes.insert(0, f"dropped {len(records) - len(kept):,} rows with empty text")
+        notes.append(f"dropped {len(records) - len(kept):,} rows with empty text")
     if not kept:
         raise DataError(f"{where} has no rows with text for {task}.")
     records, places = [record for record, _ in kept], [place for _, place in kept]
@@ -91,22 +93,22 @@ def _from_path(path: Path, task: str, columns: Columns) -> tuple[list[dict], lis
                             "with tokens and tags columns.")
         return read_folder(path, by_label=task == "classification")
     if not path.exists():
-        hint = f" or a built-in data set ({', '.join(BUILTIN_DATA)})" if not path.suffix else ""
-        raise DataError(f"Data {str(path)!r} does not exist; give a data file or folder{hint}.")
+        close = difflib.get_close_matches(str(path), BUILTIN_DATA, n=1)
+        hint = f" Did you mean the built-in {close[0]!r}?" if close else ""
+        raise DataError(f"Data {str(path)!r} does not exist; give a data file or folder, or a built-in data set "
+                        f"({', '.join(BUILTIN_DATA)}).{hint}")
     suffix = path.suffix.lower()
     if task == "tagging" and suffix in CONLL_SUFFIXES:
-        records, places = read_conll(path)
-        for record, place in zip(records, places):
-            check_tags(record, f"{path} {place}")
-        return records, places
+        return read_conll(path)
     if task == "causal-lm" and suffix == ".txt":
         lines, places = read_lines(path)
         return [{"text": line} for line in lines], places
     if suffix in (".txt", ".conll"):
         serves = "tagging (token<TAB>tag lines)" + (" and causal-lm (one text per line)" if suffix == ".txt" else "")
-        raise DataError(f"{path} is a {suffix} file, which serves {serves}, not {task}; for {task} give a .csv, "
-                        ".tsv, .jsonl, .json or .parquet table" + (" or a folder per label" if task == "classification"
-                                                                   else "") + ".")
+        alternatives = ".csv, .tsv, .jsonl, .json or .parquet table" + (
+            " or a folder per label" if task == "classification" else "")
+        raise DataError(f"{path} is a {suffix} file, which serves {serves}, not {task}; for {task} give a "
+                        f"{alternatives}.")
     if suffix not in TABLE_SUFFIXES:
         raise DataError(f"Cannot read {path}: unknown file type {path.suffix or '(no extension)'!r}; give {ACCEPTED}.")
     table = read_table(path)
@@ -119,7 +121,11 @@ def read_texts(source: str | os.PathLike, *, column: str = "text") -> list[str]:
     """Texts to predict on: from a .txt file (one per line), a table's ``column``, or ``"-"`` for stdin lines."""
     name = os.fspath(source)
     if name == "-":
-        texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        try:
+            texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        except UnicodeDecodeError as error:
+            raise DataError(f"Standard input is not valid UTF-8 ({error}); re-encode it, e.g. through "
+                            "iconv -f cp1252 -t utf-8.") from None
         where = "standard input"
     else:
         path = Path(name)
@@ -128,9 +134,7 @@ def read_texts(source: str | os.PathLike, *, column: str = "text") -> list[str]:
         if path.suffix.lower() in TABLE_SUFFIXES:
             table = read_table(path)
             if column not in table.columns:
-                columns = ", ".join(repr(c) for c in table.columns) or "none"
-                raise DataError(f"{path} has no column {column!r} (its columns: {columns}); name the text column "
-                                "with --text-column.")
+                raise missing_column(table, column, "text")
             texts = [text for text in (as_string(row.get(column)) for row in table.rows) if text.strip()]
         else:
             texts, _ = read_lines(path)

@@ -71,6 +71,8 @@ def read_table(path: Path) -> Table:
 def _read_delimited(path: Path, text: str, delimiter: str) -> Table:
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows, places = [], []
+    # The csv module refuses fields over 128 KiB by default; a long document is a fine training text.
+    limit = csv.field_size_limit(2**31 - 1)
     try:
         for row in reader:
             rows.append(row)
@@ -78,6 +80,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Table:
     except csv.Error as error:
         raise DataError(f"{path} line {reader.line_num} is not valid {'CSV' if delimiter == ',' else 'TSV'}: "
                         f"{error}") from None
+    finally:
+        csv.field_size_limit(limit)
     return Table(path, tuple(reader.fieldnames or ()), rows, places)
 
 

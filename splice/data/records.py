@@ -5,7 +5,7 @@ Records per task:
 * classification: ``{"text": str, "label": str}``
 * tagging: ``{"tokens": list[str], "tags": list[str]}`` (one tag per token)
 * causal-lm: ``{"text": str}``, or ``{"prompt": str, "completion": str}`` when the
-  data has both of those columns (the loss then covers the completion only).
+  data has both of those columns (so a trainer can take the loss on the completion alone).
 """
 
 from __future__ import annotations
@@ -65,16 +65,19 @@ def table_records(table: Table, task: str, columns: Columns) -> list[dict]:
     return [{"text": as_string(row.get(columns.text))} for row in table.rows]
 
 
-def _require(table: Table, columns: Columns, *names: str) -> list[str]:
-    """The file's column names for the fields ``names``, or an error naming the missing one and the option to set."""
-    wanted = [getattr(columns, name) for name in names]
-    for name, column in zip(names, wanted):
+def _require(table: Table, columns: Columns, *fields: str) -> list[str]:
+    """The file's column names for ``fields``, or an error naming the missing one and the option to set."""
+    wanted = [getattr(columns, field) for field in fields]
+    for field, column in zip(fields, wanted):
         if column not in table.columns:
-            raise DataError(
-                f"{table.path} has no column {column!r} for the {name} (its columns: {_listed(table.columns)}). "
-                f"Name the {name} column with --{name}-column NAME (Columns({name}=NAME) in Python)."
-            )
+            raise missing_column(table, column, field)
     return wanted
+
+
+def missing_column(table: Table, column: str, field: str) -> DataError:
+    """The error for a table without ``column``, read for ``field``: it lists the columns there are and the option."""
+    return DataError(f"{table.path} has no column {column!r} for the {field} (its columns: {_listed(table.columns)}). "
+                     f"Name the {field} column with --{field}-column NAME (Columns({field}=NAME) in Python).")
 
 
 def _listed(names: Sequence[str]) -> str:
