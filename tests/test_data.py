@@ -115,6 +115,19 @@ def test_tagging_table_as_json_lists_or_space_separated(tmp_path, encode):
     assert jsonl.train == splits.train and jsonl.labels == ("O", "B-loc")
 
 
+def test_tagging_from_parquet_lists_and_a_crlf_tsv(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"tokens": [s["tokens"] for s in SENTENCES], "tags": [s["tags"] for s in SENTENCES]}),
+                   path)
+    splits = load_data(path, "tagging", sizes=(1.0, 0, 0), labels=["B-loc", "O"])
+    assert sorted(splits.train, key=lambda r: r["tokens"]) == sorted(SENTENCES, key=lambda r: r["tokens"])
+    assert splits.labels == ("B-loc", "O")  # a given label set keeps its order
+    tsv = tmp_path / "t.tsv"  # for tagging a .tsv file is token<TAB>tag lines, not a table
+    tsv.write_bytes("\r\n".join("\r\n".join(f"{t}\t{g}" for t, g in zip(s["tokens"], s["tags"])) + "\r\n"
+                                for s in SENTENCES).encode())
+    assert load_data(tsv, "tagging", sizes=(1.0, 0, 0)).train == load_data(path, "tagging", sizes=(1.0, 0, 0)).train
+
+
 def test_causal_lm_text_or_prompt_completion(tmp_path):
     plain = load_data(write_jsonl(tmp_path / "a.jsonl", [{"text": f"doc {i}"} for i in range(10)]), "causal-lm")
     assert plain.labels is None and all(set(r) == {"text"} for r in plain.split("all"))
