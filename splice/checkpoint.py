@@ -35,8 +35,12 @@ CARD_FILE = "README.md"
 FORMAT = "splice-adapter"
 
 
-def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike) -> Path:
-    """Write adapter ``name`` of ``model`` to the folder ``path`` (replacing an older save there)."""
+def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike, training: dict | None = None) -> Path:
+    """Write adapter ``name`` of ``model`` to the folder ``path`` (replacing an older save there).
+
+    ``training`` (how the adapter was made: data, metrics, command line; JSON-able) is kept in
+    ``adapter.json`` and shown on the model card.
+    """
     adapter = model._get(name)
     config, exported = adapter.export()
     meta = {
@@ -48,6 +52,8 @@ def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike) -> P
         "base": model.anatomy.fingerprint(),
         "parameters": adapter.num_parameters(),
     }
+    if training is not None:
+        meta["training"] = training
     check_materialised(adapter, name)
     tensors = {key: t.detach().contiguous().cpu() for key, t in exported.items()}
 
@@ -246,4 +252,19 @@ model.activate(name)
 | option | value |
 |---|---|
 {options}
+{training_section(meta.get("training"))}"""
+
+
+def training_section(training: dict | None) -> str:
+    """The model card's account of how the adapter was trained (empty if it was not trained by splice train)."""
+    if not training:
+        return ""
+    rows = "\n".join(f"| {key} | `{json.dumps(value) if not isinstance(value, str) else value}` |"
+                      for key, value in training.items())
+    return f"""
+## Training
+
+| | |
+|---|---|
+{rows}
 """

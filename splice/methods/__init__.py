@@ -9,6 +9,7 @@ from .base import MethodConfig
 from .bitfit import BitFit
 from .bottleneck import Bottleneck
 from .fusion import Fusion
+from .head_only import HeadOnly
 from .ia3 import IA3
 from .lora import LoRA
 from .prefix import PrefixTuning
@@ -16,7 +17,7 @@ from .prompt import PromptTuning
 from .union import Union
 
 METHODS: dict[str, type[MethodConfig]] = {
-    cls.method: cls for cls in (Bottleneck, LoRA, IA3, BitFit, Fusion, PromptTuning, PrefixTuning, Union)
+    cls.method: cls for cls in (Bottleneck, LoRA, IA3, BitFit, Fusion, PromptTuning, PrefixTuning, Union, HeadOnly)
 }
 
 
@@ -31,4 +32,4 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
 
 
 __all__ = ["METHODS", "MethodConfig", "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "PromptTuning",
-           "PrefixTuning", "Union", "config_from_dict"]
+           "PrefixTuning", "Union", "HeadOnly", "config_from_dict"]

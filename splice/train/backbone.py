@@ -1,0 +1,45 @@
+"""The backbone a task trains on: which Auto class reads it, its tokenizer, and the head a task gets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..assets import model_path
+from ..errors import SpliceError
+from ..heads import Classification, Head, TokenClassification
+
+
+def load_backbone(name_or_path: str, task: str):
+    """(model, tokenizer) for ``task``: a bare encoder/decoder for heads, the causal-LM class for language modelling.
+
+    Classification and tagging use splice heads on ``AutoModel``'s hidden states,
+    so the head is saved with the adapter; causal LM keeps the base's own LM head.
+    """
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    folder = model_path(name_or_path)
+    if not (Path(folder) / "config.json").is_file():
+        raise SpliceError(f"No Hugging Face model at {folder} (no config.json); --model takes a folder written by "
+                          "save_pretrained or a built-in model name.")
+    auto = transformers.AutoModelForCausalLM if task == "causal-lm" else transformers.AutoModel
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "some weights not used" (the pretraining heads) is expected here
+    try:
+        model = auto.from_pretrained(str(folder), local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return model, tokenizer
+
+
+def task_head(task: str, labels: Sequence[str] | None, layers: int | None, pooling: str,
+              dropout: float) -> Head | None:
+    """The splice head ``task`` trains: a pooled classifier, a per-token tagger, or none for causal LM."""
+    if task == "classification":
+        return Classification(num_labels=len(labels), labels=list(labels), layers=layers or 2, pooling=pooling,
+                              dropout=dropout)
+    if task == "tagging":
+        return TokenClassification(num_labels=len(labels), labels=list(labels), layers=layers or 1, dropout=dropout)
+    return None

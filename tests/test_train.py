@@ -1,0 +1,212 @@
+"""``splice train / eval / predict / fedavg`` end to end on tiny models and small data files.
+
+Each run checks what a user relies on: the files a run writes, metrics that
+``splice eval`` reproduces from the saved adapter, the base left untouched by
+adapter methods, checkpoints that hold only what trains, resume after a kill,
+and clear refusals of bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from splice.cli import main
+from splice.train import TrainConfig, train
+
+from train_fixtures import save_tiny, sentiment_csv, tagging_conll, text_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return {
+        "bert": save_tiny("bert", root / "bert"),
+        "llama": save_tiny("llama", root / "llama"),
+        "csv": sentiment_csv(root / "sentiment.csv"),
+        "conll": tagging_conll(root / "ner.conll"),
+        "jsonl": text_jsonl(root / "lm.jsonl"),
+    }
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def quick(files, out: Path, *extra) -> list:
+    """A short classification run on the tiny BERT."""
+    return ["train", "--model", files["bert"], "--data", files["csv"], "--out", out, "--epochs", "2",
+            "--batch-size", "8", "--learning-rate", "0.01", "--logging-steps", "2", "-q", *extra]
+
+
+def test_classification_run_writes_adapter_metrics_curves_and_eval_reproduces_them(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    before = load_file(files["bert"] / "model.safetensors")
+    code, printed, _ = run(capsys, *quick(files, out))
+    assert code == 0
+    assert "validation accuracy:" in printed and "trainable parameters:" in printed and str(out / "adapter") in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]["per_class"]) == {"neg", "pos"}
+    assert metrics["rows"] == {"train": 48, "validation": 6, "test": 6}
+    assert 0 < metrics["trainable_percent"] < 100
+    assert (out / "curves.png").stat().st_size > 1000
+    meta = json.loads((out / "adapter" / "adapter.json").read_text())
+    assert meta["training"]["method"] == "pfeiffer" and meta["training"]["metrics"]["test"]["accuracy"] == \
+        metrics["test"]["accuracy"]
+    assert "## Training" in (out / "adapter" / "README.md").read_text()
+    after = load_file(files["bert"] / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    code, printed, _ = run(capsys, "eval", out / "adapter", "--json", "-q")
+    assert code == 0
+    assert json.loads(printed)["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    code, printed, _ = run(capsys, "predict", "--adapter", out / "adapter", "the film was great", "-q")
+    assert code == 0 and printed.splitlines()[1].split()[0] in ("neg", "pos")
+
+
+def test_checkpoints_hold_only_trainable_tensors_and_the_best_one_is_kept(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, *quick(files, out, "--save-total-limit", "1"))[0] == 0
+    checkpoints = sorted((out / "checkpoints").iterdir())
+    assert checkpoints, "no checkpoint written"
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    best = Path(state["best_model_checkpoint"]).name
+    assert best in [c.name for c in checkpoints]
+    for checkpoint in checkpoints:
+        tensors = load_file(checkpoint / "trainable.safetensors")
+        assert tensors and all(key.startswith("adapters.") for key in tensors)  # no base weight in a checkpoint
+        assert (checkpoint / "adapter" / "adapter.json").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert Path(metrics["best_checkpoint"]).name == best
+
+
+def test_full_fine_tuning_and_probe_share_the_path(files, tmp_path, capsys):
+    full, probe = tmp_path / "full", tmp_path / "probe"
+    assert run(capsys, *quick(files, full, "--method", "full", "--learning-rate", "1e-3"))[0] == 0
+    assert run(capsys, *quick(files, probe, "--method", "probe", "--head-layers", "1"))[0] == 0
+    full_metrics = json.loads((full / "metrics.json").read_text())
+    probe_metrics = json.loads((probe / "metrics.json").read_text())
+    assert full_metrics["trainable"] > full_metrics["base_parameters"] > probe_metrics["trainable"]
+    tuned, original = load_file(full / "model" / "model.safetensors"), load_file(files["bert"] / "model.safetensors")
+    assert any(not torch.equal(tuned[k], original[k]) for k in original)  # full fine-tuning changed the base
+    code, printed, _ = run(capsys, "eval", full / "adapter", "--json", "-q")  # reads the fine-tuned base
+    assert code == 0 and json.loads(printed)["accuracy"] == pytest.approx(full_metrics["test"]["accuracy"])
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3", "bitfit", "houlsby", "parallel", "prefix", "prompt"])
+def test_every_method_trains_and_evaluates(files, tmp_path, capsys, method):
+    out = tmp_path / method
+    assert run(capsys, *quick(files, out, "--method", method, "--epochs", "1"))[0] == 0
+    meta = json.loads((out / "adapter" / "adapter.json").read_text())
+    assert meta["training"]["method"] == method
+    code, printed, _ = run(capsys, "eval", out / "adapter", "--json", "-q")
+    assert code == 0
+    assert json.loads(printed)["accuracy"] == pytest.approx(json.loads((out / "metrics.json").read_text())["test"]
+                                                            ["accuracy"])
+
+
+def test_tagging_reports_entity_f1_and_predicts_tags(files, tmp_path, capsys):
+    out = tmp_path / "ner"
+    code, printed, _ = run(capsys, "train", "--model", files["bert"], "--data", files["conll"], "--task", "tagging",
+                           "--out", out, "--epochs", "3", "--batch-size", "8", "--learning-rate", "0.01", "-q")
+    assert code == 0 and "validation entity F1:" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]["per_type"]) <= {"person", "location"}
+    assert 0 <= metrics["test"]["f1"] <= 1
+    code, printed, _ = run(capsys, "eval", out / "adapter", "--json", "-q")
+    assert json.loads(printed)["f1"] == pytest.approx(metrics["test"]["f1"])
+    code, printed, _ = run(capsys, "predict", "--adapter", out / "adapter", "alice went to paris", "-q")
+    assert code == 0 and printed.splitlines()[1].split()[0].startswith("alice")
+
+
+def test_causal_lm_reports_perplexity_before_and_after_and_generates(files, tmp_path, capsys):
+    out = tmp_path / "lm"
+    code, printed, _ = run(capsys, "train", "--model", files["llama"], "--data", files["jsonl"], "--task", "causal-lm",
+                           "--method", "lora", "--option", 'targets=["q","k","v","o"]', "--out", out, "--epochs", "3",
+                           "--batch-size", "8", "--learning-rate", "0.01", "-q")
+    assert code == 0 and "test perplexity:" in printed and "before training" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["perplexity"] < metrics["test"]["perplexity_before"]
+    assert math.isclose(metrics["test"]["perplexity"], math.exp(metrics["test"]["loss"]))
+    code, printed, _ = run(capsys, "predict", "--adapter", out / "adapter", "--max-new-tokens", "4", "the cat", "-q")
+    assert code == 0 and len(printed.splitlines()) == 2
+
+
+def test_config_file_with_command_line_overrides(files, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {files['bert']}\ndata: {files['csv']}\nmethod: lora\nepochs: 1\nbatch-size: 8\n"
+                      f"options:\n  r: 4\nout: {tmp_path / 'from-file'}\n")
+    assert run(capsys, "train", "--config", config, "--learning-rate", "0.005", "-q")[0] == 0
+    meta = json.loads((tmp_path / "from-file" / "adapter" / "adapter.json").read_text())
+    assert meta["config"]["method"] == "lora" and meta["config"]["r"] == 4  # from the file
+    assert meta["training"]["learning_rate"] == 0.005  # the command line wins over the file
+    with pytest.raises(Exception, match="unknown option"):
+        TrainConfig.from_file(_write(tmp_path / "bad.json", '{"learning_rat": 1}'))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--method", "loraa"], ["invalid choice", "loraa"]),
+    (["--option", "rank"], ["KEY=VALUE"]),
+    (["--option", "bogus=1"], ["bogus"]),
+    (["--resume"], ["no checkpoint", "--resume"]),
+    (["--text-column", "body"], ["body", "text"]),
+    (["--task", "tagging"], ["tokens", "--tokens-column"]),
+    (["--precision", "bf16"], ["GPU"]),
+])
+def test_bad_input_is_one_error_line(files, tmp_path, capsys, argv, words):
+    code, _, err = run(capsys, *quick(files, tmp_path / "bad", *argv))
+    assert code == 2 and "Traceback" not in err
+    assert all(word in err for word in words), err
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(files, tmp_path):
+    """Kill a run with SIGKILL after its second checkpoint, resume it, and compare with a run never stopped."""
+    common = ["--model", files["bert"], "--data", files["csv"], "--max-steps", "60", "--eval-every", "4",
+              "--batch-size", "4", "--learning-rate", "0.01", "--save-total-limit", "3", "-q"]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([sys.executable, "-m", "splice", "train", *common, "--out", whole], check=True, env=env)
+
+    process = subprocess.Popen([sys.executable, "-m", "splice", "train", *common, "--out", killed], env=env)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "checkpoint-8" / "trainer_state.json").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "metrics.json").exists() and process.returncode == -signal.SIGKILL
+
+    subprocess.run([sys.executable, "-m", "splice", "train", *common, "--out", killed, "--resume"], check=True, env=env)
+    # the last checkpoint, not the final adapter: that is the best checkpoint, which may predate the kill
+    resumed, uninterrupted = (load_file(d / "checkpoints" / "checkpoint-60" / "trainable.safetensors")
+                              for d in (killed, whole))
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=1e-5, atol=1e-6)
+
+
+def test_python_api(files, tmp_path):
+    result = train(TrainConfig(model=str(files["bert"]), data=str(files["csv"]), method="bitfit", epochs=1,
+                               batch_size=16, out=str(tmp_path / "api")), say=lambda line: None)
+    assert result.adapter == tmp_path / "api" / "adapter" and result.metrics["method"] == "bitfit"
