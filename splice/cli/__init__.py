@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from ..errors import SpliceError
 from ..version import __version__
 
-COMMANDS: tuple[str, ...] = ("info", "convert", "merge", "hub")
+COMMANDS: tuple[str, ...] = ("info", "convert", "merge", "hub", "serve")
 EXIT_USAGE = 2  # bad input: argparse's code for bad arguments, and ours for every refusal
 
 

@@ -1,0 +1,90 @@
+"""Shared fixtures for the serving tests: a character tokenizer for the tiny models, adapters, an in-process server."""
+
+from __future__ import annotations
+
+import contextlib
+import string
+import threading
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+import splice
+from splice import heads
+
+from helpers import perturb
+from tiny_models import tiny_model
+
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character (ids 3..97), [PAD]=0, [BOS]=1, [EOS]=2, [UNK]=98: fits vocab 128."""
+    vocab = {"[PAD]": 0, "[BOS]": 1, "[EOS]": 2}
+    for char in string.printable[:95]:
+        vocab[char] = len(vocab)
+    vocab["[UNK]"] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", bos_token="[BOS]",
+                                        eos_token="[EOS]", unk_token="[UNK]")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def encoder(adapters: int = 2, seed: int = 0) -> splice.AdaptedModel:
+    """A tiny BERT with ``adapters`` LoRA adapters ``a0, a1, ...``, each with its own (random) 3-label head."""
+    model = splice.attach(tiny_model("bert", seed=seed))
+    for i in range(adapters):
+        model.add(f"a{i}", splice.LoRA(r=4), head=heads.Classification(num_labels=3, labels=["neg", "neu", "pos"]))
+        perturb(model.adapters[f"a{i}"], seed=i + 1, std=0.3)
+    return model.eval()
+
+
+def decoder(adapters: int = 2, seed: int = 0) -> splice.AdaptedModel:
+    """A tiny Llama causal LM with ``adapters`` perturbed LoRA adapters ``g0, g1, ...``."""
+    model = splice.attach(tiny_model("llama", head="lm", seed=seed))
+    for i in range(adapters):
+        model.add(f"g{i}", splice.LoRA(r=4, targets="all-linear"))
+        perturb(model.adapters[f"g{i}"], seed=i + 11, std=0.5)
+    return model.eval()
+
+
+def save_adapters(model: splice.AdaptedModel, folder: Path) -> list[Path]:
+    """Each adapter of ``model`` saved to ``folder/<name>``, then deleted from it (the server loads them)."""
+    paths = []
+    for name in list(model.adapters):
+        model.save(name, folder / name)
+        model.delete(name)
+        paths.append(folder / name)
+    return paths
+
+
+@contextlib.contextmanager
+def running_server(app):
+    """``app`` under uvicorn on 127.0.0.1, on a free port, in a thread; yields the base URL; shuts down cleanly."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        threading.Event().wait(0.01)
+    assert server.started, "uvicorn did not start within 5 s"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "uvicorn did not stop within 30 s"
+
+
+def same(a, b, tol: float = 1e-5) -> bool:
+    return torch.allclose(torch.as_tensor(a), torch.as_tensor(b), atol=tol)
