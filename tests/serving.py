@@ -88,3 +88,46 @@ def running_server(app):
 
 def same(a, b, tol: float = 1e-5) -> bool:
     return torch.allclose(torch.as_tensor(a), torch.as_tensor(b), atol=tol)
+
+
+def encoder_app(tmp_path: Path, adapters: int = 2, **engine_options):
+    """An app over a tiny BERT whose adapters ``a0, a1, ...`` are served from folders under ``tmp_path``.
+
+    Returns the app and a reference model holding the same adapters (for answers computed directly).
+    """
+    from splice.serve import Engine, create_app
+
+    reference = encoder(adapters)
+    save_adapters(encoder(adapters), tmp_path / "adapters")
+    engine = Engine(encoder(0), char_tokenizer(), **engine_options)
+    for path in sorted((tmp_path / "adapters").iterdir()):
+        engine.residency.add_source(path.name, lambda path=path: path)
+    return create_app(engine, base_name="tiny-bert"), reference
+
+
+def decoder_app(tmp_path: Path, adapters: int = 2, **engine_options):
+    """As :func:`encoder_app`, over a tiny Llama causal LM with adapters ``g0, g1, ...``."""
+    from splice.serve import Engine, create_app
+
+    reference = decoder(adapters)
+    save_adapters(decoder(adapters), tmp_path / "adapters")
+    engine = Engine(decoder(0), char_tokenizer(), **engine_options)
+    for path in sorted((tmp_path / "adapters").iterdir()):
+        engine.residency.add_source(path.name, lambda path=path: path)
+    return create_app(engine, base_name="tiny-llama"), reference
+
+
+def classify_alone(model: splice.AdaptedModel, adapter: str, text: str) -> torch.Tensor:
+    """The probabilities ``adapter``'s head gives ``text`` in a batch of one (the reference answer)."""
+    ids = torch.tensor([char_tokenizer()(text)["input_ids"]])
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=[adapter]).logits[0].softmax(-1)
+
+
+def greedy_alone(model: splice.AdaptedModel, adapter: str, prompt: str, tokens: int) -> str:
+    tokenizer = char_tokenizer()
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=[adapter],
+                             do_sample=False, max_new_tokens=tokens, pad_token_id=0, eos_token_id=2)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
