@@ -63,24 +63,29 @@ def test_loads_unloads_and_alias_changes_during_traffic(tmp_path):
                 results.append((f"t{i}", response))
                 i += 1
 
-    with running_server(app) as (url, _):
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as admin:
+    with running_server(app) as (url, _), httpx.Client(base_url=url, timeout=TIMEOUT) as admin:
+        assert admin.put("/v1/aliases/live", json={"targets": {"a0": 1}}).status_code == 200
+        workers = [threading.Thread(target=traffic, args=(url, names))
+                   for names in (["live", "a1"], ["live", "a0", "a1"])]
+        for worker in workers:
+            worker.start()
+        def traffic_moves() -> None:  # let some requests through between changes
+            target, deadline = len(results) + 6, time.monotonic() + TIMEOUT
+            while len(results) < target and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+        for round_ in range(3):
+            name = f"copy{round_}"
+            assert admin.post("/v1/adapters", json={"source": copy, "name": name}).status_code == 201
+            assert admin.put("/v1/aliases/live", json={"targets": {name: 1, "a1": 1}}).status_code == 200
+            traffic_moves()
             assert admin.put("/v1/aliases/live", json={"targets": {"a0": 1}}).status_code == 200
-            workers = [threading.Thread(target=traffic, args=(url, names))
-                       for names in (["live", "a1"], ["live", "a0", "a1"])]
-            for worker in workers:
-                worker.start()
-            for round_ in range(3):
-                name = f"copy{round_}"
-                assert admin.post("/v1/adapters", json={"source": copy, "name": name}).status_code == 201
-                assert admin.put("/v1/aliases/live", json={"targets": {name: 1, "a1": 1}}).status_code == 200
-                time.sleep(0.1)
-                assert admin.put("/v1/aliases/live", json={"targets": {"a0": 1}}).status_code == 200
-                assert admin.delete(f"/v1/adapters/{name}").status_code == 200
-            stop.set()
-            for worker in workers:
-                worker.join(TIMEOUT)
-            assert not any(worker.is_alive() for worker in workers)
+            assert admin.delete(f"/v1/adapters/{name}").status_code == 200
+            traffic_moves()
+        stop.set()
+        for worker in workers:
+            worker.join(TIMEOUT)
+        assert not any(worker.is_alive() for worker in workers)
     assert len(results) > 20
     answered_by = set()
     for text, response in results:
