@@ -6,9 +6,10 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from serving import classify_alone, decoder_app, encoder_app, greedy_alone, same
 
 from splice.serve.metrics import CONTENT_TYPE
+
+from serving import classify_alone, decoder_app, encoder_app, greedy_alone, same
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ import time
 
 import httpx
 import pytest
-from serving import classify_alone, decoder_app, encoder_app, greedy_alone, running_server, same
 
 from splice.serve.jobs import EncodeJob, GenerateJob
+
+from serving import classify_alone, decoder_app, encoder_app, greedy_alone, running_server, same
 
 TIMEOUT = 30.0
 

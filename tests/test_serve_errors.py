@@ -6,6 +6,7 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
+
 from serving import decoder_app, encoder_app
 
 
