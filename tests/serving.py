@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import string
-import threading
 from pathlib import Path
 
 import torch
@@ -62,28 +60,6 @@ def save_adapters(model: splice.AdaptedModel, folder: Path) -> list[Path]:
         model.delete(name)
         paths.append(folder / name)
     return paths
-
-
-@contextlib.contextmanager
-def running_server(app):
-    """``app`` under uvicorn on 127.0.0.1, on a free port, in a thread; yields the base URL; shuts down cleanly."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        threading.Event().wait(0.01)
-    assert server.started, "uvicorn did not start within 5 s"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "uvicorn did not stop within 30 s"
 
 
 def same(a, b, tol: float = 1e-5) -> bool:

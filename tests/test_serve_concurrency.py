@@ -12,9 +12,10 @@ import time
 import httpx
 import pytest
 
+from splice.serve.background import serving
 from splice.serve.jobs import EncodeJob, GenerateJob
 
-from serving import classify_alone, decoder_app, encoder_app, greedy_alone, running_server, same
+from serving import classify_alone, decoder_app, encoder_app, greedy_alone, same
 
 TIMEOUT = 30.0
 
@@ -34,7 +35,7 @@ def test_overload_answers_429_and_every_accepted_request_exactly_once(tmp_path):
     app, reference = encoder_app(tmp_path, max_batch_size=2, max_queue=4, max_wait_ms=0)
     slow_down(app, 0.02)
     engine = app.state.engine
-    with running_server(app) as (url, _):
+    with serving(app) as (url, _):
         adapters = ["a0", "a1"] * 20
         responses = asyncio.run(classify_many(url, adapters))
     statuses = [r.status_code for r in responses]
@@ -64,7 +65,7 @@ def test_loads_unloads_and_alias_changes_during_traffic(tmp_path):
                 results.append((f"t{i}", response))
                 i += 1
 
-    with running_server(app) as (url, _), httpx.Client(base_url=url, timeout=TIMEOUT) as admin:
+    with serving(app) as (url, _), httpx.Client(base_url=url, timeout=TIMEOUT) as admin:
         assert admin.put("/v1/aliases/live", json={"targets": {"a0": 1}}).status_code == 200
         workers = [threading.Thread(target=traffic, args=(url, names))
                    for names in (["live", "a1"], ["live", "a0", "a1"])]
@@ -105,7 +106,7 @@ def test_shutdown_drains_in_flight_requests(tmp_path):
     slow_down(app, 0.05)
     engine = app.state.engine
     box = {}
-    with running_server(app) as (url, server):
+    with serving(app) as (url, server):
         def send() -> None:
             box["responses"] = asyncio.run(classify_many(url, ["a0", "a1"] * 4))
 
