@@ -67,6 +67,7 @@ def test_unknown_names(client):
     refused(client.put("/v1/aliases/a0", json={"targets": {"a1": 1}}), 409, "adapter")
     refused(client.put("/v1/aliases/bad name", json={"targets": {"a1": 1}}), 400, "alias name")
     refused(client.post("/v1/classify", json={"adapter": "", "inputs": ["x"]}), 400, "no head")
+    refused(client.post("/v1/completions", json={"model": "a0", "prompt": "x"}), 400, "does not generate")
     still_serving(client)
 
 

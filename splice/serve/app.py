@@ -82,13 +82,14 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
 
     def resolve(request: Request, name: str, request_id: str | None = None) -> str:
         """A served adapter's public name (an alias picks one target), or ``__base__``."""
-        if name in ("", "base", BASE_NAME, base_name):
-            chosen = BASE_NAME
-        elif name in aliases:
+        if name in aliases:
             chosen = aliases.get(name).pick(request_id or request.headers.get("x-request-id"))
-        else:
-            residency.entry(name)  # NotFound naming what is served
+        elif name in residency:
             chosen = name
+        elif name in ("", "base", BASE_NAME, base_name):  # after the names: an adapter may be called "base"
+            chosen = BASE_NAME
+        else:
+            raise residency.not_found(name)
         request.state.adapter = chosen
         return chosen
 
@@ -134,6 +135,9 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     async def complete(request: Request, body, prompts: list[str], chat: bool):
+        if not engine.can_generate:
+            raise BadRequest(f"The base model {base_name!r} does not generate text; serve a causal language model "
+                             "(such as --model smollm2) for completions, or use /v1/classify and /v1/embeddings.")
         refused = body.refusals()
         if refused:
             raise BadRequest(f"splice serve does not implement {', '.join(refused)}.")

@@ -88,6 +88,12 @@ class Engine:
         return len(self._pending) + self._running
 
     @property
+    def can_generate(self) -> bool:
+        """Whether the base model generates text (a causal LM), as completions need."""
+        can = getattr(self.model.base, "can_generate", None)
+        return bool(can()) if callable(can) else hasattr(self.model.base, "generate")
+
+    @property
     def accepting(self) -> bool:
         return self._accepting
 

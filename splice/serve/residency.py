@@ -118,10 +118,13 @@ class Residency:
     def entry(self, public: str) -> Entry:
         entry = self._entries.get(public)
         if entry is None:
-            known = ", ".join(self.names()) or "none"
-            raise NotFound(f"No adapter named {public!r} is served (adapters: {known}). Load it with "
-                           "POST /v1/adapters, or use \"\" for the base model.")
+            raise self.not_found(public)
         return entry
+
+    def not_found(self, public: str) -> NotFound:
+        known = ", ".join(self.names()) or "none"
+        return NotFound(f"No adapter named {public!r} is served (adapters: {known}). Load it with "
+                        "POST /v1/adapters, or use \"\" for the base model.")
 
     def counts(self) -> dict[str, int]:
         with self._lock:
