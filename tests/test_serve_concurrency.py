@@ -164,19 +164,25 @@ def test_a_mixed_generation_batch_decodes_each_row_as_alone(tmp_path):
         assert answer[0]["text"] == greedy_alone(reference, name, prompt, 6)
 
 
-def test_a_load_does_not_stall_requests_for_resident_adapters(tmp_path):
-    app, _ = encoder_app(tmp_path, max_wait_ms=0)
-    engine = app.state.engine
-    engine.residency.preload(["a0"])
-    release, reading = threading.Event(), threading.Event()
+def block_reads(engine) -> tuple[threading.Event, threading.Event]:
+    """Make adapter reads wait: returns (a read has started, let reads finish)."""
+    reading, release = threading.Event(), threading.Event()
     read = engine.residency._read
 
-    def slow_read(entry):
+    def blocked_read(entry):
         reading.set()
         assert release.wait(TIMEOUT)
         return read(entry)
 
-    engine.residency._read = slow_read
+    engine.residency._read = blocked_read
+    return reading, release
+
+
+def test_a_load_does_not_stall_requests_for_resident_adapters(tmp_path):
+    app, _ = encoder_app(tmp_path, max_wait_ms=0)
+    engine = app.state.engine
+    engine.residency.preload(["a0"])
+    reading, release = block_reads(engine)
     engine.start()
     try:
         waiting = engine.submit(EncodeJob("a1", texts=["x"]))
@@ -186,6 +192,28 @@ def test_a_load_does_not_stall_requests_for_resident_adapters(tmp_path):
         assert not waiting.future.done()
         release.set()
         assert waiting.future.result(TIMEOUT)[0]["label"] in ("neg", "neu", "pos")
+    finally:
+        release.set()
+        engine.stop()
+
+
+def test_unloading_an_adapter_being_read_still_answers_its_accepted_requests(tmp_path):
+    app, reference = encoder_app(tmp_path, max_wait_ms=0)
+    engine = app.state.engine
+    reading, release = block_reads(engine)
+    engine.start()
+    try:
+        waiting = engine.submit(EncodeJob("a1", texts=["x"]))
+        assert reading.wait(TIMEOUT)
+        engine.residency.unload("a1")
+        release.set()
+        answer = waiting.future.result(TIMEOUT)
+        assert same(list(answer[0]["scores"].values()), classify_alone(reference, "a1", "x"))
+        assert "a1" not in engine.residency.names()
+        deadline = time.monotonic() + TIMEOUT
+        while "a1" in engine.model.adapters and time.monotonic() < deadline:
+            engine.submit(EncodeJob("a0", texts=["x"])).future.result(TIMEOUT)  # turns of the worker's loop
+        assert "a1" not in engine.model.adapters  # dropped once nobody waits for it
     finally:
         release.set()
         engine.stop()

@@ -327,8 +327,8 @@ class Residency:
                 adapter, error = None, f"Adapter {entry.public!r} could not be loaded: {failure}"
             with self._lock:
                 self._loading.discard(entry.public)
-                if self._entries.get(entry.public) is entry:
-                    entry.adapter, entry.tier, entry.error = adapter, IN_MEMORY if adapter else FAILED, error
+                entry.adapter, entry.error, entry.last_used = adapter, error, time.monotonic()
+                entry.tier = IN_MEMORY if adapter is not None else FAILED
             self.on_load("ok" if adapter is not None else "failed")
             self.on_change()
 
