@@ -162,13 +162,21 @@ def run_generate(model, tokenizer, jobs: list[GenerateJob]) -> list[object]:
             rows.append(Row(ids, job.internal, job.max_tokens, job.temperature, job.top_p, job.stop, sink,
                             job.cancel.is_set))
             owners.append(job)
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    generate_rows(model, rows, pad if pad is not None else 0, {eos} if eos is not None else set(),
-                  lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True))
+    eos = end_of_sequence_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+    generate_rows(model, rows, pad, eos, lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True))
     answers = []
     for job in jobs:
         mine = [row for row, owner in zip(rows, owners) if owner is job]
         answers.append([{"text": r.text, "finish_reason": r.finish_reason, "prompt_tokens": len(r.ids),
                          "completion_tokens": len(r.tokens)} for r in mine])
     return answers
+
+
+def end_of_sequence_ids(model, tokenizer) -> set[int]:
+    """The tokens that end a completion: the tokenizer's end of sequence and the model's generation config's
+    (chat models often end turns with a token of their own, such as ``<|im_end|>``)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model.base, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return {i for i in ids if isinstance(i, int)}
