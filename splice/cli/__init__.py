@@ -1,5 +1,9 @@
 """The ``splice`` command line: a thin layer over the Python API.
 
+    splice train --method lora --out out/x     # train an adapter (no options: the main job)
+    splice eval out/x/adapter                  # its metrics on the test split
+    splice predict --adapter out/x/adapter "some text"
+    splice serve --model minilm --adapters out # one backbone, many adapters, over HTTP
     splice info out/sentiment                  # what an adapter folder (or hub name@version) is
     splice convert peft_dir out/x --model base_dir --to splice
     splice merge out/lora --model base_dir --out merged_dir
@@ -27,7 +31,7 @@ from contextlib import contextmanager
 from ..errors import SpliceError
 from ..version import __version__
 
-COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "fedavg", "info", "convert", "merge", "hub")
+COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "serve", "fedavg", "info", "convert", "merge", "hub")
 EXIT_USAGE = 2  # bad input: argparse's code for bad arguments, and ours for every refusal
 
 

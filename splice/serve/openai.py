@@ -1,0 +1,92 @@
+"""OpenAI-compatible completions and chat completions: response bodies, and streaming as server-sent events.
+
+The text of every choice arrives from the engine's worker thread through the job's
+``sink``; here it is handed to the event loop and written as ``data: {...}`` lines,
+ending with ``data: [DONE]``, as OpenAI's streaming API does. A client that goes
+away cancels its job, which ends its rows at the next generated token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from .jobs import GenerateJob
+
+
+def completion_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(job: GenerateJob, choices: list[dict]) -> dict:
+    prompt = sum(c["prompt_tokens"] for c in choices)
+    completion = sum(c["completion_tokens"] for c in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def response(job: GenerateJob, choices: list[dict], model: str, chat: bool) -> dict:
+    """The whole (non-streamed) answer."""
+    if chat:
+        body = [{"index": i, "message": {"role": "assistant", "content": c["text"]},
+                 "finish_reason": c["finish_reason"]} for i, c in enumerate(choices)]
+    else:
+        body = [{"index": i, "text": c["text"], "logprobs": None, "finish_reason": c["finish_reason"]}
+                for i, c in enumerate(choices)]
+    return {"id": completion_id(chat), "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": model, "choices": body, "usage": usage(job, choices)}
+
+
+def attach_stream(job: GenerateJob) -> asyncio.Queue:
+    """Give ``job`` a sink that passes each (choice, text) piece from the worker thread to this event loop."""
+    loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
+    job.sink = lambda choice, text: loop.call_soon_threadsafe(pieces.put_nowait, (choice, text))
+    return pieces
+
+
+async def events(job: GenerateJob, pieces: asyncio.Queue, model: str, chat: bool,
+                 timeout: float) -> AsyncIterator[str]:
+    """Server-sent events for a streamed completion: text pieces as they come, then each choice's finish reason."""
+    ident, created = completion_id(chat), int(time.time())
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choice: int, text: str | None, finish: str | None = None, role: bool = False) -> str:
+        if chat:
+            delta = {"role": "assistant"} if role else ({"content": text} if text is not None else {})
+            entry = {"index": choice, "delta": delta, "finish_reason": finish}
+        else:
+            entry = {"index": choice, "text": text or "", "logprobs": None, "finish_reason": finish}
+        body = {"id": ident, "object": kind, "created": created, "model": model, "choices": [entry]}
+        return f"data: {json.dumps(body)}\n\n"
+
+    done = asyncio.wrap_future(job.future)
+    deadline = time.monotonic() + timeout
+    try:
+        if chat:
+            for choice in range(job.rows):
+                yield chunk(choice, None, role=True)
+        while not done.done():
+            getter = asyncio.ensure_future(pieces.get())
+            finished, _ = await asyncio.wait({getter, done}, timeout=max(0.0, deadline - time.monotonic()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            if getter in finished:
+                yield chunk(*getter.result())
+                continue
+            getter.cancel()
+            if not finished:  # the deadline passed
+                job.cancel.set()
+                yield f"data: {json.dumps({'error': {'message': 'timed out', 'type': 'timeout'}})}\n\n"
+                return
+        while not pieces.empty():  # pieces sent before the answer was set are all queued by now
+            yield chunk(*pieces.get_nowait())
+        error = done.exception()
+        if error is not None:
+            yield f"data: {json.dumps({'error': {'message': str(error), 'type': type(error).__name__}})}\n\n"
+        else:
+            for choice, answer in enumerate(done.result()):
+                yield chunk(choice, None if chat else "", finish=answer["finish_reason"])
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel.set()  # the client left early (or we are done): stop generating for it

@@ -1,0 +1,44 @@
+"""Where a server finds its adapters at startup: a folder of adapter folders, one adapter folder, or a registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..convert import ADAPTER_CONFIGS
+from ..errors import SpliceError
+from ..hub import Hub
+from .residency import folder_name
+
+Found = tuple[str, Callable[[], Path]]  # public name, and how to get its folder when it is first used
+
+REGISTRY_WORDS = ("hub", "registry")
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / name).is_file() for name in ADAPTER_CONFIGS)
+
+
+def discover(spec: str) -> tuple[list[Found], Hub | None]:
+    """The adapters ``spec`` offers, and the registry it names (for ``name@version`` loads at run time).
+
+    ``spec`` is a folder whose sub-folders are adapters (each served under its saved
+    name, else the folder's name), one adapter folder, a registry root (a folder with
+    the hub's ``index.json``: every ``name@version`` in it), or ``hub`` for the default registry.
+    """
+    if spec in REGISTRY_WORDS:
+        return _registry(Hub())
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        raise SpliceError(f"--adapters {spec!r} is not a folder; pass a folder of adapter folders, one adapter "
+                          "folder, a registry folder, or 'hub' for the default registry.")
+    if (folder / "index.json").is_file() and (folder / "objects").is_dir():
+        return _registry(Hub(folder))
+    if is_adapter_folder(folder):
+        return [(folder_name(folder), lambda: folder)], None
+    found = [(folder_name(sub), (lambda sub=sub: sub)) for sub in sorted(folder.iterdir()) if is_adapter_folder(sub)]
+    return found, None
+
+
+def _registry(hub: Hub) -> tuple[list[Found], Hub]:
+    return [(entry.ref, (lambda ref=entry.ref: hub.resolve(ref))) for entry in hub.list()], hub

@@ -1,0 +1,115 @@
+"""Bad requests get a 4xx with a message naming the problem, and the server keeps serving after each."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving import decoder_app, encoder_app
+
+
+@pytest.fixture
+def client(tmp_path):
+    app, _ = encoder_app(tmp_path, max_wait_ms=1)
+    with TestClient(app) as client:
+        yield client
+
+
+def still_serving(client) -> None:
+    response = client.post("/v1/classify", json={"adapter": "a0", "inputs": ["fine"]})
+    assert response.status_code == 200, response.text
+
+
+def refused(response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    message = response.json()["error"]["message"]
+    for word in words:
+        assert word in message, message
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"{not json", ["JSON"]),
+    (b"[1, 2]", ["body"]),
+    (json.dumps({"adapter": "a0"}).encode(), ["inputs", "required"]),
+    (json.dumps({"adapter": "a0", "inputs": [1, 2]}).encode(), ["inputs"]),
+    (json.dumps({"adapter": 3, "inputs": ["x"]}).encode(), ["adapter"]),
+    (json.dumps({"adapter": "a0", "inputs": "x" * 3, "extra": {"ignored": True}}).encode(), None),
+])
+def test_malformed_bodies(client, body, words):
+    response = client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+    if words is None:
+        assert response.status_code == 200  # unknown fields are ignored, as OpenAI clients send extras
+    else:
+        refused(response, 400, *words)
+    still_serving(client)
+
+
+def test_empty_and_too_long_inputs(client):
+    refused(client.post("/v1/classify", json={"adapter": "a0", "inputs": []}), 400, "empty")
+    refused(client.post("/v1/classify", json={"adapter": "a0", "inputs": ["ok", ""]}), 400, "empty string")
+    refused(client.post("/v1/classify", json={"adapter": "a0", "inputs": ["x" * 65]}), 400, "65 tokens", "64")
+    refused(client.post("/v1/classify", json={"adapter": "a0", "inputs": ["x"] * 65}), 400, "at most 64")
+    still_serving(client)
+
+
+def test_unknown_names(client):
+    refused(client.post("/v1/classify", json={"adapter": "nope", "inputs": ["x"]}), 404, "nope", "a0")
+    refused(client.post("/v1/embeddings", json={"model": "nope", "input": "x"}), 404, "nope")
+    refused(client.get("/v1/aliases/nope"), 404, "nope")
+    refused(client.delete("/v1/aliases/nope"), 404, "nope")
+    refused(client.delete("/v1/adapters/nope"), 404, "nope")
+    refused(client.put("/v1/aliases/x", json={"targets": {"nope": 1}}), 404, "nope")
+    refused(client.put("/v1/aliases/x", json={"targets": {}}), 400, "targets")
+    refused(client.put("/v1/aliases/x", json={"targets": {"a0": -1}}), 400, ">= 0")
+    refused(client.put("/v1/aliases/x", json={"targets": {"a0": 0}}), 400, "sum to 0")
+    refused(client.put("/v1/aliases/a0", json={"targets": {"a1": 1}}), 409, "adapter")
+    refused(client.put("/v1/aliases/bad name", json={"targets": {"a1": 1}}), 400, "alias name")
+    refused(client.post("/v1/classify", json={"adapter": "", "inputs": ["x"]}), 400, "no head")
+    refused(client.post("/v1/completions", json={"model": "a0", "prompt": "x"}), 400, "does not generate")
+    still_serving(client)
+
+
+def test_adapter_folders_that_fail_to_load(client, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter.json").write_text("{truncated")
+    refused(client.post("/v1/adapters", json={"source": str(broken)}), 400, "not valid JSON")
+    refused(client.post("/v1/adapters", json={"source": str(tmp_path / "missing")}), 400, "No adapter folder")
+    refused(client.post("/v1/adapters", json={"source": str(tmp_path / "adapters" / "a0")}), 409, "already")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    good = tmp_path / "adapters" / "a1"
+    (corrupt / "adapter.json").write_text((good / "adapter.json").read_text())
+    (corrupt / "adapter.safetensors").write_bytes((good / "adapter.safetensors").read_bytes()[:100])
+    refused(client.post("/v1/adapters", json={"source": str(corrupt), "name": "c"}), 400, "corrupted")
+    names = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert "c" not in names and "broken" not in names
+    still_serving(client)
+
+
+def test_an_adapter_whose_files_broke_after_startup_fails_its_requests_only(tmp_path):
+    app, _ = encoder_app(tmp_path, max_wait_ms=1)
+    (tmp_path / "adapters" / "a1" / "adapter.safetensors").write_bytes(b"garbage")
+    with TestClient(app) as client:
+        refused(client.post("/v1/classify", json={"adapter": "a1", "inputs": ["x"]}), 400, "could not be loaded")
+        state = {m["id"]: m.get("state") for m in client.get("/v1/models").json()["data"]}
+        assert state["a1"] == "failed"
+        still_serving(client)
+
+
+def test_generation_limits(tmp_path):
+    app, _ = decoder_app(tmp_path, max_wait_ms=1)
+    with TestClient(app) as client:
+        ok = {"model": "g0", "prompt": "hi", "max_tokens": 4}
+        refused(client.post("/v1/completions", json={**ok, "max_tokens": 0}), 400, "max_tokens")
+        refused(client.post("/v1/completions", json={**ok, "max_tokens": "4"}), 400, "max_tokens")
+        refused(client.post("/v1/completions", json={**ok, "prompt": "x" * 62}), 400, "60")  # 64 - 4 new tokens
+        refused(client.post("/v1/completions", json={**ok, "temperature": -1}), 400, "temperature")
+        refused(client.post("/v1/completions", json={**ok, "n": 2}), 400, "n other than 1")
+        refused(client.post("/v1/completions", json={**ok, "model": "nope"}), 404, "nope")
+        refused(client.post("/v1/chat/completions", json={"model": "g0", "messages": []}), 400, "messages")
+        refused(client.post("/v1/chat/completions", json={"model": "g0", "messages": [{"role": "user"}]}), 400,
+                "content")
+        assert client.post("/v1/completions", json=ok).status_code == 200
