@@ -16,7 +16,17 @@ from .anatomy import Anatomy, Site
 from .compose import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from .errors import AdapterError, AnatomyError, CheckpointError, ConfigError, DataError, SpliceError
 from .methods import (
-    IA3, METHODS, BitFit, Bottleneck, Fusion, HeadOnly, LoRA, MethodConfig, PrefixTuning, PromptTuning, Union,
+    IA3,
+    METHODS,
+    BitFit,
+    Bottleneck,
+    Fusion,
+    HeadOnly,
+    LoRA,
+    MethodConfig,
+    PrefixTuning,
+    PromptTuning,
+    Union,
 )
 from .model import AdaptedModel, attach
 from .version import __version__

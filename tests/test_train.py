@@ -210,3 +210,22 @@ def test_python_api(files, tmp_path):
     result = train(TrainConfig(model=str(files["bert"]), data=str(files["csv"]), method="bitfit", epochs=1,
                                batch_size=16, out=str(tmp_path / "api")), say=lambda line: None)
     assert result.adapter == tmp_path / "api" / "adapter" and result.metrics["method"] == "bitfit"
+
+
+def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(files, tmp_path):
+    """Data parallel on CPU (gloo): 2 processes × 8 rows give the adapter that 1 process × 16 rows gives."""
+    common = ["--model", files["bert"], "--data", files["csv"], "--sizes", "16,4,4", "--method", "lora",
+              "--option", "dropout=0", "--head-dropout", "0", "--epochs", "3", "--learning-rate", "0.01", "-q"]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    single, double = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "splice", "train", *common, "--batch-size", "16", "--out", single],
+                   check=True, env=env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run([*torchrun, "-m", "splice", "train", *common, "--batch-size", "8", "--out", double],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("validation accuracy:") == 1  # one process reports and writes
+    one, two = (load_file(d / "checkpoints" / "checkpoint-3" / "trainable.safetensors") for d in (single, double))
+    assert any(not torch.equal(t, torch.zeros_like(t)) for t in one.values())
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)

@@ -38,7 +38,8 @@ EXIT_USAGE = 2  # bad input: argparse's code for bad arguments, and ours for eve
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="splice",
-        description="Adapters for frozen Hugging Face models: inspect, convert, merge and store them.",
+        description="Adapters for frozen Hugging Face models: train, evaluate, serve, inspect, convert, merge and "
+                    "store them.",
         epilog="Run 'splice COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"splice {__version__}",

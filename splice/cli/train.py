@@ -32,56 +32,56 @@ def register(commands: argparse._SubParsersAction) -> None:
                                               for name, r in RECIPES.items())
     parser.argument_default = argparse.SUPPRESS  # only options given on the command line override --config
 
-    def option(flag: str, help: str, **kwargs) -> None:
+    def option(group, flag: str, help: str, **kwargs) -> None:
         field = flag.lstrip("-").replace("-", "_")
         default = DEFAULTS.get(field)
         shown = "" if default in (None, False) or kwargs.get("action") else f" (default: {default})"
-        parser.add_argument(flag, help=help + shown, **kwargs)
+        group.add_argument(flag, help=help + shown, **kwargs)
 
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (keys as below, - or _)")
-    what = parser.add_argument_group("what to train")
-    option("--model", "local model folder or built-in name (minilm, smollm2)", metavar="NAME_OR_PATH")
-    option("--data", "CSV, JSONL, Parquet, folder of <label>/*.txt, CoNLL file, or a built-in set "
+    group = parser.add_argument_group("what to train")
+    option(group, "--model", "local model folder or built-in name (minilm, smollm2)", metavar="NAME_OR_PATH")
+    option(group, "--data", "CSV, JSONL, Parquet, folder of <label>/*.txt, CoNLL file, or a built-in set "
            "(tweet-sentiment, bbc-news, wnut16, bbc-headlines)", metavar="PATH_OR_BUILTIN")
-    option("--task", "what the data teaches", choices=["classification", "tagging", "causal-lm"])
-    option("--method", "adapter method (see below)", choices=list(RECIPES))
-    what.add_argument("--option", dest="options", action="append", metavar="KEY=VALUE",
+    option(group, "--task", "what the data teaches", choices=["classification", "tagging", "causal-lm"])
+    option(group, "--method", "adapter method (see below)", choices=list(RECIPES))
+    group.add_argument("--option", dest="options", action="append", metavar="KEY=VALUE",
                       help="a method option, VALUE read as JSON if it parses (e.g. --option reduction_factor=8 "
                            "--option 'targets=[\"q\",\"v\"]'); repeatable")
-    option("--out", "output folder (default: out/<data>-<method>)", metavar="DIR")
-    option("--head-layers", "classifier head depth: 1 = linear, 2 = dense + output (default 2; tagging 1)", type=int)
-    option("--pooling", "how the classifier pools tokens: auto ([CLS] on encoders, last token on decoders), "
+    option(group, "--out", "output folder (default: out/<data>-<method>)", metavar="DIR")
+    option(group, "--head-layers", "classifier head depth: 1 = linear, 2 = dense + output (default 2; tagging 1)", type=int)
+    option(group, "--pooling", "how the classifier pools tokens: auto ([CLS] on encoders, last token on decoders), "
            "cls, mean, last", choices=["auto", "cls", "first", "mean", "last"])
-    option("--head-dropout", "dropout inside the head while training", type=float, metavar="P")
-    data = parser.add_argument_group("data")
+    option(group, "--head-dropout", "dropout inside the head while training", type=float, metavar="P")
+    group = parser.add_argument_group("data")
     for column in ("text", "label", "tokens", "tags", "prompt", "completion"):
-        option(f"--{column}-column", f"column holding the {column}", metavar="NAME")
-    option("--sizes", "train, validation, test: fractions or row counts, e.g. 0.8,0.1,0.1 or 4000,1000,2000 "
+        option(group, f"--{column}-column", f"column holding the {column}", metavar="NAME")
+    option(group, "--sizes", "train, validation, test: fractions or row counts, e.g. 0.8,0.1,0.1 or 4000,1000,2000 "
            "(default 0.8,0.1,0.1; tweet-sentiment: 4000,1000,2000)",
            type=_sizes, metavar="A,B,C")
-    option("--limit", "subsample the data to this many rows before splitting", type=int, metavar="N")
-    option("--data-seed", "seed of the train/validation/test shuffle", type=int, metavar="N")
-    option("--max-length", "tokens per example (default 64; 256 for causal-lm)", type=int, metavar="N")
-    train = parser.add_argument_group("optimisation")
-    option("--epochs", "training epochs", type=float, metavar="N")
-    option("--max-steps", "stop after N optimiser steps (overrides --epochs)", type=int, metavar="N")
-    option("--batch-size", "rows per step per device", type=int, metavar="N")
-    option("--eval-batch-size", "rows per evaluation batch", type=int, metavar="N")
-    option("--gradient-accumulation", "steps to accumulate before each update", type=int, metavar="N")
-    option("--learning-rate", "peak learning rate (default: the method's, see below)", type=float, metavar="LR")
-    option("--weight-decay", "AdamW weight decay", type=float, metavar="W")
-    option("--max-grad-norm", "gradient clipping", type=float, metavar="N")
-    option("--warmup-ratio", "share of steps spent warming up", type=float, metavar="R")
-    option("--scheduler", "learning-rate schedule (any HF scheduler name)", metavar="NAME")
-    option("--seed", "training seed (initialisation, dropout, batch order)", type=int, metavar="N")
-    option("--patience", "early stopping: evaluations without improvement before stopping", type=int, metavar="N")
-    option("--eval-every", "evaluate and checkpoint every N steps instead of every epoch", type=int, metavar="N")
-    option("--save-total-limit", "checkpoints kept (the best one is always kept)", type=int, metavar="N")
-    option("--logging-steps", "log the training loss every N steps", type=int, metavar="N")
-    option("--precision", "auto = bf16/fp16 on GPUs, fp32 on CPU", choices=["auto", "fp32", "bf16", "fp16"])
-    option("--gradient-checkpointing", "recompute activations in backward to save memory", action="store_true")
-    option("--resume", "continue from the last checkpoint in OUT/checkpoints", action="store_true")
-    option("--workers", "data loader worker processes", type=int, metavar="N")
+    option(group, "--limit", "subsample the data to this many rows before splitting", type=int, metavar="N")
+    option(group, "--data-seed", "seed of the train/validation/test shuffle", type=int, metavar="N")
+    option(group, "--max-length", "tokens per example (default 64; 256 for causal-lm)", type=int, metavar="N")
+    group = parser.add_argument_group("optimisation")
+    option(group, "--epochs", "training epochs", type=float, metavar="N")
+    option(group, "--max-steps", "stop after N optimiser steps (overrides --epochs)", type=int, metavar="N")
+    option(group, "--batch-size", "rows per step per device", type=int, metavar="N")
+    option(group, "--eval-batch-size", "rows per evaluation batch", type=int, metavar="N")
+    option(group, "--gradient-accumulation", "steps to accumulate before each update", type=int, metavar="N")
+    option(group, "--learning-rate", "peak learning rate (default: the method's, see below)", type=float, metavar="LR")
+    option(group, "--weight-decay", "AdamW weight decay", type=float, metavar="W")
+    option(group, "--max-grad-norm", "gradient clipping", type=float, metavar="N")
+    option(group, "--warmup-ratio", "share of steps spent warming up", type=float, metavar="R")
+    option(group, "--scheduler", "learning-rate schedule (any HF scheduler name)", metavar="NAME")
+    option(group, "--seed", "training seed (initialisation, dropout, batch order)", type=int, metavar="N")
+    option(group, "--patience", "early stopping: evaluations without improvement before stopping", type=int, metavar="N")
+    option(group, "--eval-every", "evaluate and checkpoint every N steps instead of every epoch", type=int, metavar="N")
+    option(group, "--save-total-limit", "checkpoints kept (the best one is always kept)", type=int, metavar="N")
+    option(group, "--logging-steps", "log the training loss every N steps", type=int, metavar="N")
+    option(group, "--precision", "auto = bf16/fp16 on GPUs, fp32 on CPU", choices=["auto", "fp32", "bf16", "fp16"])
+    option(group, "--gradient-checkpointing", "recompute activations in backward to save memory", action="store_true")
+    option(group, "--resume", "continue from the last checkpoint in OUT/checkpoints", action="store_true")
+    option(group, "--workers", "data loader worker processes", type=int, metavar="N")
     parser.set_defaults(run=run)
 
 
@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     command = shlex.join(["splice", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else ""
     result = train(config, command=command, say=lambda line: None if args.quiet else print(line, flush=True),
                    progress=not args.quiet)
-    report(result, config.task)
+    if result.main_process:
+        report(result, config.task)
     return 0
 
 

@@ -82,7 +82,8 @@ class TrainConfig:
             raise ConfigError(f"options must be a mapping of method options, got {self.options!r}.")
         if len(self.sizes) != 3 or any(isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0
                                        for s in self.sizes):
-            raise ConfigError(f"sizes must be three non-negative numbers (train, validation, test), got {self.sizes!r}.")
+            raise ConfigError(
+                f"sizes must be three non-negative numbers (train, validation, test), got {self.sizes!r}.")
         for name in ("batch_size", "eval_batch_size", "gradient_accumulation", "logging_steps", "save_total_limit"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

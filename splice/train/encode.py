@@ -32,7 +32,8 @@ def encode(records: Sequence[dict], task: str, tokenizer, max_length: int,
         return [_classification(r, tokenizer, max_length, index) for r in records]
     if task == "tagging":
         if not getattr(tokenizer, "is_fast", False):
-            raise SpliceError("Tagging needs a fast tokenizer (it maps tokens back to words); this model has a slow one.")
+            raise SpliceError(
+                "Tagging needs a fast tokenizer (it maps tokens back to words); this model has a slow one.")
         return [_tagging(r, tokenizer, max_length, index) for r in records]
     return [_causal(r, tokenizer, max_length) for r in records]
 

@@ -43,7 +43,8 @@ def load_adapters(folders: Sequence[str | Path], model: str | None = None) -> Lo
     metas = [read_meta(Path(folder)) for folder in folders]
     tasks = {task_of(meta, Path(folder)) for meta, folder in zip(metas, folders)}
     if len(tasks) != 1:
-        raise SpliceError(f"These adapters do different tasks ({', '.join(sorted(tasks))}); compare adapters of one task.")
+        raise SpliceError(
+            f"These adapters do different tasks ({', '.join(sorted(tasks))}); compare adapters of one task.")
     task = tasks.pop()
     base_name = model or base_of(metas[0], Path(folders[0]))
     if model is None and any(base_of(m, Path(f)) != base_name for m, f in zip(metas, folders)):

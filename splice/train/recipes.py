@@ -49,7 +49,8 @@ RECIPES: dict[str, Recipe] = {
     "prompt": Recipe(PromptTuning, {"length": 20}, 3e-2, help="learned soft tokens in front of the input"),
     "mam": Recipe(presets.mam, {}, 1e-3, help="prefix + scaled parallel adapter (He et al. 2022)"),
     "unipelt": Recipe(presets.unipelt, {}, 1e-3, help="gated LoRA + bottleneck + prefix (Mao et al. 2022)"),
-    "probe": Recipe(HeadOnly, {}, 1e-3, help="frozen backbone, only the head trains (linear probe with --head-layers 1)"),
+    "probe": Recipe(HeadOnly, {}, 1e-3,
+                    help="frozen backbone, only the head trains (linear probe with --head-layers 1)"),
     "full": Recipe(HeadOnly, {}, 3e-5, trains_base=True, help="full fine-tuning: every base weight trains (baseline)"),
 }
 

@@ -44,6 +44,7 @@ class TrainResult:
     adapter: Path
     metrics: dict
     curves: Path | None
+    main_process: bool = True  # False in the other processes of a distributed run (they write nothing)
 
 
 def train(config: TrainConfig, command: str | None = None, say=print, progress: bool = True) -> TrainResult:
@@ -54,6 +55,8 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
     started = time.time()
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate: report once, from the first process
+        say = _silent
     out = config.out_dir
     checkpoints = out / "checkpoints"
     resume_from = last_checkpoint(checkpoints) if config.resume else None
@@ -90,7 +93,8 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
     args = TrainingArguments(
         output_dir=str(checkpoints), num_train_epochs=config.epochs, max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation, learning_rate=config.learning_rate or plan.learning_rate,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate or plan.learning_rate,
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
         lr_scheduler_type=config.scheduler, seed=config.seed, logging_steps=config.logging_steps,
         eval_strategy="steps" if by_steps else "epoch", save_strategy="steps" if by_steps else "epoch",
@@ -99,6 +103,9 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
         report_to="none", remove_unused_columns=False, label_names=["labels"],
         prediction_loss_only=config.task == "causal-lm", dataloader_num_workers=config.workers,
         dataloader_pin_memory=torch.cuda.is_available(), disable_tqdm=not progress,
+        # On CPU, say so: only then does torchrun / accelerate launch run data-parallel (gloo) instead of N copies.
+        use_cpu=not torch.cuda.is_available(), ddp_backend=distributed_backend(),
+        ddp_find_unused_parameters=False,  # every trainable tensor is used in each forward
         **precision_flags(config.precision), **warmup(config.warmup_ratio),
     )
     record = run_record(config, splits, counts, command)
@@ -128,10 +135,13 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
         metrics["test"]["perplexity_before"] = math.exp(before)
     summary = {
         **metrics, **counts, "method": config.method, "task": config.task, "data": splits.source,
-        "rows": record["rows"], "best_checkpoint": trainer.state.best_model_checkpoint, "steps": trainer.state.global_step,
+        "rows": record["rows"], "best_checkpoint": trainer.state.best_model_checkpoint,
+        "steps": trainer.state.global_step,
         "train_seconds": round(time.time() - started, 1),
         "peak_memory_mb": peak_memory_mb(),
     }
+    if not trainer.is_world_process_zero():  # under torchrun, one process writes the results
+        return TrainResult(out=out, adapter=out / ADAPTER_DIR, metrics=summary, curves=None, main_process=False)
     scalars = {split: {k: v for k, v in metrics[split].items() if isinstance(v, (int, float))} for split in metrics}
     adapter_dir = save_adapter(model, name, out / ADAPTER_DIR, training={**record, "metrics": scalars})
     summary["adapter_mb"] = round(sum(f.stat().st_size for f in adapter_dir.iterdir()) / 1e6, 3)
@@ -145,6 +155,15 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
     plot = plot_curves(trainer.state.log_history, metric, out / "curves.png",
                        f"{config.method} on {splits.source} ({config.model})")
     return TrainResult(out=out, adapter=adapter_dir, metrics=summary, curves=plot)
+
+
+def distributed_backend() -> str | None:
+    """gloo for a multi-process run on CPU; otherwise the launcher's default (NCCL on GPUs, none alone)."""
+    return "gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None
+
+
+def _silent(line: str) -> None:
+    pass
 
 
 def last_checkpoint(folder: Path) -> str | None:
@@ -175,7 +194,7 @@ def parameter_counts(model, name: str) -> dict:
 
 
 def precision_flags(precision: str) -> dict:
-    """TrainingArguments flags for ``precision``; ``auto`` = bf16 on GPUs that have it, fp16 on other GPUs, else fp32."""
+    """TrainingArguments flags for ``precision``; ``auto``: bf16 on GPUs that have it, fp16 on other GPUs, else fp32."""
     if precision == "auto":
         if not torch.cuda.is_available():
             return {}
