@@ -229,3 +229,37 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(fil
     assert any(not torch.equal(t, torch.zeros_like(t)) for t in one.values())
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+
+
+def test_fedavg_weights_every_tensor_and_refuses_mismatches(files, tmp_path, capsys):
+    a, b, other = tmp_path / "a", tmp_path / "b", tmp_path / "other"
+    assert run(capsys, *quick(files, a, "--method", "lora", "--epochs", "1"))[0] == 0
+    assert run(capsys, *quick(files, b, "--method", "lora", "--epochs", "1", "--seed", "1"))[0] == 0
+    assert run(capsys, *quick(files, other, "--method", "ia3", "--epochs", "1"))[0] == 0
+    code, _, err = run(capsys, "fedavg", a / "adapter", b / "adapter", "--weights", "100,300", "--out", tmp_path / "avg",
+                       "-q")
+    assert code == 0, err
+    one, two = load_file(a / "adapter" / "adapter.safetensors"), load_file(b / "adapter" / "adapter.safetensors")
+    averaged = load_file(tmp_path / "avg" / "adapter.safetensors")
+    assert averaged.keys() == one.keys()
+    for key in one:
+        torch.testing.assert_close(averaged[key], 0.25 * one[key] + 0.75 * two[key])
+    assert run(capsys, "eval", tmp_path / "avg", "-q")[0] == 0  # the average knows its base and data
+
+    code, _, err = run(capsys, "fedavg", a / "adapter", other / "adapter", "--out", tmp_path / "bad", "-q")
+    assert code == 2 and "different configs" in err
+    code, _, err = run(capsys, "fedavg", a / "adapter", b / "adapter", "--weights", "1", "--out", tmp_path / "bad",
+                       "-q")
+    assert code == 2 and "2 non-negative numbers" in err
+    code, _, err = run(capsys, "fedavg", a / "adapter", "--out", tmp_path / "bad", "-q")
+    assert code == 2 and "two or more" in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_fedavg_refuses_adapters_of_another_base(files, tmp_path, capsys):
+    bert, llama = tmp_path / "bert", tmp_path / "llama"
+    assert run(capsys, *quick(files, bert, "--method", "lora", "--epochs", "1"))[0] == 0
+    assert run(capsys, "train", "--model", files["llama"], "--data", files["csv"], "--method", "lora", "--out", llama,
+               "--epochs", "1", "-q")[0] == 0
+    code, _, err = run(capsys, "fedavg", bert / "adapter", llama / "adapter", "--out", tmp_path / "bad", "-q")
+    assert code == 2 and "different models" in err
