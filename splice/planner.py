@@ -1,22 +1,31 @@
 """The planner: from the active setup, or a batch's per-row adapter names, to what the hooks run.
 
 It compiles a setup (see :mod:`splice.compose`) into one program per site key,
-and says which splice heads run on which rows. Per-row plans are cached by the
-batch's distinct setups, so a serving loop that sees the same mix again reuses
-them and only the row index changes.
+and says which splice heads run on which rows.
+
+Per-row plans come in two kinds. At inference (gradients off), a batch whose
+rows each name one adapter of a bankable method (LoRA, bottleneck, IA³,
+BitFit) runs the *resident* plan, built once over every such adapter the
+model holds: any mix of them reuses it, and only the row index changes — so a
+serving loop does no planning per batch, and a captured CUDA graph stays valid
+when the mix changes. The adapters' tensors live in banks (:mod:`splice.kernels.bank`).
+Other batches (compositions, prompts, heads, training) get a plan for their
+distinct setups, cached by them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
+from torch import nn
 
 from .adapter import BASE_NAME, HeadSwap
 from .compose import BatchSplit, Block, Compiler, Fuse, Parallel, Setup, Stack
 from .errors import AdapterError
 from .heads import Head
-from .routing import Program, Routed, RowIndex
+from .kernels import Banks
+from .routing import Leaf, Program, Routed, RowIndex
 
 if TYPE_CHECKING:
     from .model import AdaptedModel
@@ -31,16 +40,36 @@ def _layer(key: str) -> int:
     return int(parts[1]) if len(parts) == 3 else -1
 
 
+class Resident(NamedTuple):
+    """The plan for batches of single bankable adapters: every such adapter, in ``position`` order."""
+
+    key: tuple  # the adapters (and merges) it was built for
+    position: dict[str, int]
+    plan: dict[str, Program]
+    rows: RowIndex
+    deltas: dict[str, list[nn.Module]]  # each adapter's routed deltas (their bank slots are refreshed per batch)
+
+
 class Planner:
-    """Compiles setups for one adapted model."""
+    """Compiles setups for one adapted model, and holds its adapter banks."""
 
     def __init__(self, model: "AdaptedModel"):
         self.model = model
+        self.banks = Banks()
         self._routed_cache: dict[tuple, tuple[dict[str, Program], RowIndex, list[Setup | None]]] = {}
+        self._resident: Resident | None = None
+        self._singles: dict[str, dict[str, Program]] = {}
 
-    def invalidate(self) -> None:
-        """Adapters were added, removed, merged or unmerged: cached per-row plans are stale."""
+    def invalidate(self, banks: bool = False) -> None:
+        """Adapters were added, removed, merged or unmerged: cached per-row plans are stale.
+
+        ``banks``: the adapters moved to another device or dtype, so the banks go too.
+        """
         self._routed_cache.clear()
+        self._resident = None
+        self._singles.clear()
+        if banks:
+            self.banks.clear()
 
     # -- lookups the compiler needs ------------------------------------------------------------
     def _delta_at(self, name: str, key: str):
@@ -155,6 +184,16 @@ class Planner:
 
     def routed(self, entries: Sequence[Setup]) -> tuple[dict[str, Program], HeadGroups]:
         """The plan and head groups for a batch whose row ``i`` takes ``entries[i]``."""
+        if not torch.is_grad_enabled():
+            resident = self.resident()
+            if all(e == BASE_NAME or (isinstance(e, str) and e in resident.position) for e in entries):
+                first = entries[0] if entries else BASE_NAME
+                if all(e == first for e in entries):  # one setup for every row: no per-row gathers at all
+                    return self._single(first), []
+                index = [resident.position.get(e, -1) for e in entries]  # the base alone: -1
+                self.banks.refresh(d for name in set(entries) if name != BASE_NAME for d in resident.deltas[name])
+                resident.rows.set(torch.tensor(index).to(self._device()))
+                return resident.plan, []
         distinct = list(dict.fromkeys(entries))
         for setup in distinct:
             if setup != BASE_NAME:
@@ -167,19 +206,59 @@ class Planner:
             for key in self._keys([s for s in setups if s is not None]):
                 children = [None if s is None else compiler.program(s, key) for s in setups]
                 if any(c is not None for c in children):
-                    plan[key] = Routed(children, rows)
+                    plan[key] = Routed(children, rows, self.banks)
             self._routed_cache[cache_key] = (plan, rows, setups)
         plan, rows, setups = self._routed_cache[cache_key]
+        if not torch.is_grad_enabled():
+            self.banks.refresh(d for name in self.names_in(setups) for d in self._deltas(name))
         position = {setup: i for i, setup in enumerate(distinct)}
-        index = torch.tensor([position[e] for e in entries])
-        index = torch.where(torch.tensor([e == BASE_NAME for e in entries]), -1, index)
-        rows.set(index)
+        index = torch.tensor([-1 if e == BASE_NAME else position[e] for e in entries])
+        rows.set(index.to(self._device()))
         groups = []
         for child, setup in enumerate(setups):
             head = self.head_of(setup) if setup is not None else None
             if head is not None:
                 groups.append((head, (rows.index == child).nonzero().squeeze(1)))
         return plan, groups
+
+    def resident(self) -> Resident:
+        """The resident plan (rebuilt when adapters come, go, merge or unmerge)."""
+        key = (tuple(self.model.adapters), self.model.merged)
+        if self._resident is None or self._resident.key != key:
+            compiler = self._compiler()
+            programs: dict[str, dict[str, Program]] = {}
+            for name, adapter in self.model.adapters.items():
+                if adapter.head is not None or self._fused_by(name) is not None:
+                    continue
+                found = {k: p for k in adapter.sites if (p := compiler.program(name, k)) is not None}
+                if all(_bankable(p) for p in found.values()):
+                    programs[name] = found
+            names = list(programs)
+            rows = RowIndex(torch.zeros(0, dtype=torch.long))
+            keys = dict.fromkeys(k for found in programs.values() for k in found)
+            plan = {k: Routed([programs[n].get(k) for n in names], rows, self.banks) for k in keys}
+            deltas = {n: [p.delta for p in found.values()] for n, found in programs.items()}
+            self.banks.retain(d for a in self.model.adapters.values() for d in a.modules())  # free deleted ones
+            self._resident = Resident(key, {n: i for i, n in enumerate(names)}, plan, rows, deltas)
+        return self._resident
+
+    def _single(self, name: str) -> dict[str, Program]:
+        """The plain plan of one adapter (or of none), for a batch whose rows all name it."""
+        if name not in self._singles:
+            self._singles[name] = {} if name == BASE_NAME else self.plan(name)
+        return self._singles[name]
+
+    def names_in(self, setups: Sequence[Setup | None]) -> list[str]:
+        """Every adapter name the setups use (fusions with the adapters they fuse), once each."""
+        return list(dict.fromkeys(n for s in setups for n in self.names(s)))
+
+    def _deltas(self, name: str) -> list[nn.Module]:
+        adapter = self.model.adapters[name]
+        return [adapter.delta(k) for k in adapter.sites]
+
+    def _device(self) -> torch.device:
+        """Where the row index goes: the base's device, set before the forward so hooks never copy it."""
+        return next((p.device for p in self.model.base.parameters()), torch.device("cpu"))
 
     def head_of(self, setup: Setup | None) -> Head | None:
         """The splice head a setup ends in: a name's own, a Stack's last, a fusion's own."""
@@ -206,3 +285,8 @@ class Planner:
                 groups.append((head, torch.arange(start, start + size)))
             start += size
         return groups
+
+
+def _bankable(program: Program) -> bool:
+    """One delta whose class keeps its tensors in banks (LoRA, bottleneck, IA³, BitFit)."""
+    return isinstance(program, Leaf) and hasattr(type(program.delta), "bank_sources")

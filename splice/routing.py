@@ -1,15 +1,16 @@
 """Per-row routing: each row of a batch goes through its own setup, in one forward.
 
 ``model(**batch, adapter_names=["sentiment", "nli", "__base__", ...])`` compiles, per
-site, a :class:`Routed` program over the distinct setups of the batch and a
+site, a :class:`Routed` program over the setups of the batch and a
 :class:`RowIndex` saying which row takes which. Rows whose setups are single
-adapters of one method run *vectorised*: the adapters' tensors are stacked and
-gathered per row (``torch.bmm``), with no loop over rows; each method's delta
-class provides that path as ``routed(deltas, index, x, y)``. Anything else
-(fusions, stacks) runs once per distinct setup on its rows.
-
-This module is the seam the fused GPU kernels slot into: they replace the
-``routed`` paths, nothing above them changes.
+adapters of one layout (method, options, tensor shapes) run *vectorised*, with
+no loop over rows: each row reads its adapter's slot of a table, and the
+delta class computes every row at once in ``routed(first, table, slots, x, y)``
+(through :mod:`splice.kernels`, which picks a Triton kernel or the PyTorch
+reference). With gradients off the table is a bank (:mod:`splice.kernels.bank`):
+adapters sit in preallocated slots and nothing is copied per forward; with
+gradients on it is the adapters' own tensors stacked, so autograd reaches them.
+Anything else (fusions, stacks) runs once per distinct setup on its rows.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .kernels.bank import Bank, Banks, layout, stacked
+from .kernels.segments import RowSlots
 
 
 class Soft(NamedTuple):
@@ -117,6 +121,14 @@ class RowIndex:
         """Point at a new batch (a cached per-row plan is reused with a fresh index)."""
         self.index = index.long()
         self._fitted: dict[tuple, torch.Tensor] = {}
+        self._memos: dict[tuple, dict] = {}
+
+    def memo(self, key: tuple) -> dict:
+        """A store for this batch only (kernels keep the rows they grouped by adapter there), one per ``key``."""
+        store = self._memos.get(key)
+        if store is None:
+            store = self._memos[key] = {}
+        return store
 
     @classmethod
     def from_sizes(cls, sizes: tuple[int, ...]) -> "RowIndex":
@@ -141,35 +153,18 @@ class RowIndex:
         return self._fitted[key]
 
 
-def stacked(tensors: list[torch.Tensor], identity: float = 0.0) -> torch.Tensor:
-    """``[S + 1, ...]``: the adapters' tensors zero-padded to a common shape, then an identity slot.
-
-    Zero padding keeps the maths exact (a LoRA rank or bottleneck width padded with
-    zero rows and columns computes the same). The last slot, filled with
-    ``identity``, is what rows of other setups gather: their index is -1.
-    """
-    shape = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
-    padded = []
-    for t in tensors:
-        pad = []
-        for d in reversed(range(t.dim())):
-            pad += [0, shape[d] - t.shape[d]]
-        padded.append(F.pad(t, pad) if any(pad) else t)
-    return torch.stack(padded + [tensors[0].new_full(shape, identity)])
-
-
 class Routed(Program):
     """Row ``i`` goes through ``children[index[i]]`` (``None``: the base alone)."""
 
-    def __init__(self, children: list[Program | None], rows: RowIndex):
+    def __init__(self, children: list[Program | None], rows: RowIndex, banks: Banks | None = None):
         self.children, self.rows = children, rows
         present = [c for c in children if c is not None]
         self.has_pre = any(c.has_pre for c in present)
         self.has_post = any(c.has_post for c in present)
         self.has_soft = any(c.has_soft for c in present)
         self.reads_input = any(c.reads_input for c in present)
-        self._pre_groups = _group_leaves(children, "input")
-        self._post_groups = _group_leaves(children, "output")
+        self._pre_groups = _group_leaves(children, "input", banks)
+        self._post_groups = _group_leaves(children, "output", banks)
 
     def pre(self, x):
         index = self.rows.fit(x.shape[0], x.device)
@@ -202,9 +197,9 @@ class Routed(Program):
         vectorised, others = groups
         target = x if stage == "input" else y
         for group in vectorised:
-            group_index = group.slots(index.device)[index]
-            target = (group.cls.routed(group.deltas, group_index, target) if stage == "input"
-                      else group.cls.routed(group.deltas, group_index, x, target))
+            table, rows = group.rows(index, self.rows.memo((group.positions, index.shape[0])))
+            target = (group.cls.routed(group.first, table, rows, target) if stage == "input"
+                      else group.cls.routed(group.first, table, rows, x, target))
         for child in others:  # composite setups: once per setup, on its rows only
             program = self.children[child]
             rows = (index == child).nonzero().squeeze(1)
@@ -226,29 +221,54 @@ def _right_align(values: torch.Tensor, length: int) -> torch.Tensor:
 
 
 class LeafGroup:
-    """Leaves of one delta class and layout that run in one vectorised call.
+    """Leaves of one delta layout that run in one vectorised call.
 
-    ``slots`` maps a setup's position in the batch's setups to its slot in the
-    stacked tensors; setups outside the group map to -1, the identity slot. It is
-    built once per plan (and copied once per device), not on every forward.
+    A setup's position in the batch's setups maps to its slot in the group's
+    table; setups outside the group map to -1, the identity slot. The lookups
+    are built once per plan (and copied once per device), not on every forward.
     """
 
-    def __init__(self, cls: type, members: list[tuple[int, nn.Module]], setups: int):
-        self.cls = cls
+    def __init__(self, members: list[tuple[int, nn.Module]], setups: int, banks: Banks | None):
         self.deltas = [delta for _, delta in members]
-        lookup = torch.full((setups + 1,), -1, dtype=torch.long)  # the extra last entry serves index -1
-        for slot, (position, _) in enumerate(members):
-            lookup[position] = slot
-        self._slots = {lookup.device: lookup}
+        self.first = self.deltas[0]  # holds the options every member shares (activation, dropout, norm)
+        self.cls = type(self.first)
+        self.positions = tuple(position for position, _ in members)
+        self._setups = setups
+        self._banks = banks
+        self._bank: Bank | None = None
+        self._bank_slots: list[int] = []
+        self._lookups: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def slots(self, device: torch.device) -> torch.Tensor:
-        if device not in self._slots:
-            self._slots[device] = next(iter(self._slots.values())).to(device)
-        return self._slots[device]
+    def rows(self, index: torch.Tensor, memo: dict) -> tuple[dict[str, torch.Tensor], RowSlots]:
+        """The group's table (one slot per adapter, then the identity) and which slot each row reads.
+
+        ``index`` holds each row's setup position (-1: the base alone). With gradients off the
+        table is the adapters' bank; with gradients on, their own tensors stacked.
+        """
+        if self._banks is None or torch.is_grad_enabled():
+            table, kind = stacked(self.cls, self.deltas), "stacked"
+        else:
+            if self._bank is None:  # placed once per plan: the plan is rebuilt whenever adapters or banks change
+                self._bank, self._bank_slots = self._banks.place(self.deltas)
+            table, kind = self._bank.tensors, "bank"
+        lookup, members = self._lookup(kind, index.device)
+        local = self._lookup("local", index.device)[0]
+        return table, RowSlots(lookup[index], members, lambda: local[index], memo)
+
+    def _lookup(self, kind: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position -> slot (the extra last entry serves index -1), and the members' slots."""
+        cached = self._lookups.get((kind, device))
+        if cached is None:
+            count = len(self.deltas)
+            slots = self._bank_slots if kind == "bank" else list(range(count))
+            lookup = torch.full((self._setups + 1,), count if kind == "local" else -1, dtype=torch.long)
+            lookup[list(self.positions)] = torch.arange(count) if kind == "local" else torch.tensor(slots)
+            cached = self._lookups[(kind, device)] = (lookup.to(device), torch.tensor(slots, device=device))
+        return cached
 
 
-def _group_leaves(children: list[Program | None], stage: str):
-    """Split children into vectorisable leaf groups (by delta class and layout) and the rest, for one stage."""
+def _group_leaves(children: list[Program | None], stage: str, banks: Banks | None):
+    """Split children into vectorisable leaf groups (by delta layout) and the rest, for one stage."""
     vectorised: dict[tuple, list[tuple[int, nn.Module]]] = defaultdict(list)
     others = []
     for position, child in enumerate(children):
@@ -257,12 +277,10 @@ def _group_leaves(children: list[Program | None], stage: str):
         if isinstance(child, Leaf):
             if child.delta.stage != stage:
                 continue
-            cls = type(child.delta)
-            if hasattr(cls, "routed"):
-                key = cls.route_key(child.delta) if hasattr(cls, "route_key") else None
-                vectorised[(cls, key)].append((position, child.delta))
+            if hasattr(type(child.delta), "bank_sources"):
+                vectorised[layout(child.delta)].append((position, child.delta))
                 continue
         if (child.has_pre if stage == "input" else child.has_post):
             others.append(position)
-    groups = [LeafGroup(cls, members, len(children)) for (cls, _), members in vectorised.items()]
+    groups = [LeafGroup(members, len(children), banks) for members in vectorised.values()]
     return groups, others

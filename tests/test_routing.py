@@ -112,18 +112,21 @@ def test_generate_routes_rows():
         assert torch.equal(mixed[row : row + 1], single)
 
 
-def test_routing_plan_is_cached_and_reused():
+def test_routing_plan_is_reused_across_mixes():
+    """At inference, any mix of single adapters runs the one resident plan: only the row index changes."""
     model = build("bert", ["lora", "ia3"])
     inputs = tiny_inputs("bert", batch=2)
     with torch.no_grad():
         model(**inputs, adapter_names=["lora", "ia3"])
         plan = model.hooks.plan
-        model(**inputs, adapter_names=["lora", "ia3"])
-        assert model.hooks.plan is plan
         swapped = model(**inputs, adapter_names=["ia3", "lora"])[0]
-    assert model.hooks.plan is not plan
-    with torch.no_grad():
+        assert model.hooks.plan is plan
+        model(**inputs, adapter_names=["lora", splice.Stack("lora", "ia3")])  # a composition: its own plan
+        assert model.hooks.plan is not plan
         torch.testing.assert_close(swapped[0:1], alone(model, inputs, 0, "ia3"))
+        model.add("late", ADAPTERS["bitfit"])  # a new adapter: the resident plan is rebuilt to include it
+        model(**inputs, adapter_names=["late", "lora"])
+        assert model.hooks.plan is not plan and "late" in model.planner.resident().position
 
 
 @pytest.mark.parametrize("entries, message", [
