@@ -25,6 +25,7 @@ from .compose import BatchSplit, Block, Compiler, Fuse, Parallel, Setup, Stack
 from .errors import AdapterError
 from .heads import Head
 from .kernels import Banks
+from .kernels.bank import Watch
 from .routing import Leaf, Program, Routed, RowIndex
 
 if TYPE_CHECKING:
@@ -43,11 +44,12 @@ def _layer(key: str) -> int:
 class Resident(NamedTuple):
     """The plan for batches of single bankable adapters: every such adapter, in ``position`` order."""
 
-    key: tuple  # the adapters (and merges) it was built for
+    key: tuple  # the adapters (name, module) and merges it was built for
     position: dict[str, int]
     plan: dict[str, Program]
     rows: RowIndex
-    deltas: dict[str, list[nn.Module]]  # each adapter's routed deltas (their bank slots are refreshed per batch)
+    watches: dict[str, Watch]  # each adapter's bank slots, checked against its tensors before each batch
+    singles: dict[str, dict[str, Program]]  # plain plans for batches whose rows all name one adapter
 
 
 class Planner:
@@ -58,17 +60,17 @@ class Planner:
         self.banks = Banks()
         self._routed_cache: dict[tuple, tuple[dict[str, Program], RowIndex, list[Setup | None]]] = {}
         self._resident: Resident | None = None
-        self._singles: dict[str, dict[str, Program]] = {}
 
     def invalidate(self, banks: bool = False) -> None:
         """Adapters were added, removed, merged or unmerged: cached per-row plans are stale.
 
-        ``banks``: the adapters moved to another device or dtype, so the banks go too.
+        The resident plan checks its own key (which adapters, which merged) on every
+        batch, so switching the active setup keeps it. ``banks``: the adapters moved to
+        another device or dtype, so the banks and the resident plan go too.
         """
         self._routed_cache.clear()
-        self._resident = None
-        self._singles.clear()
         if banks:
+            self._resident = None
             self.banks.clear()
 
     # -- lookups the compiler needs ------------------------------------------------------------
@@ -191,7 +193,9 @@ class Planner:
                 if all(e == first for e in entries):  # one setup for every row: no per-row gathers at all
                     return self._single(first), []
                 index = [resident.position.get(e, -1) for e in entries]  # the base alone: -1
-                self.banks.refresh(d for name in set(entries) if name != BASE_NAME for d in resident.deltas[name])
+                for name in set(entries):
+                    if name != BASE_NAME:
+                        resident.watches[name].refresh()
                 resident.rows.set(torch.tensor(index).to(self._device()))
                 return resident.plan, []
         distinct = list(dict.fromkeys(entries))
@@ -223,7 +227,7 @@ class Planner:
 
     def resident(self) -> Resident:
         """The resident plan (rebuilt when adapters come, go, merge or unmerge)."""
-        key = (tuple(self.model.adapters), self.model.merged)
+        key = (tuple(self.model.adapters.items()), self.model.merged)  # adapters compare by identity
         if self._resident is None or self._resident.key != key:
             compiler = self._compiler()
             programs: dict[str, dict[str, Program]] = {}
@@ -237,16 +241,19 @@ class Planner:
             rows = RowIndex(torch.zeros(0, dtype=torch.long))
             keys = dict.fromkeys(k for found in programs.values() for k in found)
             plan = {k: Routed([programs[n].get(k) for n in names], rows, self.banks) for k in keys}
-            deltas = {n: [p.delta for p in found.values()] for n, found in programs.items()}
             self.banks.retain(d for a in self.model.adapters.values() for d in a.modules())  # free deleted ones
-            self._resident = Resident(key, {n: i for i, n in enumerate(names)}, plan, rows, deltas)
+            for program in plan.values():
+                program.place()  # new adapters get their slots; the others keep theirs
+            watches = {n: self.banks.watch([p.delta for p in found.values()]) for n, found in programs.items()}
+            self._resident = Resident(key, {n: i for i, n in enumerate(names)}, plan, rows, watches, {})
         return self._resident
 
     def _single(self, name: str) -> dict[str, Program]:
         """The plain plan of one adapter (or of none), for a batch whose rows all name it."""
-        if name not in self._singles:
-            self._singles[name] = {} if name == BASE_NAME else self.plan(name)
-        return self._singles[name]
+        singles = self._resident.singles
+        if name not in singles:
+            singles[name] = {} if name == BASE_NAME else self.plan(name)
+        return singles[name]
 
     def names_in(self, setups: Sequence[Setup | None]) -> list[str]:
         """Every adapter name the setups use (fusions with the adapters they fuse), once each."""

@@ -118,8 +118,18 @@ class RowIndex:
         self.set(index)
 
     def set(self, index: torch.Tensor) -> None:
-        """Point at a new batch (a cached per-row plan is reused with a fresh index)."""
-        self.index = index.long()
+        """Point at a new batch (a cached per-row plan is reused with a fresh index).
+
+        A batch of the same size is copied into the same tensor, so a forward captured
+        in a CUDA graph reads the new routing when replayed.
+        """
+        index = index.long()
+        current = getattr(self, "index", None)
+        if current is not None and current.shape == index.shape and current.device == index.device:
+            current.copy_(index)
+        else:
+            with torch.inference_mode(False):  # an ordinary tensor: later batches copy into it in any mode
+                self.index = index.clone()
         self._fitted: dict[tuple, torch.Tensor] = {}
         self._memos: dict[tuple, dict] = {}
 
@@ -165,6 +175,11 @@ class Routed(Program):
         self.reads_input = any(c.reads_input for c in present)
         self._pre_groups = _group_leaves(children, "input", banks)
         self._post_groups = _group_leaves(children, "output", banks)
+
+    def place(self) -> None:
+        """Put every vectorised group's adapters in their banks now, rather than at the first forward."""
+        for group in self._pre_groups[0] + self._post_groups[0]:
+            group.place()
 
     def pre(self, x):
         index = self.rows.fit(x.shape[0], x.device)
@@ -248,12 +263,16 @@ class LeafGroup:
         if self._banks is None or torch.is_grad_enabled():
             table, kind = stacked(self.cls, self.deltas), "stacked"
         else:
-            if self._bank is None:  # placed once per plan: the plan is rebuilt whenever adapters or banks change
-                self._bank, self._bank_slots = self._banks.place(self.deltas)
+            self.place()
             table, kind = self._bank.tensors, "bank"
         lookup, members = self._lookup(kind, index.device)
         local = self._lookup("local", index.device)[0]
         return table, RowSlots(lookup[index], members, lambda: local[index], memo)
+
+    def place(self) -> None:
+        """Put the group's deltas in their bank (once per plan: plans are rebuilt when adapters or banks change)."""
+        if self._bank is None and self._banks is not None:
+            self._bank, self._bank_slots = self._banks.place(self.deltas)
 
     def _lookup(self, kind: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Position -> slot (the extra last entry serves index -1), and the members' slots."""

@@ -161,6 +161,10 @@ class Banks:
                 count += 1
         return count
 
+    def watch(self, deltas: list[nn.Module]) -> "Watch":
+        """A cheap per-batch freshness check over one adapter's deltas (placed in banks already)."""
+        return Watch(self, [self._records[id(d)] for d in deltas if id(d) in self._records])
+
     def retain(self, deltas: Iterable[nn.Module]) -> None:
         """Free the slots of every delta not in ``deltas`` (adapters deleted or merged since)."""
         keep = {id(d) for d in deltas}
@@ -179,6 +183,28 @@ class Banks:
     def nbytes(self) -> int:
         """Bytes the banks hold on their devices."""
         return sum(t.numel() * t.element_size() for bank in self._banks.values() for t in bank.tensors.values())
+
+
+class Watch:
+    """The version stamps of every tensor one adapter's slots were copied from, checked in one comparison."""
+
+    def __init__(self, banks: Banks, records: list[_Record]):
+        self._banks, self._records = banks, records
+        self._stamp()
+
+    def _stamp(self) -> None:
+        self._tensors = [t for record in self._records for t in record.sources]
+        self._versions = [t._version for t in self._tensors]
+        self._pointers = [t.data_ptr() for t in self._tensors]
+
+    def refresh(self) -> int:
+        """Rewrite this adapter's stale slots (an in-place edit, a moved tensor); returns how many."""
+        if [t._version for t in self._tensors] == self._versions and \
+                [t.data_ptr() for t in self._tensors] == self._pointers:
+            return 0
+        count = self._banks.refresh(record.delta for record in self._records)
+        self._stamp()
+        return count
 
 
 def _first_tensor(sources: Sources) -> torch.Tensor:

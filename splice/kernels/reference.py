@@ -23,8 +23,10 @@ def lora(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sca
     ``a [C, r, in]``, ``b [C, out, r]``, ``scale [C]``; computed in the tables' dtype.
     """
     h = x.to(a.dtype).reshape(x.shape[0], -1, a.shape[-1])
-    h = torch.bmm(torch.bmm(h, a[slots].transpose(1, 2)), b[slots].transpose(1, 2))
-    return y + (h * scale[slots][:, None, None]).reshape(y.shape).to(y.dtype)
+    h = torch.bmm(h, a[slots].transpose(1, 2)) * scale[slots][:, None, None]  # scaled at rank r: cheap
+    if y.dtype != a.dtype:
+        return y + torch.bmm(h, b[slots].transpose(1, 2)).reshape(y.shape).to(y.dtype)
+    return torch.baddbmm(y.reshape(h.shape[0], -1, y.shape[-1]), h, b[slots].transpose(1, 2)).view(y.shape)
 
 
 def bottleneck(h: torch.Tensor, y: torch.Tensor, down_w: torch.Tensor, down_b: torch.Tensor, up_w: torch.Tensor,

@@ -153,8 +153,13 @@ class LoRADelta(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.lora_B(self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype))))
-        return y + (h * self.scaling).to(y.dtype)
+        h = self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype)))
+        if y.dtype != h.dtype:
+            return y + (self.lora_B(h) * self.scaling).to(y.dtype)
+        # Scale and add inside the second matmul (its epilogue): no extra passes over the output.
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), self.lora_B.weight.t(),
+                          alpha=self.scaling)
+        return out.view(y.shape)
 
     @staticmethod
     def route_key(delta: "LoRADelta") -> tuple:
