@@ -158,9 +158,6 @@ def run_engine(engine_name, method, args, make_model, inputs_by_shape, counts) -
                                     method=method, shape=shape, arm=arm, ms=ms, ratio_base=ms / times["base"],
                                     ratio_one=ms / times["one"], distinct=len(set(route)) if route else None,
                                     max_diff=checks.get(arm)))
-    del engine
-    if args.device.startswith("cuda"):
-        torch.cuda.empty_cache()
     return results
 
 
@@ -193,7 +190,8 @@ def splice_switch_and_load(args, make_model) -> dict:
 
     model = splice.attach(make_model())
     shape = SIZES[args.size]
-    hidden, kv = shape["hidden_size"], shape["hidden_size"] * shape["num_key_value_heads"] // shape["num_attention_heads"]
+    hidden = shape["hidden_size"]
+    kv = hidden * shape["num_key_value_heads"] // shape["num_attention_heads"]
     per_rank = shape["num_hidden_layers"] * (2 * hidden + hidden + kv) * 4  # q and v, A and B, fp32: bytes per rank
     rank = max(1, round(1_000_000 / per_rank))
     for i in range(8):
@@ -268,6 +266,8 @@ def main(argv=None) -> None:
         for method in args.methods.split(","):
             if method in ENGINES[engine].methods:
                 results += run_engine(engine, method, args, make_model, inputs, counts)
+                if args.device.startswith("cuda"):
+                    torch.cuda.empty_cache()  # the engine's model is gone: give its memory back
     extra = splice_switch_and_load(args, make_model) if "splice" in args.engines else {}
     if args.adapters_python:
         results += adapters_arm(args, counts)
