@@ -6,6 +6,9 @@ is first imported, so these cases run in a child process started with
 case); the test process itself never sees interpreted kernels. Importing this
 module only lists the cases: the kernels are imported when the cases run.
 
+``SPLICE_KERNEL_DEVICE=cuda`` runs the same cases on a GPU with compiled kernels
+(``benchmarks/gpu_check.py`` does that).
+
 Tolerances: fp32 1e-5 (absolute and relative). bf16: 2e-2 absolute and relative —
 the kernels keep LoRA's and the bottleneck's intermediates in fp32 where the
 reference rounds them to bf16 between its two matmuls.
@@ -14,10 +17,13 @@ reference rounds them to bf16 between its two matmuls.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Callable
 
 import torch
+
+DEVICE = os.environ.get("SPLICE_KERNEL_DEVICE", "cpu")
 
 TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
 
@@ -40,14 +46,14 @@ def tables(*shapes, capacity=4, dtype=torch.float32, identity=0.0, seed=0):
     for shape in shapes:
         t = torch.randn(capacity + 1, *shape, generator=gen) * 0.5
         t[capacity] = identity
-        made.append(t.to(dtype))
+        made.append(t.to(DEVICE, dtype))
     return made
 
 
 def activations(route, features, dtype=torch.float32, seed=1):
     rows, tokens, slots = ROUTES[route]
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, tokens, features, generator=gen).to(dtype), torch.tensor(slots)
+    return torch.randn(rows, tokens, features, generator=gen).to(DEVICE, dtype), torch.tensor(slots, device=DEVICE)
 
 
 def check(out, expected, y, slots, dtype):
@@ -61,7 +67,7 @@ def lora_case(schedule, route, dtype):
 
     d_in, d_out, r = 37, 21, 5  # odd sizes: every block is partly masked
     x, slots = activations(route, d_in, dtype)
-    y = torch.randn(*x.shape[:2], d_out).to(dtype)
+    y = torch.randn(*x.shape[:2], d_out, device=DEVICE).to(dtype)
     a, b, scale = tables((r, d_in), (d_out, r), (), dtype=dtype)
     out = triton_lora.lora(x, y, a, b, scale, RowSlots(slots), schedule=schedule)
     check(out, reference.lora(x, y, a, b, scale, slots), y, slots, dtype)
@@ -92,10 +98,10 @@ def group_local_case():
     from splice.kernels import RowSlots, reference, triton_bottleneck, triton_lora
 
     x, _ = activations("mixed", 16)
-    local = torch.tensor([1, 2, 0, 1, 2])  # member 2 = none
-    members = torch.tensor([4, 1])  # member 0 sits in bank slot 4, member 1 in slot 1
-    slots = torch.tensor([1, -1, 4, 1, -1])
-    y = torch.randn(*x.shape[:2], 8)
+    local = torch.tensor([1, 2, 0, 1, 2], device=DEVICE)  # member 2 = none
+    members = torch.tensor([4, 1], device=DEVICE)  # member 0 sits in bank slot 4, member 1 in slot 1
+    slots = torch.tensor([1, -1, 4, 1, -1], device=DEVICE)
+    y = torch.randn(*x.shape[:2], 8, device=DEVICE)
     a, b, scale = tables((3, 16), (8, 3), (), capacity=6)
     out = triton_lora.lora(x, y, a, b, scale, RowSlots(slots, members, lambda: local), schedule="segments")
     check(out, reference.lora(x, y, a, b, scale, slots), y, slots, torch.float32)
