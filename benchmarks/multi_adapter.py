@@ -35,9 +35,11 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engines import ENGINES, perturb, version  # noqa: E402
 
-SIZES = {  # Llama shapes: the 1.1 B (TinyLlama), and a tiny one for CPU runs
+SIZES = {  # Llama shapes: the 1.1 B (TinyLlama), and small ones for CPU runs
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                num_key_value_heads=4, vocab_size=32000),
+    "small": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4, vocab_size=1024),
     "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=1024),
 }

@@ -5,7 +5,7 @@ site, a :class:`Routed` program over the setups of the batch and a
 :class:`RowIndex` saying which row takes which. Rows whose setups are single
 adapters of one layout (method, options, tensor shapes) run *vectorised*, with
 no loop over rows: each row reads its adapter's slot of a table, and the
-delta class computes every row at once in ``routed(first, table, slots, x, y)``
+delta class computes every row at once in ``routed(first, table, rows, x, y)``
 (through :mod:`splice.kernels`, which picks a Triton kernel or the PyTorch
 reference). With gradients off the table is a bank (:mod:`splice.kernels.bank`):
 adapters sit in preallocated slots and nothing is copied per forward; with

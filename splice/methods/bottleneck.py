@@ -107,6 +107,7 @@ class BottleneckDelta(nn.Module):
     or ``h = N(y + x)`` (sequential reading the residual stream ``x``)."""
 
     stage = "output"
+    bank_identity = {"ln_before.weight": 1.0, "ln_after.weight": 1.0}  # rows of other setups: LayerNorm unscaled
 
     def __init__(self, features: int, units: int, config: Bottleneck, norm: nn.Module | None = None):
         super().__init__()
@@ -141,8 +142,6 @@ class BottleneckDelta(nn.Module):
     def route_key(delta: "BottleneckDelta") -> tuple:
         return (delta.activation, delta.reads_input, delta.sums_residual, delta.ln_before is None,
                 delta.ln_after is None, delta.dropout.p)
-
-    bank_identity = {"ln_before.weight": 1.0, "ln_after.weight": 1.0}
 
     @staticmethod
     def bank_sources(delta: "BottleneckDelta") -> dict[str, torch.Tensor | float]:

@@ -64,6 +64,7 @@ class IA3OutputDelta(nn.Module):
 
     stage = "output"
     reads_input = False
+    bank_identity = {"scale": 1.0}  # rows of other setups are scaled by one
 
     def __init__(self, features: int):
         super().__init__()
@@ -71,8 +72,6 @@ class IA3OutputDelta(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return y * self.scale.to(y.dtype)
-
-    bank_identity = {"scale": 1.0}
 
     @staticmethod
     def bank_sources(delta: "IA3OutputDelta") -> dict[str, torch.Tensor]:
@@ -103,6 +102,7 @@ class IA3InputDelta(nn.Module):
 
     stage = "input"
     reads_input = True
+    bank_identity = {"scale": 1.0}
 
     def __init__(self, features: int):
         super().__init__()
@@ -110,8 +110,6 @@ class IA3InputDelta(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale.to(x.dtype)
-
-    bank_identity = {"scale": 1.0}
 
     @staticmethod
     def bank_sources(delta: "IA3InputDelta") -> dict[str, torch.Tensor]:
