@@ -15,7 +15,7 @@ distinct setups, cached by them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -41,15 +41,21 @@ def _layer(key: str) -> int:
     return int(parts[1]) if len(parts) == 3 else -1
 
 
-class Resident(NamedTuple):
-    """The plan for batches of single bankable adapters: every such adapter, in ``position`` order."""
+class Resident:
+    """The plan for batches of single bankable adapters: every such adapter, at a fixed position.
 
-    key: tuple  # the adapters (name, module) and merges it was built for
-    position: dict[str, int]
-    plan: dict[str, Program]
-    rows: RowIndex
-    watches: dict[str, Watch]  # each adapter's bank slots, checked against its tensors before each batch
-    singles: dict[str, dict[str, Program]]  # plain plans for batches whose rows all name one adapter
+    It changes one adapter at a time: an added or loaded adapter touches only its own
+    sites and bank slots, and so does one deleted. A change of merges rebuilds it.
+    """
+
+    def __init__(self):
+        self.key: tuple = ((), ())  # the adapters (name, module) and merges it covers
+        self.position: dict[str, int] = {}
+        self.free: list[int] = []  # positions of adapters that left, for the next ones
+        self.plan: dict[str, Program] = {}
+        self.rows = RowIndex(torch.zeros(0, dtype=torch.long), capacity=16)
+        self.watches: dict[str, Watch] = {}  # each adapter's bank slots, checked against its tensors per batch
+        self.singles: dict[str, dict[str, Program]] = {}  # plain plans for batches whose rows all name one adapter
 
 
 class Planner:
@@ -193,9 +199,10 @@ class Planner:
                 if all(e == first for e in entries):  # one setup for every row: no per-row gathers at all
                     return self._single(first), []
                 index = [resident.position.get(e, -1) for e in entries]  # the base alone: -1
-                for name in set(entries):
-                    if name != BASE_NAME:
-                        resident.watches[name].refresh()
+                if self.banks.verify:
+                    for name in set(entries):
+                        if name != BASE_NAME:
+                            resident.watches[name].refresh()
                 resident.rows.set(torch.tensor(index).to(self._device()))
                 return resident.plan, []
         distinct = list(dict.fromkeys(entries))
@@ -205,7 +212,7 @@ class Planner:
         setups = [None if s == BASE_NAME else s for s in distinct]
         cache_key = tuple(distinct)
         if cache_key not in self._routed_cache:
-            rows = RowIndex(torch.zeros(0, dtype=torch.long))
+            rows = RowIndex(torch.zeros(0, dtype=torch.long), capacity=len(setups))
             compiler, plan = self._compiler(), {}
             for key in self._keys([s for s in setups if s is not None]):
                 children = [None if s is None else compiler.program(s, key) for s in setups]
@@ -226,27 +233,57 @@ class Planner:
         return plan, groups
 
     def resident(self) -> Resident:
-        """The resident plan (rebuilt when adapters come, go, merge or unmerge)."""
-        key = (tuple(self.model.adapters.items()), self.model.merged)  # adapters compare by identity
-        if self._resident is None or self._resident.key != key:
-            compiler = self._compiler()
-            programs: dict[str, dict[str, Program]] = {}
-            for name, adapter in self.model.adapters.items():
-                if adapter.head is not None or self._fused_by(name) is not None:
-                    continue
-                found = {k: p for k in adapter.sites if (p := compiler.program(name, k)) is not None}
-                if all(_bankable(p) for p in found.values()):
-                    programs[name] = found
-            names = list(programs)
-            rows = RowIndex(torch.zeros(0, dtype=torch.long))
-            keys = dict.fromkeys(k for found in programs.values() for k in found)
-            plan = {k: Routed([programs[n].get(k) for n in names], rows, self.banks) for k in keys}
-            self.banks.retain(d for a in self.model.adapters.values() for d in a.modules())  # free deleted ones
-            for program in plan.values():
-                program.place()  # new adapters get their slots; the others keep theirs
-            watches = {n: self.banks.watch([p.delta for p in found.values()]) for n, found in programs.items()}
-            self._resident = Resident(key, {n: i for i, n in enumerate(names)}, plan, rows, watches, {})
-        return self._resident
+        """The resident plan, kept in step with the adapters: those added since join it, those gone leave it
+        (each touching only its own sites and slots); a change of merges rebuilds it."""
+        adapters, merged = tuple(self.model.adapters.items()), self.model.merged  # adapters compare by identity
+        resident = self._resident
+        if resident is not None and resident.key == (adapters, merged):
+            return resident
+        if resident is None or resident.key[1] != merged:
+            resident = self._resident = Resident()
+            self.banks.retain(())
+        now, before = dict(adapters), dict(resident.key[0])
+        for name, adapter in before.items():
+            if now.get(name) is not adapter:
+                self._drop_resident(resident, name, adapter)
+        compiler = self._compiler()
+        for name, adapter in adapters:
+            if before.get(name) is not adapter:
+                self._make_resident(resident, name, adapter, compiler)
+        resident.key = (adapters, merged)
+        return resident
+
+    def _drop_resident(self, resident: Resident, name: str, adapter) -> None:
+        """Take a deleted adapter out of the resident plan, and its deltas out of the banks."""
+        self.banks.evict(adapter.modules())  # also slots it took in per-batch plans (adapters with heads)
+        position = resident.position.pop(name, None)
+        if position is None:
+            return
+        for key in list(resident.plan):
+            routed = resident.plan[key]
+            routed.remove(position)
+            if not any(c is not None for c in routed.children):
+                del resident.plan[key]
+        resident.free.append(position)
+        resident.watches.pop(name, None)
+        resident.singles.pop(name, None)
+
+    def _make_resident(self, resident: Resident, name: str, adapter, compiler) -> None:
+        """Add one adapter to the resident plan if every delta of it can run from a bank."""
+        if adapter.head is not None or self._fused_by(name) is not None:
+            return
+        found = {k: p for k in adapter.sites if (p := compiler.program(name, k)) is not None}
+        if not all(_bankable(p) for p in found.values()):
+            return
+        position = resident.position[name] = resident.free.pop() if resident.free else len(resident.position)
+        while resident.rows.capacity <= position:  # lookups are sized by capacity: grow it rarely
+            resident.rows.capacity *= 2
+        for key, program in found.items():
+            if key not in resident.plan:
+                resident.plan[key] = Routed([], resident.rows, self.banks)
+            resident.plan[key].add(position, program)
+            resident.plan[key].place()  # the newcomer's slots are written now, not at the next batch
+        resident.watches[name] = self.banks.watch([p.delta for p in found.values()])
 
     def _single(self, name: str) -> dict[str, Program]:
         """The plain plan of one adapter (or of none), for a batch whose rows all name it."""

@@ -15,7 +15,6 @@ Anything else (fusions, stacks) runs once per distinct setup on its rows.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import NamedTuple
 
 import torch
@@ -112,9 +111,11 @@ class RowIndex:
 
     Sites see ``N`` leading rows; ``N`` may be a multiple of the batch (OPT's FFN
     flattens tokens, beam search repeats rows), so the index is repeated to fit.
+    ``capacity`` bounds the setup positions (``S``) the plans over this index use.
     """
 
-    def __init__(self, index: torch.Tensor):
+    def __init__(self, index: torch.Tensor, capacity: int):
+        self.capacity = capacity
         self.set(index)
 
     def set(self, index: torch.Tensor) -> None:
@@ -142,7 +143,7 @@ class RowIndex:
 
     @classmethod
     def from_sizes(cls, sizes: tuple[int, ...]) -> "RowIndex":
-        return cls(torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)))
+        return cls(torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)), len(sizes))
 
     @property
     def batch_size(self) -> int:
@@ -167,27 +168,51 @@ class Routed(Program):
     """Row ``i`` goes through ``children[index[i]]`` (``None``: the base alone)."""
 
     def __init__(self, children: list[Program | None], rows: RowIndex, banks: Banks | None = None):
-        self.children, self.rows = children, rows
-        present = [c for c in children if c is not None]
+        self.children: list[Program | None] = []
+        self.rows = rows
+        self._stages = {stage: _Stage(stage, banks) for stage in ("input", "output")}
+        for position, child in enumerate(children):
+            self.add(position, child)
+
+    def add(self, position: int, child: Program | None) -> None:
+        """Give setup ``position`` its program here (the resident plan grows one adapter at a time)."""
+        self.children.extend([None] * (position + 1 - len(self.children)))
+        self.children[position] = child
+        if child is None:
+            return
+        self.has_pre = self.has_pre or child.has_pre
+        self.has_post = self.has_post or child.has_post
+        self.has_soft = self.has_soft or child.has_soft
+        self.reads_input = self.reads_input or child.reads_input
+        for stage in self._stages.values():
+            stage.add(position, child)
+
+    def remove(self, position: int) -> None:
+        """Take setup ``position``'s program out (its adapter left the resident plan)."""
+        if position >= len(self.children) or self.children[position] is None:
+            return
+        self.children[position] = None
+        for stage in self._stages.values():
+            stage.remove(position)
+        present = [c for c in self.children if c is not None]
         self.has_pre = any(c.has_pre for c in present)
         self.has_post = any(c.has_post for c in present)
         self.has_soft = any(c.has_soft for c in present)
         self.reads_input = any(c.reads_input for c in present)
-        self._pre_groups = _group_leaves(children, "input", banks)
-        self._post_groups = _group_leaves(children, "output", banks)
 
     def place(self) -> None:
         """Put every vectorised group's adapters in their banks now, rather than at the first forward."""
-        for group in self._pre_groups[0] + self._post_groups[0]:
-            group.place()
+        for stage in self._stages.values():
+            for group in stage.groups.values():
+                group.place()
 
     def pre(self, x):
         index = self.rows.fit(x.shape[0], x.device)
-        return self._run(x, None, index, self._pre_groups, stage="input")
+        return self._run(x, None, index, self._stages["input"])
 
     def post(self, x, y):
         index = self.rows.fit(y.shape[0], y.device)
-        return self._run(x, y, index, self._post_groups, stage="output")
+        return self._run(x, y, index, self._stages["output"])
 
     def soft(self, rows):
         """Each row's own soft positions, right-aligned in ``S = max`` slots; other rows' slots masked."""
@@ -208,19 +233,19 @@ class Routed(Program):
         index = self.rows.fit(rows, device)
         return Soft(tuple(t[index] for t in tables), visible[index])
 
-    def _run(self, x, y, index, groups, stage):
-        vectorised, others = groups
-        target = x if stage == "input" else y
-        for group in vectorised:
-            table, rows = group.rows(index, self.rows.memo((group.positions, index.shape[0])))
-            target = (group.cls.routed(group.first, table, rows, target) if stage == "input"
+    def _run(self, x, y, index, stage: "_Stage"):
+        inputs = stage.name == "input"
+        target = x if inputs else y
+        for group in stage.groups.values():
+            table, rows = group.rows(index, self.rows)
+            target = (group.cls.routed(group.first, table, rows, target) if inputs
                       else group.cls.routed(group.first, table, rows, x, target))
-        for child in others:  # composite setups: once per setup, on its rows only
+        for child in stage.others:  # composite setups: once per setup, on its rows only
             program = self.children[child]
             rows = (index == child).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
-            if stage == "input":
+            if inputs:
                 part = program.pre(target.index_select(0, rows))
             else:
                 xs = x.index_select(0, rows) if program.reads_input else x
@@ -235,26 +260,85 @@ def _right_align(values: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(values, pad)
 
 
+class _Stage:
+    """One stage's (input or output) vectorised leaf groups, by delta layout, and its other children."""
+
+    def __init__(self, name: str, banks: Banks | None):
+        self.name, self.banks = name, banks
+        self.groups: dict[tuple, LeafGroup] = {}
+        self.others: list[int] = []
+
+    def add(self, position: int, child: Program) -> None:
+        if isinstance(child, Leaf):
+            if child.delta.stage != self.name:
+                return
+            if hasattr(type(child.delta), "bank_sources"):
+                key = layout(child.delta)
+                if key not in self.groups:
+                    self.groups[key] = LeafGroup(self.banks)
+                self.groups[key].add(position, child.delta)
+                return
+        if child.has_pre if self.name == "input" else child.has_post:
+            self.others.append(position)
+
+    def remove(self, position: int) -> None:
+        for key, group in list(self.groups.items()):
+            if group.remove(position) and not group.deltas:
+                del self.groups[key]
+        if position in self.others:
+            self.others.remove(position)
+
+
 class LeafGroup:
     """Leaves of one delta layout that run in one vectorised call.
 
-    A setup's position in the batch's setups maps to its slot in the group's
-    table; setups outside the group map to -1, the identity slot. The lookups
-    are built once per plan (and copied once per device), not on every forward.
+    A setup's position maps to its slot in the group's table; setups outside the
+    group map to -1, the identity slot. The lookups are built once (per device, and
+    again when members join), not on every forward.
     """
 
-    def __init__(self, members: list[tuple[int, nn.Module]], setups: int, banks: Banks | None):
-        self.deltas = [delta for _, delta in members]
-        self.first = self.deltas[0]  # holds the options every member shares (activation, dropout, norm)
-        self.cls = type(self.first)
-        self.positions = tuple(position for position, _ in members)
-        self._setups = setups
+    def __init__(self, banks: Banks | None):
+        self.deltas: list[nn.Module] = []
+        self.positions: list[int] = []
+        self.first: nn.Module | None = None  # holds the options every member shares (activation, dropout, norm)
+        self.cls: type | None = None
+        self._key: tuple | None = None
         self._banks = banks
         self._bank: Bank | None = None
         self._bank_slots: list[int] = []
         self._lookups: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def rows(self, index: torch.Tensor, memo: dict) -> tuple[dict[str, torch.Tensor], RowSlots]:
+    def add(self, position: int, delta: nn.Module) -> None:
+        if self.first is None:
+            self.first, self.cls = delta, type(delta)
+        self.deltas.append(delta)
+        self.positions.append(position)
+        if self._bank is not None:  # already in a bank: the newcomer takes one slot of it
+            self._bank_slots += self._banks.place([delta])[1]
+        self._key = None
+        self._lookups.clear()
+
+    def remove(self, position: int) -> bool:
+        """Drop the member at ``position`` (its bank slot is freed by :meth:`Banks.evict`); False if none."""
+        if position not in self.positions:
+            return False
+        member = self.positions.index(position)
+        for members in (self.deltas, self.positions, self._bank_slots):
+            if len(members) > member:
+                del members[member]
+        self.first = self.deltas[0] if self.deltas else None
+        self._key = None
+        self._lookups.clear()
+        return True
+
+    @property
+    def key(self) -> tuple:
+        """The members' positions: sites whose groups share them share per-batch work (segment plans)."""
+        if self._key is None:
+            self._key = tuple(self.positions)
+        return self._key
+
+    def rows(self, index: torch.Tensor, row_index: RowIndex) -> tuple[dict[str, torch.Tensor], RowSlots]:
         """The group's table (one slot per adapter, then the identity) and which slot each row reads.
 
         ``index`` holds each row's setup position (-1: the base alone). With gradients off the
@@ -265,41 +349,24 @@ class LeafGroup:
         else:
             self.place()
             table, kind = self._bank.tensors, "bank"
-        lookup, members = self._lookup(kind, index.device)
-        local = self._lookup("local", index.device)[0]
+        size = row_index.capacity + 1  # the extra last entry serves index -1
+        lookup, members = self._lookup(kind, index.device, size)
+        local = self._lookup("local", index.device, size)[0]
+        memo = row_index.memo((self.key, index.shape[0]))
         return table, RowSlots(lookup[index], members, lambda: local[index], memo)
 
     def place(self) -> None:
-        """Put the group's deltas in their bank (once per plan: plans are rebuilt when adapters or banks change)."""
+        """Put the group's deltas in their bank (once: a plan is rebuilt when its banks are cleared)."""
         if self._bank is None and self._banks is not None:
             self._bank, self._bank_slots = self._banks.place(self.deltas)
 
-    def _lookup(self, kind: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Position -> slot (the extra last entry serves index -1), and the members' slots."""
+    def _lookup(self, kind: str, device: torch.device, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position -> slot (``local``: -> member, ``len(deltas)`` for none), and the members' slots."""
         cached = self._lookups.get((kind, device))
-        if cached is None:
+        if cached is None or cached[0].shape[0] < size:
             count = len(self.deltas)
             slots = self._bank_slots if kind == "bank" else list(range(count))
-            lookup = torch.full((self._setups + 1,), count if kind == "local" else -1, dtype=torch.long)
-            lookup[list(self.positions)] = torch.arange(count) if kind == "local" else torch.tensor(slots)
+            lookup = torch.full((max(size, max(self.positions) + 2),), count if kind == "local" else -1)
+            lookup[self.positions] = torch.arange(count) if kind == "local" else torch.tensor(slots)
             cached = self._lookups[(kind, device)] = (lookup.to(device), torch.tensor(slots, device=device))
         return cached
-
-
-def _group_leaves(children: list[Program | None], stage: str, banks: Banks | None):
-    """Split children into vectorisable leaf groups (by delta layout) and the rest, for one stage."""
-    vectorised: dict[tuple, list[tuple[int, nn.Module]]] = defaultdict(list)
-    others = []
-    for position, child in enumerate(children):
-        if child is None:
-            continue
-        if isinstance(child, Leaf):
-            if child.delta.stage != stage:
-                continue
-            if hasattr(type(child.delta), "bank_sources"):
-                vectorised[layout(child.delta)].append((position, child.delta))
-                continue
-        if (child.has_pre if stage == "input" else child.has_post):
-            others.append(position)
-    groups = [LeafGroup(members, len(children), banks) for members in vectorised.values()]
-    return groups, others

@@ -168,3 +168,17 @@ def test_training_routes_through_the_adapters_own_tensors():
     model(**tiny_inputs("llama", batch=2), adapter_names=["lora", "pfeiffer"])[0].sum().backward()
     assert len(model.planner.banks) == 0
     assert all(p.grad is not None for p in model.adapters.parameters())
+
+
+def test_merging_rebuilds_the_resident_plan():
+    model = build(["lora", "pfeiffer", "ia3"])
+    inputs = tiny_inputs("llama", batch=2)
+    entries = ["pfeiffer", "ia3"]
+    with torch.no_grad():
+        model(**inputs, adapter_names=entries)
+        model.merge("lora")  # the base changes for every row; lora's own rows now run the merged base
+        merged = model(**inputs, adapter_names=["lora", "ia3"])[0]
+        torch.testing.assert_close(merged, rows_alone(model, inputs, ["__base__", "ia3"]), atol=1e-5, rtol=1e-5)
+        model.unmerge("lora")
+        torch.testing.assert_close(model(**inputs, adapter_names=entries)[0], rows_alone(model, inputs, entries),
+                                   atol=1e-5, rtol=1e-5)

@@ -124,9 +124,17 @@ def test_routing_plan_is_reused_across_mixes():
         model(**inputs, adapter_names=["lora", splice.Stack("lora", "ia3")])  # a composition: its own plan
         assert model.hooks.plan is not plan
         torch.testing.assert_close(swapped[0:1], alone(model, inputs, 0, "ia3"))
-        model.add("late", ADAPTERS["bitfit"])  # a new adapter: the resident plan is rebuilt to include it
-        model(**inputs, adapter_names=["late", "lora"])
-        assert model.hooks.plan is not plan and "late" in model.planner.resident().position
+        model.add("late", ADAPTERS["bitfit"])  # a new adapter joins the resident plan, which grows in place
+        perturb(model.adapters["late"], seed=7)
+        late = model(**inputs, adapter_names=["late", "lora"])[0]
+        assert model.hooks.plan is plan and "late" in model.planner.resident().position
+        torch.testing.assert_close(late[0:1], alone(model, inputs, 0, "late"))
+        model.delete("ia3")  # an adapter gone leaves it, and its position goes to the next one
+        model.add("later", ADAPTERS["ia3"])
+        perturb(model.adapters["later"], seed=8)
+        after = model(**inputs, adapter_names=["later", "late"])[0]
+        assert model.hooks.plan is plan and "ia3" not in model.planner.resident().position
+        torch.testing.assert_close(after, torch.cat([alone(model, inputs, 0, "later"), alone(model, inputs, 1, "late")]))
 
 
 @pytest.mark.parametrize("entries, message", [
