@@ -3,8 +3,10 @@ AdapterHub's ``adapters`` (``BatchSplit``), each behind the same few calls.
 
 Every engine gets its own copy of the same random base model (same config, same
 seed), adds ``count`` adapters of one method with random weights, and answers:
-``base`` (no adapter), ``one`` (one adapter active), ``mixed`` (row ``i`` through
-``names[i]``) and ``row`` (one row alone with its adapter, for the equality check).
+``base`` (the bare Hugging Face model, a separate copy with the same weights, so
+every engine is measured against the same thing), ``one`` (one adapter active),
+``mixed`` (row ``i`` through ``names[i]``) and ``row`` (one row alone with its
+adapter, for the equality check).
 """
 
 from __future__ import annotations
@@ -33,13 +35,25 @@ def version(package: str) -> str:
         return "not installed"
 
 
-class Splice:
+class Engine:
+    """What every engine shares: the bare model its arms are compared with."""
+
+    def __init__(self, make_model: Callable[[], nn.Module]):
+        self.make_model = make_model
+        self.bare = make_model()
+
+    def base(self, inputs: Inputs):
+        return self.bare(**inputs)[0]
+
+
+class Splice(Engine):
     name = "splice"
     methods = ("lora", "pfeiffer", "houlsby", "ia3")
 
     def __init__(self, make_model: Callable[[], nn.Module]):
         import splice
 
+        super().__init__(make_model)
         self.splice = splice
         self.model = splice.attach(make_model())
         self.version = splice.__version__
@@ -58,10 +72,6 @@ class Splice:
             perturb(self.model.adapters[name].parameters(), seed=i)
         return names
 
-    def base(self, inputs: Inputs):
-        rows = next(iter(inputs.values())).shape[0]  # every row on the base: no setup change between arms
-        return self.model(**inputs, adapter_names=[self.splice.BASE_NAME] * rows)[0]
-
     def one(self, inputs: Inputs, name: str):
         if self.model.active != (name,):
             self.model.activate(name)
@@ -74,12 +84,12 @@ class Splice:
         return self.one(inputs, name)
 
 
-class Peft:
+class Peft(Engine):
     name = "peft"
     methods = ("lora",)
 
     def __init__(self, make_model: Callable[[], nn.Module]):
-        self.make_model = make_model
+        super().__init__(make_model)
         self.model = None
         self.version = version("peft")
 
@@ -96,10 +106,6 @@ class Peft:
         self.model.eval()  # peft refuses adapter_names in training mode
         return names
 
-    def base(self, inputs: Inputs):
-        with self.model.disable_adapter():
-            return self.model(**inputs)[0]
-
     def one(self, inputs: Inputs, name: str):
         if self.model.active_adapter != name:
             self.model.set_adapter(name)
@@ -112,7 +118,7 @@ class Peft:
         return self.one(inputs, name)
 
 
-class Adapters:
+class Adapters(Engine):
     """AdapterHub's ``adapters`` (pins transformers 4.57.x: run in its own environment, see multi_adapter.py)."""
 
     name = "adapters"
@@ -121,6 +127,7 @@ class Adapters:
     def __init__(self, make_model: Callable[[], nn.Module]):
         import adapters
 
+        super().__init__(make_model)
         self.adapters = adapters
         self.model = make_model()
         adapters.init(self.model)
@@ -140,10 +147,6 @@ class Adapters:
             self.model.add_adapter(name, config=self.config(method))
             perturb([p for n, p in self.model.named_parameters() if f".{name}." in n], seed=i)
         return names
-
-    def base(self, inputs: Inputs):
-        self.model.set_active_adapters(None)
-        return self.model(**inputs)[0]
 
     def one(self, inputs: Inputs, name: str):
         self.model.set_active_adapters(name)

@@ -169,7 +169,8 @@ class BottleneckDelta(nn.Module):
         h = reference.up(h, table["up.weight"], table["up.bias"], slots)
         if first.ln_after is not None:
             h = _routed_layer_norm(h, table["ln_after.weight"], table["ln_after.bias"], slots, first.ln_after.eps)
-        return y + (scale[slots][:, None, None] * h).reshape(y.shape).to(y.dtype)
+        return y + (scale.index_select(0, reference.gather_index(slots, scale))[:, None, None] * h).reshape(
+            y.shape).to(y.dtype)
 
     def change(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """What the adapter adds to ``y``: ``scale * up(act(down(h)))`` (in the adapter's dtype)."""
@@ -188,4 +189,6 @@ class BottleneckDelta(nn.Module):
 def _routed_layer_norm(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, slots: torch.Tensor,
                        eps: float) -> torch.Tensor:
     """LayerNorm with each row's own affine parameters (rows of other setups: weight 1, bias 0)."""
-    return F.layer_norm(h, h.shape[-1:], eps=eps) * weight[slots][:, None, :] + bias[slots][:, None, :]
+    take = reference.gather_index(slots, weight)
+    return F.layer_norm(h, h.shape[-1:], eps=eps) * weight.index_select(0, take)[:, None, :] + bias.index_select(
+        0, take)[:, None, :]
