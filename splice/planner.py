@@ -241,7 +241,8 @@ class Planner:
             return resident
         if resident is None or resident.key[1] != merged:
             resident = self._resident = Resident()
-            self.banks.retain(())
+            self.banks.clear()
+            self._routed_cache.clear()  # their groups held slots of the banks just dropped
         now, before = dict(adapters), dict(resident.key[0])
         for name, adapter in before.items():
             if now.get(name) is not adapter:

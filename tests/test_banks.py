@@ -182,3 +182,16 @@ def test_merging_rebuilds_the_resident_plan():
         model.unmerge("lora")
         torch.testing.assert_close(model(**inputs, adapter_names=entries)[0], rows_alone(model, inputs, entries),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_per_batch_plans_stay_fresh_beside_the_resident_plan():
+    """A composition's plan reads banks too, and refreshes them after an edit made between batches."""
+    model = build(["lora", "pfeiffer"])
+    inputs = tiny_inputs("llama", batch=2)
+    entries = ["lora", splice.Stack("lora", "pfeiffer")]
+    with torch.no_grad():
+        model(**inputs, adapter_names=entries)
+        model(**inputs, adapter_names=["pfeiffer", "lora"])
+        perturb(model.adapters["lora"], seed=3)
+        mixed = model(**inputs, adapter_names=entries)[0]
+    torch.testing.assert_close(mixed, rows_alone(model, inputs, entries), atol=1e-5, rtol=1e-5)

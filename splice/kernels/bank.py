@@ -178,15 +178,8 @@ class Banks:
             if record is not None:
                 record.bank.release(record.slot)
 
-    def retain(self, deltas: Iterable[nn.Module]) -> None:
-        """Free the slots of every delta not in ``deltas`` (adapters deleted or merged since)."""
-        keep = {id(d) for d in deltas}
-        for key in [k for k in self._records if k not in keep]:
-            record = self._records.pop(key)
-            record.bank.release(record.slot)
-
     def clear(self) -> None:
-        """Drop every bank (the model moved to another device or dtype: slots are rewritten when next used)."""
+        """Drop every bank (the model moved, or merges changed): slots are written again when next used."""
         self._banks.clear()
         self._records.clear()
 
