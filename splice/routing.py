@@ -160,7 +160,8 @@ class RowIndex:
                     f"Per-row routing was set up for {batch} rows but a site sees {rows}; pass one adapter "
                     "name per row of the batch."
                 )
-            self._fitted[key] = self.index.repeat_interleave(rows // batch).to(device)
+            index = self.index if rows == batch else self.index.repeat_interleave(rows // batch)
+            self._fitted[key] = index.to(device)
         return self._fitted[key]
 
 
