@@ -44,8 +44,8 @@ def _layer(key: str) -> int:
 class Resident:
     """The plan for batches of single bankable adapters: every such adapter, at a fixed position.
 
-    It changes one adapter at a time: an added or loaded adapter touches only its own
-    sites and bank slots, and so does one deleted. A change of merges rebuilds it.
+    It changes one adapter at a time: an added, loaded, deleted, merged or unmerged
+    adapter touches only its own sites and bank slots.
     """
 
     def __init__(self):
@@ -70,14 +70,16 @@ class Planner:
     def invalidate(self, banks: bool = False) -> None:
         """Adapters were added, removed, merged or unmerged: cached per-row plans are stale.
 
-        The resident plan checks its own key (which adapters, which merged) on every
-        batch, so switching the active setup keeps it. ``banks``: the adapters moved to
-        another device or dtype, so the banks and the resident plan go too.
+        The resident plan, if built, is brought in step here (and checks its own key on
+        every batch): switching the active setup keeps it. ``banks``: the adapters moved
+        to another device or dtype, so the banks and the resident plan go too.
         """
         self._routed_cache.clear()
         if banks:
             self._resident = None
             self.banks.clear()
+        elif self._resident is not None:
+            self.resident()  # a deleted adapter leaves now, so its memory (bank slots too) is free at once
 
     # -- lookups the compiler needs ------------------------------------------------------------
     def _delta_at(self, name: str, key: str):
@@ -233,29 +235,30 @@ class Planner:
         return plan, groups
 
     def resident(self) -> Resident:
-        """The resident plan, kept in step with the adapters: those added since join it, those gone leave it
-        (each touching only its own sites and slots); a change of merges rebuilds it."""
+        """The resident plan, kept in step with the adapters: those added, merged or unmerged since join it
+        again, those gone leave it, each touching only its own sites and slots."""
         adapters, merged = tuple(self.model.adapters.items()), self.model.merged  # adapters compare by identity
         resident = self._resident
         if resident is not None and resident.key == (adapters, merged):
             return resident
-        if resident is None or resident.key[1] != merged:
+        if resident is None:
             resident = self._resident = Resident()
             self.banks.clear()
             self._routed_cache.clear()  # their groups held slots of the banks just dropped
-        now, before = dict(adapters), dict(resident.key[0])
-        for name, adapter in before.items():
-            if now.get(name) is not adapter:
-                self._drop_resident(resident, name, adapter)
+        (before, was_merged), now = resident.key, dict(adapters)
+        before = dict(before)
+        changed = {n for n in before if now.get(n) is not before[n] or (n in merged) != (n in was_merged)}
+        for name in changed:
+            self._drop_resident(resident, name, before[name])
         compiler = self._compiler()
         for name, adapter in adapters:
-            if before.get(name) is not adapter:
+            if name in changed or name not in before:
                 self._make_resident(resident, name, adapter, compiler)
         resident.key = (adapters, merged)
         return resident
 
     def _drop_resident(self, resident: Resident, name: str, adapter) -> None:
-        """Take a deleted adapter out of the resident plan, and its deltas out of the banks."""
+        """Take an adapter out of the resident plan, and its deltas out of the banks."""
         self.banks.evict(adapter.modules())  # also slots it took in per-batch plans (adapters with heads)
         position = resident.position.pop(name, None)
         if position is None:

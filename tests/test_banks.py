@@ -91,9 +91,7 @@ def test_slots_follow_in_place_changes_and_deletes():
         mixed = model(**inputs, adapter_names=entries)[0]
     torch.testing.assert_close(mixed, rows_alone(model, inputs, entries), atol=1e-5, rtol=1e-5)
     held = len(model.planner.banks)
-    model.delete("ia3")
-    with torch.no_grad():
-        model(**inputs, adapter_names=["lora", "pfeiffer", "__base__"])
+    model.delete("ia3")  # its slots are freed at once, not at the next batch
     assert len(model.planner.banks) == held - len(CONFIGS["ia3"].sites(model.anatomy))
 
 
