@@ -341,6 +341,12 @@ class AdaptedModel(nn.Module):
             print(report)
         return report
 
+    def _apply(self, fn, recurse: bool = True):
+        """``to`` / ``half`` / ``cuda`` also drop the adapter banks: they refill where the adapters now live."""
+        module = super()._apply(fn, recurse)
+        self.planner.invalidate(banks=True)
+        return module
+
     # -- the plan the hooks dispatch to -----------------------------------------------------------
     def _replan(self) -> None:
         self.planner.invalidate()

@@ -1,9 +1,16 @@
 """The planner: from the active setup, or a batch's per-row adapter names, to what the hooks run.
 
 It compiles a setup (see :mod:`splice.compose`) into one program per site key,
-and says which splice heads run on which rows. Per-row plans are cached by the
-batch's distinct setups, so a serving loop that sees the same mix again reuses
-them and only the row index changes.
+and says which splice heads run on which rows.
+
+Per-row plans come in two kinds. At inference (gradients off), a batch whose
+rows each name one adapter of a bankable method (LoRA, bottleneck, IA³,
+BitFit) runs the *resident* plan, built once over every such adapter the
+model holds: any mix of them reuses it, and only the row index changes — so a
+serving loop does no planning per batch, and a captured CUDA graph stays valid
+when the mix changes. The adapters' tensors live in banks (:mod:`splice.kernels.bank`).
+Other batches (compositions, prompts, heads, training) get a plan for their
+distinct setups, cached by them.
 """
 
 from __future__ import annotations
@@ -11,12 +18,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 import torch
+from torch import nn
 
 from .adapter import BASE_NAME, HeadSwap
 from .compose import BatchSplit, Block, Compiler, Fuse, Parallel, Setup, Stack
 from .errors import AdapterError
 from .heads import Head
-from .routing import Program, Routed, RowIndex
+from .kernels import Banks
+from .kernels.bank import Watch
+from .routing import Leaf, Program, Routed, RowIndex
 
 if TYPE_CHECKING:
     from .model import AdaptedModel
@@ -31,16 +41,45 @@ def _layer(key: str) -> int:
     return int(parts[1]) if len(parts) == 3 else -1
 
 
+class Resident:
+    """The plan for batches of single bankable adapters: every such adapter, at a fixed position.
+
+    It changes one adapter at a time: an added, loaded, deleted, merged or unmerged
+    adapter touches only its own sites and bank slots.
+    """
+
+    def __init__(self):
+        self.key: tuple = ((), ())  # the adapters (name, module) and merges it covers
+        self.position: dict[str, int] = {}
+        self.free: list[int] = []  # positions of adapters that left, for the next ones
+        self.plan: dict[str, Program] = {}
+        self.rows = RowIndex(torch.zeros(0, dtype=torch.long), capacity=16)
+        self.watches: dict[str, Watch] = {}  # each adapter's bank slots, checked against its tensors per batch
+        self.singles: dict[str, dict[str, Program]] = {}  # plain plans for batches whose rows all name one adapter
+
+
 class Planner:
-    """Compiles setups for one adapted model."""
+    """Compiles setups for one adapted model, and holds its adapter banks."""
 
     def __init__(self, model: "AdaptedModel"):
         self.model = model
+        self.banks = Banks()
         self._routed_cache: dict[tuple, tuple[dict[str, Program], RowIndex, list[Setup | None]]] = {}
+        self._resident: Resident | None = None
 
-    def invalidate(self) -> None:
-        """Adapters were added, removed, merged or unmerged: cached per-row plans are stale."""
+    def invalidate(self, banks: bool = False) -> None:
+        """Adapters were added, removed, merged or unmerged: cached per-row plans are stale.
+
+        The resident plan, if built, is brought in step here (and checks its own key on
+        every batch): switching the active setup keeps it. ``banks``: the adapters moved
+        to another device or dtype, so the banks and the resident plan go too.
+        """
         self._routed_cache.clear()
+        if banks:
+            self._resident = None
+            self.banks.clear()
+        elif self._resident is not None:
+            self.resident()  # a deleted adapter leaves now, so its memory (bank slots too) is free at once
 
     # -- lookups the compiler needs ------------------------------------------------------------
     def _delta_at(self, name: str, key: str):
@@ -155,6 +194,19 @@ class Planner:
 
     def routed(self, entries: Sequence[Setup]) -> tuple[dict[str, Program], HeadGroups]:
         """The plan and head groups for a batch whose row ``i`` takes ``entries[i]``."""
+        if not torch.is_grad_enabled():
+            resident = self.resident()
+            if all(e == BASE_NAME or (isinstance(e, str) and e in resident.position) for e in entries):
+                first = entries[0] if entries else BASE_NAME
+                if all(e == first for e in entries):  # one setup for every row: no per-row gathers at all
+                    return self._single(first), []
+                index = [resident.position.get(e, -1) for e in entries]  # the base alone: -1
+                if self.banks.verify:
+                    for name in set(entries):
+                        if name != BASE_NAME:
+                            resident.watches[name].refresh()
+                resident.rows.set(torch.tensor(index).to(self._device()))
+                return resident.plan, []
         distinct = list(dict.fromkeys(entries))
         for setup in distinct:
             if setup != BASE_NAME:
@@ -162,24 +214,99 @@ class Planner:
         setups = [None if s == BASE_NAME else s for s in distinct]
         cache_key = tuple(distinct)
         if cache_key not in self._routed_cache:
-            rows = RowIndex(torch.zeros(0, dtype=torch.long))
+            rows = RowIndex(torch.zeros(0, dtype=torch.long), capacity=len(setups))
             compiler, plan = self._compiler(), {}
             for key in self._keys([s for s in setups if s is not None]):
                 children = [None if s is None else compiler.program(s, key) for s in setups]
                 if any(c is not None for c in children):
-                    plan[key] = Routed(children, rows)
+                    plan[key] = Routed(children, rows, self.banks)
             self._routed_cache[cache_key] = (plan, rows, setups)
         plan, rows, setups = self._routed_cache[cache_key]
+        if not torch.is_grad_enabled():
+            self.banks.refresh(d for name in self.names_in(setups) for d in self._deltas(name))
         position = {setup: i for i, setup in enumerate(distinct)}
-        index = torch.tensor([position[e] for e in entries])
-        index = torch.where(torch.tensor([e == BASE_NAME for e in entries]), -1, index)
-        rows.set(index)
+        index = torch.tensor([-1 if e == BASE_NAME else position[e] for e in entries])
+        rows.set(index.to(self._device()))
         groups = []
         for child, setup in enumerate(setups):
             head = self.head_of(setup) if setup is not None else None
             if head is not None:
                 groups.append((head, (rows.index == child).nonzero().squeeze(1)))
         return plan, groups
+
+    def resident(self) -> Resident:
+        """The resident plan, kept in step with the adapters: those added, merged or unmerged since join it
+        again, those gone leave it, each touching only its own sites and slots."""
+        adapters, merged = tuple(self.model.adapters.items()), self.model.merged  # adapters compare by identity
+        resident = self._resident
+        if resident is not None and resident.key == (adapters, merged):
+            return resident
+        if resident is None:
+            resident = self._resident = Resident()
+            self.banks.clear()
+            self._routed_cache.clear()  # their groups held slots of the banks just dropped
+        (before, was_merged), now = resident.key, dict(adapters)
+        before = dict(before)
+        changed = {n for n in before if now.get(n) is not before[n] or (n in merged) != (n in was_merged)}
+        for name in changed:
+            self._drop_resident(resident, name, before[name])
+        compiler = self._compiler()
+        for name, adapter in adapters:
+            if name in changed or name not in before:
+                self._make_resident(resident, name, adapter, compiler)
+        resident.key = (adapters, merged)
+        return resident
+
+    def _drop_resident(self, resident: Resident, name: str, adapter) -> None:
+        """Take an adapter out of the resident plan, and its deltas out of the banks."""
+        self.banks.evict(adapter.modules())  # also slots it took in per-batch plans (adapters with heads)
+        position = resident.position.pop(name, None)
+        if position is None:
+            return
+        for key in list(resident.plan):
+            routed = resident.plan[key]
+            routed.remove(position)
+            if not any(c is not None for c in routed.children):
+                del resident.plan[key]
+        resident.free.append(position)
+        resident.watches.pop(name, None)
+        resident.singles.pop(name, None)
+
+    def _make_resident(self, resident: Resident, name: str, adapter, compiler) -> None:
+        """Add one adapter to the resident plan if every delta of it can run from a bank."""
+        if adapter.head is not None or self._fused_by(name) is not None:
+            return
+        found = {k: p for k in adapter.sites if (p := compiler.program(name, k)) is not None}
+        if not all(_bankable(p) for p in found.values()):
+            return
+        position = resident.position[name] = resident.free.pop() if resident.free else len(resident.position)
+        while resident.rows.capacity <= position:  # lookups are sized by capacity: grow it rarely
+            resident.rows.capacity *= 2
+        for key, program in found.items():
+            if key not in resident.plan:
+                resident.plan[key] = Routed([], resident.rows, self.banks)
+            resident.plan[key].add(position, program)
+            resident.plan[key].place()  # the newcomer's slots are written now, not at the next batch
+        resident.watches[name] = self.banks.watch([p.delta for p in found.values()])
+
+    def _single(self, name: str) -> dict[str, Program]:
+        """The plain plan of one adapter (or of none), for a batch whose rows all name it."""
+        singles = self._resident.singles
+        if name not in singles:
+            singles[name] = {} if name == BASE_NAME else self.plan(name)
+        return singles[name]
+
+    def names_in(self, setups: Sequence[Setup | None]) -> list[str]:
+        """Every adapter name the setups use (fusions with the adapters they fuse), once each."""
+        return list(dict.fromkeys(n for s in setups for n in self.names(s)))
+
+    def _deltas(self, name: str) -> list[nn.Module]:
+        adapter = self.model.adapters[name]
+        return [adapter.delta(k) for k in adapter.sites]
+
+    def _device(self) -> torch.device:
+        """Where the row index goes: the base's device, set before the forward so hooks never copy it."""
+        return next((p.device for p in self.model.base.parameters()), torch.device("cpu"))
 
     def head_of(self, setup: Setup | None) -> Head | None:
         """The splice head a setup ends in: a name's own, a Stack's last, a fusion's own."""
@@ -206,3 +333,8 @@ class Planner:
                 groups.append((head, torch.arange(start, start + size)))
             start += size
         return groups
+
+
+def _bankable(program: Program) -> bool:
+    """One delta whose class keeps its tensors in banks (LoRA, bottleneck, IA³, BitFit)."""
+    return isinstance(program, Leaf) and hasattr(type(program.delta), "bank_sources")

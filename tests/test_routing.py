@@ -112,18 +112,29 @@ def test_generate_routes_rows():
         assert torch.equal(mixed[row : row + 1], single)
 
 
-def test_routing_plan_is_cached_and_reused():
+def test_routing_plan_is_reused_across_mixes():
+    """At inference, any mix of single adapters runs the one resident plan: only the row index changes."""
     model = build("bert", ["lora", "ia3"])
     inputs = tiny_inputs("bert", batch=2)
     with torch.no_grad():
         model(**inputs, adapter_names=["lora", "ia3"])
         plan = model.hooks.plan
-        model(**inputs, adapter_names=["lora", "ia3"])
-        assert model.hooks.plan is plan
         swapped = model(**inputs, adapter_names=["ia3", "lora"])[0]
-    assert model.hooks.plan is not plan
-    with torch.no_grad():
+        assert model.hooks.plan is plan
+        model(**inputs, adapter_names=["lora", splice.Stack("lora", "ia3")])  # a composition: its own plan
+        assert model.hooks.plan is not plan
         torch.testing.assert_close(swapped[0:1], alone(model, inputs, 0, "ia3"))
+        model.add("late", ADAPTERS["bitfit"])  # a new adapter joins the resident plan, which grows in place
+        perturb(model.adapters["late"], seed=7)
+        late = model(**inputs, adapter_names=["late", "lora"])[0]
+        assert model.hooks.plan is plan and "late" in model.planner.resident().position
+        torch.testing.assert_close(late[0:1], alone(model, inputs, 0, "late"))
+        model.delete("ia3")  # an adapter gone leaves it, and its position goes to the next one
+        model.add("later", ADAPTERS["ia3"])
+        perturb(model.adapters["later"], seed=8)
+        after = model(**inputs, adapter_names=["later", "late"])[0]
+        assert model.hooks.plan is plan and "ia3" not in model.planner.resident().position
+        torch.testing.assert_close(after, torch.cat([alone(model, inputs, 0, "later"), alone(model, inputs, 1, "late")]))
 
 
 @pytest.mark.parametrize("entries, message", [

@@ -22,6 +22,15 @@ stage. Mergeable deltas also implement ``merge(site)`` / ``unmerge(site)``,
 folding themselves into, and back out of, the base weight in place, and may
 implement ``check_merge(site)``, which raises before any weight is written
 when a site cannot take the merge.
+
+A delta class that can run a mixed batch in one call (per-row routing)
+implements two static methods: ``bank_sources(delta)`` — the tensors (and
+per-adapter constants) one adapter puts in a bank slot — and ``routed(first,
+table, rows, x, y)`` (``routed(first, table, rows, x)`` for an input stage),
+which computes every row at once from ``table`` (``{name: [slots + 1, ...]}``,
+the last slot the identity, ``bank_identity`` naming fills other than 0) and
+``rows`` (a :class:`splice.kernels.RowSlots`), through :mod:`splice.kernels`.
+``route_key(delta)`` names options that must match to share a call.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .. import kernels
 from ..anatomy import PROJECTION_ROLES, Anatomy, Site
-from ..routing import stacked
+from ..kernels import RowSlots
 from .base import MethodConfig, base_bias, columns_of, expand_targets, normalise_targets
 
 
@@ -51,10 +52,14 @@ class BiasDelta(nn.Module):
         return y + self.bias.to(y.dtype)
 
     @staticmethod
-    def routed(deltas: list["BiasDelta"], index: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def bank_sources(delta: "BiasDelta") -> dict[str, torch.Tensor]:
+        return {"bias": delta.bias}
+
+    @staticmethod
+    def routed(first: "BiasDelta", table: dict[str, torch.Tensor], rows: RowSlots, x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
         """Per-row bias deltas (rows of other setups: zero)."""
-        bias = stacked([d.bias for d in deltas])[index]
-        return y + bias.reshape(bias.shape[0], *([1] * (y.dim() - 2)), bias.shape[-1]).to(y.dtype)
+        return kernels.shift_rows(y, table["bias"], rows)
 
     def _add(self, site: Site, delta: torch.Tensor) -> None:
         bias = base_bias(site, "merge a bias delta")

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..anatomy import SUBLAYER_ROLES, Anatomy, Site
 from ..errors import ConfigError
-from ..routing import stacked
+from ..kernels import RowSlots, reference
 from .base import ACTIVATIONS, MethodConfig
 
 PLACEMENTS = {"pfeiffer": ("ffn",), "houlsby": ("attn", "ffn"), "parallel": ("ffn",)}
@@ -106,6 +107,7 @@ class BottleneckDelta(nn.Module):
     or ``h = N(y + x)`` (sequential reading the residual stream ``x``)."""
 
     stage = "output"
+    bank_identity = {"ln_before.weight": 1.0, "ln_after.weight": 1.0}  # rows of other setups: LayerNorm unscaled
 
     def __init__(self, features: int, units: int, config: Bottleneck, norm: nn.Module | None = None):
         super().__init__()
@@ -116,6 +118,7 @@ class BottleneckDelta(nn.Module):
         self.ln_before = nn.LayerNorm(features) if config.ln_before else None
         self.down = nn.Linear(features, units)
         self.act = ACTIVATIONS[config.non_linearity]()
+        self.activation = "silu" if config.non_linearity == "swish" else config.non_linearity  # the kernels' name
         self.dropout = nn.Dropout(config.dropout)
         self.up = nn.Linear(units, features)
         self.ln_after = nn.LayerNorm(features) if config.ln_after else None
@@ -137,26 +140,37 @@ class BottleneckDelta(nn.Module):
 
     @staticmethod
     def route_key(delta: "BottleneckDelta") -> tuple:
-        return (type(delta.act), delta.reads_input, delta.sums_residual, delta.ln_before is None,
+        return (delta.activation, delta.reads_input, delta.sums_residual, delta.ln_before is None,
                 delta.ln_after is None, delta.dropout.p)
 
     @staticmethod
-    def routed(deltas: list["BottleneckDelta"], index: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-row bottlenecks of one activation and layout; widths may differ (zero-padded, exact)."""
-        first = deltas[0]
-        down_w, down_b = stacked([d.down.weight for d in deltas]), stacked([d.down.bias for d in deltas])
-        up_w, up_b = stacked([d.up.weight for d in deltas]), stacked([d.up.bias for d in deltas])
-        scale = stacked([down_w.new_tensor(d.scale) for d in deltas])
-        h = first.adapter_input(x, y).to(down_w.dtype)  # one site: every delta here shares its norm
-        h = h.reshape(h.shape[0], -1, h.shape[-1])
+    def bank_sources(delta: "BottleneckDelta") -> dict[str, torch.Tensor | float]:
+        sources = {"down.weight": delta.down.weight, "down.bias": delta.down.bias, "up.weight": delta.up.weight,
+                   "up.bias": delta.up.bias, "scale": delta.scale}
+        for name in ("ln_before", "ln_after"):
+            norm = getattr(delta, name)
+            if norm is not None:
+                sources.update({f"{name}.weight": norm.weight, f"{name}.bias": norm.bias})
+        return sources
+
+    @staticmethod
+    def routed(first: "BottleneckDelta", table: dict[str, torch.Tensor], rows: RowSlots, x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
+        """Per-row bottlenecks of one layout: fused down -> act -> up where the layout allows."""
+        slots, down_w, scale = rows.slots, table["down.weight"], table["scale"]
+        h = first.adapter_input(x, y)  # one site: every delta here shares its norm
         if first.ln_before is not None:
-            h = _routed_layer_norm(h, [d.ln_before for d in deltas], index)
-        h = torch.baddbmm(down_b[index][:, None, :], h, down_w[index].transpose(1, 2))
-        h = first.dropout(first.act(h))  # act(0) = 0 for every activation offered: padding stays exact
-        h = torch.baddbmm(up_b[index][:, None, :], h, up_w[index].transpose(1, 2))
+            h = h.to(down_w.dtype).reshape(h.shape[0], -1, h.shape[-1])
+            h = _routed_layer_norm(h, table["ln_before.weight"], table["ln_before.bias"], slots, first.ln_before.eps)
+        if first.ln_after is None and not (first.training and first.dropout.p > 0):
+            return kernels.bottleneck(h, y, down_w, table["down.bias"], table["up.weight"], table["up.bias"], scale,
+                                      rows, first.activation)
+        h = first.dropout(first.act(reference.down(h, down_w, table["down.bias"], slots)))
+        h = reference.up(h, table["up.weight"], table["up.bias"], slots)
         if first.ln_after is not None:
-            h = _routed_layer_norm(h, [d.ln_after for d in deltas], index)
-        return y + (scale[index][:, None, None] * h).reshape(y.shape).to(y.dtype)
+            h = _routed_layer_norm(h, table["ln_after.weight"], table["ln_after.bias"], slots, first.ln_after.eps)
+        return y + (scale.index_select(0, reference.gather_index(slots, scale))[:, None, None] * h).reshape(
+            y.shape).to(y.dtype)
 
     def change(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """What the adapter adds to ``y``: ``scale * up(act(down(h)))`` (in the adapter's dtype)."""
@@ -172,8 +186,9 @@ class BottleneckDelta(nn.Module):
         return y + self.change(x, y).to(y.dtype)
 
 
-def _routed_layer_norm(h: torch.Tensor, norms: list[nn.LayerNorm], index: torch.Tensor) -> torch.Tensor:
+def _routed_layer_norm(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, slots: torch.Tensor,
+                       eps: float) -> torch.Tensor:
     """LayerNorm with each row's own affine parameters (rows of other setups: weight 1, bias 0)."""
-    weight = stacked([n.weight for n in norms], identity=1.0)[index][:, None, :]
-    bias = stacked([n.bias for n in norms])[index][:, None, :]
-    return F.layer_norm(h, h.shape[-1:], eps=norms[0].eps) * weight + bias
+    take = reference.gather_index(slots, weight)
+    return F.layer_norm(h, h.shape[-1:], eps=eps) * weight.index_select(0, take)[:, None, :] + bias.index_select(
+        0, take)[:, None, :]

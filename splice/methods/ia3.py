@@ -14,9 +14,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .. import kernels
 from ..anatomy import PROJECTION_ROLES, Anatomy, Site, linear_weight
 from ..errors import ConfigError
-from ..routing import stacked
+from ..kernels import RowSlots
 from .base import MethodConfig, columns_of, expand_targets, normalise_targets
 
 # Unmerging divides by the vector; entries this close to zero cannot be undone exactly.
@@ -63,6 +64,7 @@ class IA3OutputDelta(nn.Module):
 
     stage = "output"
     reads_input = False
+    bank_identity = {"scale": 1.0}  # rows of other setups are scaled by one
 
     def __init__(self, features: int):
         super().__init__()
@@ -72,9 +74,14 @@ class IA3OutputDelta(nn.Module):
         return y * self.scale.to(y.dtype)
 
     @staticmethod
-    def routed(deltas: list["IA3OutputDelta"], index: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def bank_sources(delta: "IA3OutputDelta") -> dict[str, torch.Tensor]:
+        return {"scale": delta.scale}
+
+    @staticmethod
+    def routed(first: "IA3OutputDelta", table: dict[str, torch.Tensor], rows: RowSlots, x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
         """Per-row output scaling (rows of other setups: scale 1)."""
-        return y * _per_row(stacked([d.scale for d in deltas], identity=1.0)[index], y)
+        return kernels.scale_rows(y, table["scale"], rows)
 
     def _rescale_rows(self, site: Site, factor: torch.Tensor) -> None:
         with torch.no_grad():
@@ -95,6 +102,7 @@ class IA3InputDelta(nn.Module):
 
     stage = "input"
     reads_input = True
+    bank_identity = {"scale": 1.0}
 
     def __init__(self, features: int):
         super().__init__()
@@ -104,9 +112,13 @@ class IA3InputDelta(nn.Module):
         return x * self.scale.to(x.dtype)
 
     @staticmethod
-    def routed(deltas: list["IA3InputDelta"], index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def bank_sources(delta: "IA3InputDelta") -> dict[str, torch.Tensor]:
+        return {"scale": delta.scale}
+
+    @staticmethod
+    def routed(first: "IA3InputDelta", table: dict[str, torch.Tensor], rows: RowSlots, x: torch.Tensor) -> torch.Tensor:
         """Per-row input scaling (rows of other setups: scale 1)."""
-        return x * _per_row(stacked([d.scale for d in deltas], identity=1.0)[index], x)
+        return kernels.scale_rows(x, table["scale"], rows)
 
     def _rescale_columns(self, site: Site, factor: torch.Tensor) -> None:
         with torch.no_grad():
@@ -118,11 +130,6 @@ class IA3InputDelta(nn.Module):
 
     def unmerge(self, site: Site) -> None:
         self._rescale_columns(site, 1 / _safe(self.scale.detach()))
-
-
-def _per_row(vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``[N, F]`` per-row vectors shaped to broadcast over ``like`` (``[N, ..., F]``)."""
-    return vectors.reshape(vectors.shape[0], *([1] * (like.dim() - 2)), vectors.shape[-1]).to(like.dtype)
 
 
 def _scale_rows(tensor: torch.Tensor, columns, factor: torch.Tensor) -> None:

@@ -19,9 +19,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .. import kernels
 from ..anatomy import PROJECTION_ROLES, Anatomy, Site
 from ..errors import AnatomyError, ConfigError
-from ..routing import stacked
+from ..kernels import RowSlots
 from .base import MethodConfig, add_to_rows, expand_targets, normalise_targets
 
 _SITE_KEY = re.compile(r"^(?P<stack>\w+)\.(?P<layer>\d+)\.(?P<role>\w+)$")
@@ -152,22 +153,27 @@ class LoRADelta(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.lora_B(self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype))))
-        return y + (h * self.scaling).to(y.dtype)
+        h = self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype)))
+        if y.dtype != h.dtype:
+            return y + (self.lora_B(h) * self.scaling).to(y.dtype)
+        # Scale and add inside the second matmul (its epilogue): no extra passes over the output.
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), self.lora_B.weight.t(),
+                          alpha=self.scaling)
+        return out.view(y.shape)
 
     @staticmethod
     def route_key(delta: "LoRADelta") -> tuple:
         return (delta.dropout.p,)
 
     @staticmethod
-    def routed(deltas: list["LoRADelta"], index: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-row LoRA: row ``i`` adds ``deltas[index[i]]``'s update (-1: none); ranks may differ."""
-        a = stacked([d.lora_A.weight for d in deltas])  # [S+1, r, in]
-        b = stacked([d.lora_B.weight for d in deltas])  # [S+1, out, r]
-        scale = stacked([a.new_tensor(d.scaling) for d in deltas])
-        h = deltas[0].dropout(x.to(a.dtype)).reshape(x.shape[0], -1, a.shape[-1])
-        h = torch.bmm(torch.bmm(h, a[index].transpose(1, 2)), b[index].transpose(1, 2))
-        return y + (h * scale[index][:, None, None]).reshape(y.shape).to(y.dtype)
+    def bank_sources(delta: "LoRADelta") -> dict[str, torch.Tensor | float]:
+        return {"a": delta.lora_A.weight, "b": delta.lora_B.weight, "scale": delta.scaling}
+
+    @staticmethod
+    def routed(first: "LoRADelta", table: dict[str, torch.Tensor], rows: RowSlots, x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
+        """Per-row LoRA: each row adds its slot's update (slot -1: none)."""
+        return kernels.lora(first.dropout(x), y, table["a"], table["b"], table["scale"], rows)
 
     def delta_weight(self) -> torch.Tensor:
         """The ``[out, in]`` update this pair adds to the base weight."""
