@@ -115,3 +115,17 @@ def test_serve_command_starts_prints_and_answers(tmp_path):
     finally:
         process.terminate()
         assert process.wait(timeout=30) is not None
+
+
+def test_discover_serves_splice_train_runs_under_their_folder_names(tmp_path):
+    from splice.serve.sources import discover
+
+    (tmp_path / "tweets-lora" / "adapter").mkdir(parents=True)
+    (tmp_path / "tweets-lora" / "adapter" / "adapter.json").write_text('{"name": "tweets"}')
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "adapter.json").write_text('{"name": "saved-name"}')
+    (tmp_path / "notes").mkdir()
+    found, hub = discover(str(tmp_path))
+    assert hub is None
+    assert {name: where() for name, where in found} == {
+        "saved-name": tmp_path / "plain", "tweets-lora": tmp_path / "tweets-lora" / "adapter"}

@@ -13,6 +13,7 @@ from .residency import folder_name
 Found = tuple[str, Callable[[], Path]]  # public name, and how to get its folder when it is first used
 
 REGISTRY_WORDS = ("hub", "registry")
+RUN_ADAPTER = "adapter"  # where `splice train --out RUN` puts the trained adapter
 
 
 def is_adapter_folder(folder: Path) -> bool:
@@ -23,7 +24,7 @@ def discover(spec: str) -> tuple[list[Found], Hub | None]:
     """The adapters ``spec`` offers, and the registry it names (for ``name@version`` loads at run time).
 
     ``spec`` is a folder whose sub-folders are adapters (each served under its saved
-    name, else the folder's name), one adapter folder, a registry root (a folder with
+    name, else the folder's name) or ``splice train`` runs (``RUN/adapter``, served as ``RUN``), one adapter folder, a registry root (a folder with
     the hub's ``index.json``: every ``name@version`` in it), or ``hub`` for the default registry.
     """
     if spec in REGISTRY_WORDS:
@@ -36,7 +37,12 @@ def discover(spec: str) -> tuple[list[Found], Hub | None]:
         return _registry(Hub(folder))
     if is_adapter_folder(folder):
         return [(folder_name(folder), lambda: folder)], None
-    found = [(folder_name(sub), (lambda sub=sub: sub)) for sub in sorted(folder.iterdir()) if is_adapter_folder(sub)]
+    found: list[Found] = []
+    for sub in sorted(folder.iterdir()):
+        if is_adapter_folder(sub):
+            found.append((folder_name(sub), (lambda sub=sub: sub)))
+        elif is_adapter_folder(sub / RUN_ADAPTER):  # a `splice train` run: served under the run's folder name
+            found.append((sub.name, (lambda sub=sub: sub / RUN_ADAPTER)))
     return found, None
 
 
