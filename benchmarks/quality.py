@@ -160,6 +160,18 @@ def table(rows: dict[str, list[dict]], data: str, peers: bool) -> str:
     return "\n".join(lines)
 
 
+def seed_table(rows: dict[str, list[dict]]) -> str:
+    """Every run on its own line: the numbers behind each mean, and when each finished."""
+    lines = ["| arm | seed | test | val | best step / steps | wall s | peak MB | finished (UTC) |", "|" + "---|" * 8]
+    for name, results in rows.items():
+        for r in results:
+            best = str(r["metrics"].get("best_checkpoint") or "").rpartition("-")[2] or "?"
+            lines.append(f"| {name} | {r['seed']} | {100 * r['test']:.2f} | {100 * r['validation']:.2f} | "
+                         f"{best} / {r['metrics']['steps']} | {r['train_seconds']:.0f} | "
+                         f"{r['peak_memory_mb']:.0f} | {r['finished']} |")
+    return "\n".join(lines)
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = args.data == "tweet-sentiment" and not args.quick
     print(f"\n{tag}: {args.model}, seeds {','.join(map(str, args.seeds))}\n")
     print(table(rows, args.data, peers))
+    print(f"\nPer run:\n\n{seed_table(rows)}")
     if peers:
         print("\nPeer numbers: measured by issue 6's author with the peer libraries (adapters, peft, plain PyTorch) "
               "under the same protocol, not in this run.")

@@ -36,6 +36,7 @@ def test_quick_run_prints_the_table_writes_json_and_resumes(quality, bert, tmp_p
     printed = capsys.readouterr().out
     assert "| arm | trainable % | test accuracy |" in printed
     assert "| probe |" in printed and "| lora |" in printed
+    assert "| probe | 3 |" in printed  # the per-run table
     assert "peer" not in printed  # quick numbers are never set beside the peers' real ones
     for arm in ("probe", "lora"):  # --quick keeps only the first seed
         run = json.loads((results / "tweet-sentiment-quick" / arm / "seed3.json").read_text())
