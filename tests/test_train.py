@@ -114,10 +114,27 @@ def test_every_method_trains_and_evaluates(files, tmp_path, capsys, method):
     assert run(capsys, *quick(files, out, "--method", method, "--epochs", "1"))[0] == 0
     meta = json.loads((out / "adapter" / "adapter.json").read_text())
     assert meta["training"]["method"] == method
+    trained = load_file(out / "adapter" / "adapter.safetensors")
+    untrained = _fresh_adapter(files, meta["config"])
+    assert any(not torch.equal(trained[k], untrained[k]) for k in trained if not k.startswith("head."))  # it learned
     code, printed, _ = run(capsys, "eval", out / "adapter", "--json", "-q")
     assert code == 0
     assert json.loads(printed)["accuracy"] == pytest.approx(json.loads((out / "metrics.json").read_text())["test"]
                                                             ["accuracy"])
+
+
+def _fresh_adapter(files, config: dict) -> dict:
+    """The adapter's tensors as training starts them (same seed, same config), for a did-it-learn check."""
+    from transformers import AutoModel, set_seed
+
+    import splice
+    from splice.methods import config_from_dict
+
+    model = splice.attach(AutoModel.from_pretrained(files["bert"]))
+    set_seed(0)
+    model.add("fresh", config_from_dict(config))
+    _, tensors = model.adapters["fresh"].export()
+    return {k: v.detach() for k, v in tensors.items()}
 
 
 def test_tagging_reports_entity_f1_and_predicts_tags(files, tmp_path, capsys):
@@ -263,3 +280,13 @@ def test_fedavg_refuses_adapters_of_another_base(files, tmp_path, capsys):
                "--epochs", "1", "-q")[0] == 0
     code, _, err = run(capsys, "fedavg", bert / "adapter", llama / "adapter", "--out", tmp_path / "bad", "-q")
     assert code == 2 and "different models" in err
+
+
+def test_learning_rate_zero_is_taken_as_given(files, tmp_path, capsys):
+    """0 is a learning rate, not "use the method's default": the adapter must come out as it started."""
+    out = tmp_path / "still"
+    assert run(capsys, *quick(files, out, "--method", "lora", "--epochs", "1", "--learning-rate", "0"))[0] == 0
+    meta = json.loads((out / "adapter" / "adapter.json").read_text())
+    assert meta["training"]["learning_rate"] == 0
+    trained, untrained = load_file(out / "adapter" / "adapter.safetensors"), _fresh_adapter(files, meta["config"])
+    assert all(torch.equal(trained[k], untrained[k]) for k in trained if not k.startswith("head."))

@@ -100,6 +100,13 @@ class TrainConfig:
         return Path("out") / f"{Path(str(self.data)).stem}-{self.method}"
 
     @property
+    def rate(self) -> float:
+        """The learning rate: the given one (0 included), else the method's default."""
+        from .recipes import recipe
+
+        return recipe(self.method).learning_rate if self.learning_rate is None else self.learning_rate
+
+    @property
     def tokens(self) -> int:
         """Tokens per example: the given ``max_length`` or the task's default."""
         return self.max_length or (256 if self.task == "causal-lm" else 64)

@@ -94,7 +94,7 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
         output_dir=str(checkpoints), num_train_epochs=config.epochs, max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.eval_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation,
-        learning_rate=config.learning_rate or plan.learning_rate,
+        learning_rate=config.rate,
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
         lr_scheduler_type=config.scheduler, seed=config.seed, logging_steps=config.logging_steps,
         eval_strategy="steps" if by_steps else "epoch", save_strategy="steps" if by_steps else "epoch",
@@ -231,7 +231,7 @@ def run_record(config: TrainConfig, splits: Splits, counts: dict, command: str |
             "data_source": str(source.resolve()) if source.exists() else str(config.data),
             "rows": {split: len(splits.split(split)) for split in ("train", "validation", "test")},
             "method": config.method, "options": config.options, "max_length": config.tokens,
-            "epochs": config.epochs, "learning_rate": config.learning_rate or recipe(config.method).learning_rate,
+            "epochs": config.epochs, "learning_rate": config.rate,
             "seed": config.seed, "data_seed": config.data_seed,
             "trainable_percent": round(counts["trainable_percent"], 4), "command": command or "",
             **({"fine_tuned_model": "../model"} if recipe(config.method).trains_base else {})}
