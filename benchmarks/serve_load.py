@@ -2,11 +2,12 @@
 
 Bounded and open-loop: ``--requests`` requests per scenario arrive at Poisson
 times (``--rate`` per second), at most ``--clients`` in flight, against
-``splice serve`` started as its own process on 127.0.0.1. Adapter popularity is uniform or skewed (Zipf, s = 1.1). The model is
-the real all-MiniLM-L6-v2 ("minilm") by default; its adapters are LoRA r=8 with a
-3-label head, randomly initialised (speed does not depend on training). The base
-has no head, so the base scenario calls /v1/embeddings (the same one forward,
-mean-pooled); adapter scenarios call /v1/classify.
+``splice serve`` started as its own process on 127.0.0.1. Adapter popularity is
+uniform or skewed (Zipf, s = 1.1). The model is the real all-MiniLM-L6-v2
+("minilm") by default; its adapters are LoRA r=8 with a 3-label head, randomly
+initialised (speed does not depend on training). The base has no head, so the
+base scenario calls /v1/embeddings (the same one forward, mean-pooled); adapter
+scenarios call /v1/classify.
 
     python benchmarks/serve_load.py                      # CPU, small counts
     python benchmarks/serve_load.py --device cuda --requests 2000 --rate 400 --clients 64
@@ -167,7 +168,8 @@ def main() -> None:
     print(f"{'scenario':<28}{'ok':>6}{'429':>6}{'req/s':>9}{'vs base':>9}{'p50 ms':>9}{'p99 ms':>9}{'rows/batch':>12}")
     for r in results:
         print(f"{r['scenario']:<28}{r['ok']:>6}{r['rejected_429']:>6}{r['throughput_rps']:>9.1f}"
-              f"{r['throughput_rps'] / base_rps:>9.2f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['mean_batch_rows']:>12.1f}")
+              f"{r['throughput_rps'] / base_rps:>9.2f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+              f"{r['mean_batch_rows']:>12.1f}")
     Path(args.out).write_text(json.dumps({"settings": vars(args), "results": results}, indent=2) + "\n")
     print(f"wrote {args.out}")
 

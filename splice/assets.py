@@ -117,18 +117,21 @@ BUILTIN_MODELS = {"minilm": minilm_dir, "smollm2": smollm2_dir}
 
 
 def model_path(name_or_path: str | Path) -> Path:
-    """A local model folder: ``name_or_path`` itself if it is a folder, else a built-in demo model's folder.
+    """A local model folder: ``name_or_path`` itself if it holds a ``config.json``, else a built-in demo model's folder.
 
     Built-in names: see :data:`BUILTIN_MODELS`. No model hub is reachable, so
     anything else is an error that says what is accepted.
     """
     path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if str(name_or_path) in BUILTIN_MODELS:
+    if str(name_or_path) in BUILTIN_MODELS and not path.is_dir():
         return BUILTIN_MODELS[str(name_or_path)]()
-    raise SpliceError(f"Model {str(name_or_path)!r} is neither a local folder nor a built-in demo model "
-                      f"({', '.join(sorted(BUILTIN_MODELS))}); pass the folder a from_pretrained model was saved to.")
+    if not path.is_dir():
+        raise SpliceError(f"Model {str(name_or_path)!r} is neither a local folder nor a built-in demo model "
+                          f"({', '.join(sorted(BUILTIN_MODELS))}); pass the folder save_pretrained wrote.")
+    if not (path / "config.json").is_file():
+        raise SpliceError(f"No Hugging Face model in {path} (no config.json); pass the folder save_pretrained wrote "
+                          f"or a built-in demo model ({', '.join(sorted(BUILTIN_MODELS))}).")
+    return path
 
 
 def tweet_sentiment(*, drop_duplicates: bool = True) -> list[tuple[str, str]]:

@@ -276,9 +276,9 @@ def test_crash_while_writing_keeps_old_version(tmp_path, monkeypatch):
         raise RuntimeError("simulated crash while writing tensors")
 
     monkeypatch.setattr("splice.checkpoint.save_file", crash)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="simulated crash"):
         model.save("new", target)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="simulated crash"):
         model.save("new", tmp_path / "never")
 
     assert dot_entries(tmp_path) == [], "no temporary folders may be left behind"
@@ -313,7 +313,7 @@ def test_failed_swap_restores_old_version(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr("splice.checkpoint.os.replace", flaky_replace)
-    with pytest.raises(Exception):
+    with pytest.raises(OSError, match="simulated failure"):
         model.save("new", target)
     monkeypatch.undo()
 

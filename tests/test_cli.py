@@ -210,7 +210,7 @@ def test_convert_refusals_are_one_line(capsys, tmp_path, lora_dir, bert_dir):
             words=("peft has no format",))
     assert not (tmp_path / "y").exists()
     refused(capsys, "convert", lora_dir, tmp_path / "z", "--model", tmp_path / "no_model", "--to", "peft",
-            words=("No Hugging Face model",))
+            words=("neither a local folder",))
     refused(capsys, "convert", tmp_path / "nothing", tmp_path / "z", "--model", bert_dir, "--to", "peft",
             words=("No adapter folder",))
     (tmp_path / "taken").mkdir()

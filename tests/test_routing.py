@@ -134,7 +134,8 @@ def test_routing_plan_is_reused_across_mixes():
         perturb(model.adapters["later"], seed=8)
         after = model(**inputs, adapter_names=["later", "late"])[0]
         assert model.hooks.plan is plan and "ia3" not in model.planner.resident().position
-        torch.testing.assert_close(after, torch.cat([alone(model, inputs, 0, "later"), alone(model, inputs, 1, "late")]))
+        expected = torch.cat([alone(model, inputs, 0, "later"), alone(model, inputs, 1, "late")])
+        torch.testing.assert_close(after, expected)
 
 
 @pytest.mark.parametrize("entries, message", [

@@ -85,7 +85,8 @@ def test_import_splice_does_not_import_the_server():
     code = "import sys, splice, splice.cli; splice.cli.build_parser(); print(sorted(m for m in sys.modules " \
            "if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette')))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 

@@ -253,8 +253,8 @@ def test_fedavg_weights_every_tensor_and_refuses_mismatches(files, tmp_path, cap
     assert run(capsys, *quick(files, a, "--method", "lora", "--epochs", "1"))[0] == 0
     assert run(capsys, *quick(files, b, "--method", "lora", "--epochs", "1", "--seed", "1"))[0] == 0
     assert run(capsys, *quick(files, other, "--method", "ia3", "--epochs", "1"))[0] == 0
-    code, _, err = run(capsys, "fedavg", a / "adapter", b / "adapter", "--weights", "100,300", "--out", tmp_path / "avg",
-                       "-q")
+    code, _, err = run(capsys, "fedavg", a / "adapter", b / "adapter", "--weights", "100,300",
+                       "--out", tmp_path / "avg", "-q")
     assert code == 0, err
     one, two = load_file(a / "adapter" / "adapter.safetensors"), load_file(b / "adapter" / "adapter.safetensors")
     averaged = load_file(tmp_path / "avg" / "adapter.safetensors")

@@ -232,7 +232,7 @@ class Anatomy:
                 spec = self.layout.roles.get(stack, {}).get(role)
                 if spec is None:
                     continue
-                for index, (path, block) in enumerate(blocks):
+                for index, (_path, block) in enumerate(blocks):
                     site = self._resolve(stack, index, role, block, spec)
                     if site is not None:
                         found.append(site)

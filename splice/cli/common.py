@@ -7,9 +7,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-
-from ..errors import SpliceError
 
 # --model-class: which Auto class reads the base model folder.
 MODEL_CLASSES = {
@@ -33,26 +30,35 @@ QUIET_HELP = "print no progress lines on stderr"
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="MODEL_PATH",
-                        help="folder of the base model, as save_pretrained wrote it")
+    parser.add_argument("--model", required=True, metavar="NAME_OR_PATH",
+                        help="folder of the base model, as save_pretrained wrote it, or a built-in demo model "
+                             "(minilm, smollm2)")
     parser.add_argument("--model-class", choices=list(MODEL_CLASSES), default="base",
                         help="Auto class that reads the base: base (AutoModel, the default), causal-lm "
                              "(AutoModelForCausalLM), seq-cls (AutoModelForSequenceClassification)")
 
 
-def load_base(path: str, model_class: str):
-    """The Hugging Face model in the local folder ``path``, in eval mode (never looked up online)."""
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        what = "no folder" if not folder.is_dir() else "no config.json in the folder"
-        raise SpliceError(
-            f"No Hugging Face model at {folder} ({what}); --model takes a local folder written by "
-            "save_pretrained."
-        )
+def load_base(name_or_path: str, model_class: str):
+    """The Hugging Face model in a local folder or built-in demo model, in eval mode (never looked up online)."""
     import transformers
 
+    from ..assets import model_path
+
     auto = getattr(transformers, MODEL_CLASSES[model_class])
-    return auto.from_pretrained(str(folder), local_files_only=True).eval()
+    return auto.from_pretrained(str(model_path(name_or_path)), local_files_only=True).eval()
+
+
+def split_sizes(text: str) -> tuple[float, ...]:
+    """``--sizes A,B,C``: train, validation, test as fractions (with a dot) or row counts."""
+    try:
+        values = [float(v) if "." in v else int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected three numbers like 0.8,0.1,0.1 or 4000,1000,2000, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers (train, validation, test), got {text!r}")
+    return tuple(values)
+
 
 
 def attach_base(args: argparse.Namespace, steps: Steps):

@@ -11,7 +11,7 @@ import argparse
 import json
 
 from ..errors import SpliceError
-from .common import Steps, add_command
+from .common import Steps, add_command, split_sizes
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -32,7 +32,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train.inference import evaluate, load_adapters
     from ..train.metrics import per_class_table
-    from .train import _sizes
 
     steps = Steps(args.quiet)
     with steps(f"loading {args.adapter}"):
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise SpliceError("This adapter does not record its training data; pass --data.")
     same_data = data == training.get("data_source")
     rows = training.get("rows", {})
-    sizes = _sizes(args.sizes) if args.sizes else (
+    sizes = split_sizes(args.sizes) if args.sizes else (
         (rows["train"], rows["validation"], rows["test"]) if same_data and rows else (0.8, 0.1, 0.1))
     split = args.split or ("test" if same_data else "all")
     with steps(f"evaluating on the {split} split of {data}"):

@@ -20,7 +20,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "(model = adapter or alias), adapters loaded and unloaded at run time, A/B aliases, /metrics. "
         "API documentation at http://HOST:PORT/docs.")
     parser.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH_OR_NAME",
-                        help=f"base model: a save_pretrained folder or a built-in demo model (default: {DEFAULT_MODEL})")
+                        help="base model: a save_pretrained folder or a built-in demo model "
+                             f"(default: {DEFAULT_MODEL})")
     parser.add_argument("--model-class", choices=["auto", "base", "causal-lm"], default="auto",
                         help="auto (the default): causal-lm when the folder's config names a causal LM, else base")
     parser.add_argument("--adapters", action="append", default=[], metavar="DIR_OR_REGISTRY",
@@ -111,7 +112,8 @@ def _serve(app, args: argparse.Namespace, engine, base_name: str, found: list[st
     try:
         sock.bind((args.host, args.port))
     except OSError as error:
-        raise SpliceError(f"Cannot listen on {args.host}:{args.port} ({error.strerror}); pick another --port.") from None
+        raise SpliceError(f"Cannot listen on {args.host}:{args.port} ({error.strerror}); "
+                          "pick another --port.") from None
     port = sock.getsockname()[1]
     rows = [(name, engine.residency.entry(name).tier) for name in found]
     print(f"splice serve: http://{args.host}:{port}  (API docs: http://{args.host}:{port}/docs)")

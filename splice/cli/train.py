@@ -17,7 +17,7 @@ import sys
 
 from ..errors import ConfigError
 from ..train.config import TrainConfig
-from .common import add_command, human_size
+from .common import add_command, human_size, split_sizes
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
@@ -49,7 +49,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="a method option, VALUE read as JSON if it parses (e.g. --option reduction_factor=8 "
                            "--option 'targets=[\"q\",\"v\"]'); repeatable")
     option(group, "--out", "output folder (default: out/<data>-<method>)", metavar="DIR")
-    option(group, "--head-layers", "classifier head depth: 1 = linear, 2 = dense + output (default 2; tagging 1)", type=int)
+    option(group, "--head-layers", "classifier head depth: 1 = linear, 2 = dense + output (default 2; tagging 1)",
+           type=int, metavar="N")
     option(group, "--pooling", "how the classifier pools tokens: auto ([CLS] on encoders, last token on decoders), "
            "cls, mean, last", choices=["auto", "cls", "first", "mean", "last"])
     option(group, "--head-dropout", "dropout inside the head while training", type=float, metavar="P")
@@ -58,7 +59,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         option(group, f"--{column}-column", f"column holding the {column}", metavar="NAME")
     option(group, "--sizes", "train, validation, test: fractions or row counts, e.g. 0.8,0.1,0.1 or 4000,1000,2000 "
            "(default 0.8,0.1,0.1; tweet-sentiment: 4000,1000,2000)",
-           type=_sizes, metavar="A,B,C")
+           type=split_sizes, metavar="A,B,C")
     option(group, "--limit", "subsample the data to this many rows before splitting", type=int, metavar="N")
     option(group, "--data-seed", "seed of the train/validation/test shuffle", type=int, metavar="N")
     option(group, "--max-length", "tokens per example (default 64; 256 for causal-lm)", type=int, metavar="N")
@@ -74,7 +75,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     option(group, "--warmup-ratio", "share of steps spent warming up", type=float, metavar="R")
     option(group, "--scheduler", "learning-rate schedule (any HF scheduler name)", metavar="NAME")
     option(group, "--seed", "training seed (initialisation, dropout, batch order)", type=int, metavar="N")
-    option(group, "--patience", "early stopping: evaluations without improvement before stopping", type=int, metavar="N")
+    option(group, "--patience", "early stopping: evaluations without improvement before stopping", type=int,
+           metavar="N")
     option(group, "--eval-every", "evaluate and checkpoint every N steps instead of every epoch", type=int, metavar="N")
     option(group, "--save-total-limit", "checkpoints kept (the best one is always kept)", type=int, metavar="N")
     option(group, "--logging-steps", "log the training loss every N steps", type=int, metavar="N")
@@ -127,13 +129,3 @@ def _option(text: str) -> tuple[str, object]:
         return key.replace("-", "_"), json.loads(value)
     except json.JSONDecodeError:
         return key.replace("-", "_"), value
-
-
-def _sizes(text: str) -> tuple[float, ...]:
-    try:
-        values = [float(v) if "." in v else int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1 or 4000,1000,2000, got {text!r}")
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three numbers (train, validation, test), got {text!r}")
-    return tuple(values)

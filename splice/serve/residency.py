@@ -147,11 +147,13 @@ class Residency:
         folder = Path(source)
         if folder.is_dir():
             public = name or folder_name(folder)
-            locate: Callable[[], Path] = lambda: folder
+            def locate() -> Path:
+                return folder
         elif is_reference(source):
             registry = hub or Hub()
             public = name or source
-            locate = lambda: registry.resolve(source)
+            def locate() -> Path:
+                return registry.resolve(source)
         else:
             raise BadRequest(f"No adapter folder at {source!r}, and it is not a registry name@version.")
         check_public_name(public)

@@ -24,8 +24,9 @@ def discover(spec: str) -> tuple[list[Found], Hub | None]:
     """The adapters ``spec`` offers, and the registry it names (for ``name@version`` loads at run time).
 
     ``spec`` is a folder whose sub-folders are adapters (each served under its saved
-    name, else the folder's name) or ``splice train`` runs (``RUN/adapter``, served as ``RUN``), one adapter folder, a registry root (a folder with
-    the hub's ``index.json``: every ``name@version`` in it), or ``hub`` for the default registry.
+    name, else the folder's name) or ``splice train`` runs (``RUN/adapter``, served
+    as ``RUN``), one adapter folder, a registry root (a folder with the hub's
+    ``index.json``: every ``name@version`` in it), or ``hub`` for the default registry.
     """
     if spec in REGISTRY_WORDS:
         return _registry(Hub())

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..assets import model_path
-from ..errors import SpliceError
 from ..heads import Classification, Head, TokenClassification
 
 
@@ -20,9 +18,6 @@ def load_backbone(name_or_path: str, task: str):
     from transformers.utils import logging as hf_logging
 
     folder = model_path(name_or_path)
-    if not (Path(folder) / "config.json").is_file():
-        raise SpliceError(f"No Hugging Face model at {folder} (no config.json); --model takes a folder written by "
-                          "save_pretrained or a built-in model name.")
     auto = transformers.AutoModelForCausalLM if task == "causal-lm" else transformers.AutoModel
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights not used" (the pretraining heads) is expected here
