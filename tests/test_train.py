@@ -290,3 +290,22 @@ def test_learning_rate_zero_is_taken_as_given(files, tmp_path, capsys):
     assert meta["training"]["learning_rate"] == 0
     trained, untrained = load_file(out / "adapter" / "adapter.safetensors"), _fresh_adapter(files, meta["config"])
     assert all(torch.equal(trained[k], untrained[k]) for k in trained if not k.startswith("head."))
+
+
+def test_predict_feeds_a_headline_adapter_its_training_prompt_format(files, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "headlines"
+    code, _, err = run(capsys, "train", "--model", files["llama"], "--data", "bbc-headlines", "--task", "causal-lm",
+                       "--method", "lora", "--out", out, "--limit", "30", "--max-steps", "1", "--batch-size", "4", "-q")
+    assert code == 0, err
+    seen = []
+    real_predict = sys.modules["splice.train.inference"].predict
+
+    def spy(loaded, name, texts, *args):
+        seen.append(list(texts))
+        return real_predict(loaded, name, texts, *args)
+
+    monkeypatch.setattr("splice.train.inference.predict", spy)
+    body = "Shares   rose sharply\n on Monday."
+    assert run(capsys, "predict", "--adapter", out / "adapter", "--max-new-tokens", "2", body, "-q")[0] == 0
+    assert run(capsys, "predict", "--adapter", out / "adapter", "--max-new-tokens", "2", "--raw", body, "-q")[0] == 0
+    assert seen == [["Shares rose sharply on Monday.\n\nHeadline:"], [body]]

