@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import splice.train.inference as inference
 from splice.cli import main
 from splice.train import TrainConfig, train
 
@@ -298,14 +300,20 @@ def test_predict_feeds_a_headline_adapter_its_training_prompt_format(files, tmp_
                        "--method", "lora", "--out", out, "--limit", "30", "--max-steps", "1", "--batch-size", "4", "-q")
     assert code == 0, err
     seen = []
-    real_predict = sys.modules["splice.train.inference"].predict
+    real_predict = inference.predict
 
     def spy(loaded, name, texts, *args):
         seen.append(list(texts))
         return real_predict(loaded, name, texts, *args)
 
-    monkeypatch.setattr("splice.train.inference.predict", spy)
+    monkeypatch.setattr(inference, "predict", spy)
     body = "Shares   rose sharply\n on Monday."
     assert run(capsys, "predict", "--adapter", out / "adapter", "--max-new-tokens", "2", body, "-q")[0] == 0
     assert run(capsys, "predict", "--adapter", out / "adapter", "--max-new-tokens", "2", "--raw", body, "-q")[0] == 0
     assert seen == [["Shares rose sharply on Monday.\n\nHeadline:"], [body]]
+    # examples/headline_samples.py shows base and adapter headlines for the run's own test articles
+    monkeypatch.setattr(sys, "argv", ["headline_samples.py", str(out / "adapter"), "--count", "2", "--limit", "30"])
+    capsys.readouterr()
+    runpy.run_path(str(REPO / "examples" / "headline_samples.py"), run_name="__main__")
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in printed] == ["reference", "base", str(out / "adapter")] * 2
