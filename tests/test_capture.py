@@ -171,6 +171,18 @@ def test_frozen_routing_refuses_what_would_move_and_leaves_the_model_as_it_was()
                                    atol=1e-5, rtol=1e-5)
 
 
+def test_route_serves_compositions_unfrozen_and_refuses_heads():
+    model = build(["lora", "ia3"])
+    model.add("headed", splice.LoRA(r=4), head=splice.heads.Classification(num_labels=2))
+    inputs = tiny_inputs("llama", batch=2)
+    entries = [splice.Stack("lora", "ia3"), "lora"]
+    model.route(entries)
+    with torch.no_grad():
+        torch.testing.assert_close(model.base(**inputs)[0], rows_alone(model, inputs, entries), atol=1e-5, rtol=1e-5)
+    with pytest.raises(splice.AdapterError, match="splice heads"):
+        model.route(["headed", "lora"])
+
+
 @pytest.mark.parametrize("adapters", [0, -2, 1.5, True])
 def test_reserve_bad_input(adapters):
     with pytest.raises(splice.AdapterError, match="number of adapters"):
