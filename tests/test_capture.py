@@ -61,9 +61,10 @@ class ExternalReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        for t in tree_leaves((args, kwargs)):
-            if isinstance(t, torch.Tensor) and id(t) not in self.made:
-                self.read.add(t.untyped_storage().data_ptr())
+        if "lift_fresh" not in func.__name__:  # a constant the forward makes anew (transformers 4.57's masks)
+            for t in tree_leaves((args, kwargs)):
+                if isinstance(t, torch.Tensor) and id(t) not in self.made:
+                    self.read.add(t.untyped_storage().data_ptr())
         out = func(*args, **kwargs)
         made = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
         self.made.update(id(t) for t in made)
