@@ -5,7 +5,8 @@
 1. Every kernel case of ``tests/kernel_cases.py``, compiled for the GPU (bf16 with native bf16 dots).
 2. A mixed batch through a small Llama: Triton kernels vs the PyTorch reference vs each row alone.
 3. No host synchronisation inside routed hooks (``torch.cuda.set_sync_debug_mode("error")``).
-4. A mixed decode batch captured in a CUDA graph, replayed after routing another mix into it.
+4. A mixed decode batch captured in a CUDA graph, replayed after routing another mix into it, one adapter on
+   every row, and an adapter loaded after the capture (``reserve`` + ``freeze_routing`` + ``route``).
 
 Prints one line per check and exits 1 if any failed.
 """
@@ -52,18 +53,21 @@ def kernel_cases() -> None:
             report(f"kernel case {result['case']}", False, result["error"][:300])
 
 
-def model(dtype: torch.dtype) -> splice.AdaptedModel:
+def model(dtype: torch.dtype, adapters_too: bool = True) -> splice.AdaptedModel:
+    """A small Llama in ``dtype`` with every config of CONFIGS; ``adapters_too=False`` keeps the adapters in
+    float32 (as ``add`` and ``load`` make them on any base, like peft's adapters)."""
     config = transformers.LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=3,
                                       num_attention_heads=8, num_key_value_heads=2, vocab_size=1000, use_cache=False)
     torch.manual_seed(0)
-    adapted = splice.attach(transformers.AutoModel.from_config(config, attn_implementation="sdpa").cuda().eval())
+    base = transformers.AutoModel.from_config(config, attn_implementation="sdpa").cuda().eval()
+    adapted = splice.attach(base if adapters_too else base.to(dtype))
     for seed, (name, config) in enumerate(CONFIGS.items()):
         adapted.add(name, config)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in adapted.adapters[name].parameters():
                 p.add_(torch.randn(p.shape, generator=gen).to(p.device) * 0.05)
-    return adapted.to(dtype)
+    return adapted.to(dtype) if adapters_too else adapted
 
 
 def difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,13 +117,17 @@ def routed_model(dtype: torch.dtype, tokens: int) -> None:
 
 
 def graph_replay() -> None:
-    adapted = model(torch.bfloat16)
+    """One decode graph, captured after reserve + freeze_routing, serves every later batch: another mix,
+    every row on one adapter, and an adapter loaded after the capture (into a reserved slot)."""
+    import tempfile
+
+    adapted = model(torch.bfloat16, adapters_too=False)  # a loaded adapter (float32) joins their banks
     first = ["lora", "pfeiffer", "ia3", "__base__"] * 8
-    second = ["houlsby", "lora8", "__base__", "bitfit"] * 8
     ids = torch.randint(3, 1000, (len(first), 1), device="cuda")
+    adapted.reserve(adapters=len(adapted.adapters) + 2)
+    adapted.freeze_routing()
     with torch.no_grad():
-        expected = adapted(input_ids=ids, adapter_names=second)[0].clone()
-        adapted(input_ids=ids, adapter_names=first)  # warm, and leave the hooks on the resident plan
+        adapted.route(first)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -128,10 +136,20 @@ def graph_replay() -> None:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = adapted.base(input_ids=ids)[0]
-        adapted.planner.routed(second)  # new rows into the same index tensor
-        graph.replay()
-        diff = difference(out, expected)
-    report("CUDA graph replays a new mix", diff <= 2e-2, f"(relative diff {diff:.1e})")
+        with tempfile.TemporaryDirectory() as folder:
+            adapted.save("lora", folder)
+            adapted.load(folder, name="late")  # after the capture: its slots are written now
+        gen = torch.Generator().manual_seed(9)
+        for p in adapted.adapters["late"].parameters():
+            p.add_(torch.randn(p.shape, generator=gen).to(p.device, p.dtype) * 0.05)  # in place: refreshed per batch
+        for label, names in (("another mix", ["houlsby", "lora8", "__base__", "bitfit"] * 8),
+                             ("one adapter", ["gelu"] * 32), ("a late adapter", ["late", "lora", "ia3", "late"] * 8)):
+            expected = adapted(input_ids=ids, adapter_names=names)[0].clone()
+            adapted.route(names)  # new rows into the same index tensor
+            graph.replay()
+            diff = difference(out, expected)
+            report(f"CUDA graph replays {label}", diff <= 2e-2, f"(relative diff {diff:.1e})")
+    adapted.unfreeze_routing()
 
 
 def main() -> int:

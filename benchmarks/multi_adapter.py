@@ -3,6 +3,7 @@
     python benchmarks/multi_adapter.py --quick                   # CPU, tiny model, about a minute
     python benchmarks/multi_adapter.py                           # GPU: 1.1 B Llama shape in bf16 (issue 8)
     python benchmarks/multi_adapter.py --adapters-python /path/to/venv/bin/python
+    python benchmarks/multi_adapter.py --graphs --compile        # GPU: decode captured whole (captured.py)
 
 Arms per engine, method and shape: ``base``; ``one`` (one adapter active); ``mix-N``
 (row i through its own adapter out of N resident, uniform or Zipf popularity).
@@ -13,7 +14,9 @@ compared within one transformers release. Every mixed arm is checked against its
 rows run alone before any time is reported. Times are medians over interleaved
 rounds (every arm once per round), which keeps a busy machine's drift out of the ratios.
 Also measured for splice: switching the active adapter, and loading a ~1 MB adapter
-from disk into a bank slot. Prints a table and writes JSON (``--json``).
+from disk into a bank slot; with ``--graphs`` / ``--compile``, decode-like batches
+through one captured forward (``-graph`` / ``-compiled`` arms, divided by the captured
+base and one adapter; see ``captured.py``). Prints a table and writes JSON (``--json``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import captured  # noqa: E402
 from engines import ENGINES, perturb, version  # noqa: E402
+
+CAPTURED = ("-graph", "-compiled")
 
 SIZES = {  # Llama shapes: the issue's 1.1 B (TinyLlama), and small ones for CPU runs
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -55,14 +61,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--engines", default="splice,peft", help="comma-separated: splice, peft, adapters")
     p.add_argument("--methods", default="lora,pfeiffer,houlsby,ia3")
     p.add_argument("--counts", default="1,4,32,128", help="adapters resident (and spread over the rows)")
+    p.add_argument("--shapes", default="prefill,decode", help="comma-separated: prefill, decode")
     p.add_argument("--prefill", default=None, help="ROWSxTOKENS (default 32x256 on GPU, 8x64 quick)")
     p.add_argument("--decode", type=int, default=None, help="rows of one token (default 64 on GPU, 16 quick)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per arm (default 20, 7 quick)")
     p.add_argument("--graphs", action="store_true", help="also time decode captured in a CUDA graph (splice)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time decode through torch.compile (splice; reduce-overhead on a GPU, inductor on CPU)")
     p.add_argument("--adapters-python", default=None,
                    help="a Python with `adapters` (transformers 4.57.x): runs adapters and splice there too")
     p.add_argument("--json", default="multi_adapter.json")
     args = p.parse_args(argv)
+    if args.graphs and not args.device.startswith("cuda"):
+        p.error("--graphs captures CUDA graphs: it needs a CUDA device (on the CPU, --compile times torch.compile)")
     args.size = args.size or ("tiny" if args.quick or not gpu else "1b")
     args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     args.prefill = args.prefill or ("8x64" if args.quick else "32x256")
@@ -86,8 +97,9 @@ def workloads(args) -> dict[str, dict[str, torch.Tensor]]:
     rows, tokens = (int(v) for v in args.prefill.split("x"))
     gen = torch.Generator().manual_seed(1)
     vocab = SIZES[args.size]["vocab_size"]
+    shapes = {"prefill": (rows, tokens), "decode": (args.decode, 1)}
     return {name: {"input_ids": torch.randint(3, vocab, shape, generator=gen).to(args.device)}
-            for name, shape in {"prefill": (rows, tokens), "decode": (args.decode, 1)}.items()}
+            for name, shape in shapes.items() if name in args.shapes.split(",")}
 
 
 def mixes(names: list[str], rows: int, counts: list[int]) -> dict[str, list[str]]:
@@ -139,7 +151,7 @@ def check_rows(engine, inputs, names, alone_cache, dtype) -> float:
     return worst
 
 
-def run_engine(engine_name, method, args, make_model, inputs_by_shape, counts) -> list[dict]:
+def run_engine(engine_name, method, args, make_model, inputs_by_shape, counts, notes: list[dict]) -> list[dict]:
     engine = ENGINES[engine_name](make_model)
     names = engine.add(method, max(counts))
     results = []
@@ -151,39 +163,25 @@ def run_engine(engine_name, method, args, make_model, inputs_by_shape, counts) -
             for arm, route in routes.items():
                 checks[arm] = check_rows(engine, inputs, route, alone, args.dtype)
                 arms[arm] = lambda i=inputs, r=route: engine.mixed(i, r)
-            if args.graphs and engine_name == "splice" and shape == "decode":
-                arms.update(graphed_arms(engine, inputs, routes))
+            reports = []
+            if engine_name == "splice" and shape == "decode":
+                for wanted, make in ((args.graphs, captured.graphed_arms), (args.compile, captured.compiled_arms)):
+                    if wanted:
+                        more, more_checks, report = make(engine, inputs, routes, names[0])
+                        arms.update(more)
+                        checks.update(more_checks)
+                        reports.append(report)
             times = timed_rounds(arms, args.rounds, args.device)
+            for report in reports:
+                notes.append(dict(method=method, shape=shape, **report()))
             for arm, ms in times.items():
-                route = routes.get(arm.removesuffix("-graph"))
+                kind = next((s for s in CAPTURED if arm.endswith(s)), "")  # captured arms: ÷ the captured base
+                route = routes.get(arm.removesuffix(kind))
                 results.append(dict(engine=f"{engine_name} {engine.version}", transformers=transformers.__version__,
-                                    method=method, shape=shape, arm=arm, ms=ms, ratio_base=ms / times["base"],
-                                    ratio_one=ms / times["one"], distinct=len(set(route)) if route else None,
+                                    method=method, shape=shape, arm=arm, ms=ms, ratio_base=ms / times["base" + kind],
+                                    ratio_one=ms / times["one" + kind], distinct=len(set(route)) if route else None,
                                     max_diff=checks.get(arm)))
     return results
-
-
-def graphed_arms(engine, inputs, routes) -> dict:
-    """Decode captured in CUDA graphs: the base, and one mixed batch per mix (routing state is device tensors;
-    a replay after ``planner.routed`` with another mix of the same size reads the new rows)."""
-    model, arms = engine.model, {}
-    for arm, route in [("base", None), *routes.items()]:
-        if route is None:
-            model.disable()
-        else:
-            model(**inputs, adapter_names=route)  # warm: plan, banks, lookups, kernels compiled
-            model.hooks.plan, _ = model.planner.routed(route)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            model.base(**inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            model.base(**inputs)
-        arms[f"{arm}-graph"] = graph.replay if route is None else (
-            lambda g=graph, r=route: (model.planner.routed(r), g.replay()))  # this batch's rows, then replay
-    return arms
 
 
 def splice_switch_and_load(args, make_model) -> dict:
@@ -230,7 +228,8 @@ def adapters_arm(args, counts: list[int]) -> list[dict]:
         out = Path(folder) / "child.json"
         command = [args.adapters_python, __file__, "--size", args.size, "--device", args.device,
                    "--dtype", str(args.dtype).removeprefix("torch."), "--methods", args.methods,
-                   "--counts", ",".join(map(str, counts)), "--prefill", args.prefill, "--decode", str(args.decode),
+                   "--counts", ",".join(map(str, counts)), "--shapes", args.shapes, "--prefill", args.prefill,
+                   "--decode", str(args.decode),
                    "--rounds", str(args.rounds), "--engines", "adapters,splice", "--json", str(out)]
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -239,11 +238,11 @@ def adapters_arm(args, counts: list[int]) -> list[dict]:
 
 
 def table(results: list[dict]) -> str:
-    lines = [f"{'engine':<24}{'transformers':<14}{'method':<10}{'shape':<9}{'arm':<20}{'distinct':>8}"
+    lines = [f"{'engine':<24}{'transformers':<14}{'method':<10}{'shape':<9}{'arm':<26}{'distinct':>8}"
              f"{'ms':>10}{'÷ base':>9}{'÷ one':>8}{'max diff':>10}"]
     for r in results:
         diff = "" if r["max_diff"] is None else f"{r['max_diff']:.1e}"
-        lines.append(f"{r['engine']:<24}{r['transformers']:<14}{r['method']:<10}{r['shape']:<9}{r['arm']:<20}"
+        lines.append(f"{r['engine']:<24}{r['transformers']:<14}{r['method']:<10}{r['shape']:<9}{r['arm']:<26}"
                      f"{r['distinct'] or '':>8}{r['ms']:>10.2f}{r['ratio_base']:>9.2f}{r['ratio_one']:>8.2f}"
                      f"{diff:>10}")
     return "\n".join(lines)
@@ -263,11 +262,11 @@ def main(argv=None) -> None:
                 threads=torch.get_num_threads(), kernels=kernels.backend_for(probe.float()),
                 versions={p: version(p) for p in ("torch", "transformers", "peft", "adapters", "triton")})
     print(json.dumps(meta))
-    results = []
+    results, notes = [], []
     for engine in args.engines.split(","):
         for method in args.methods.split(","):
             if method in ENGINES[engine].methods:
-                results += run_engine(engine, method, args, make_model, inputs, counts)
+                results += run_engine(engine, method, args, make_model, inputs, counts, notes)
                 if args.device.startswith("cuda"):
                     torch.cuda.empty_cache()  # the engine's model is gone: give its memory back
     extra = splice_switch_and_load(args, make_model) if "splice" in args.engines else {}
@@ -278,7 +277,10 @@ def main(argv=None) -> None:
         print(f"splice: switch {extra['switch_ms']:.3f} ms; load {extra['adapter_bytes'] / 1e6:.2f} MB adapter "
               f"from disk {extra['load_ms']:.1f} ms + bank slots {extra['slot_ms']:.1f} ms "
               f"({extra['resident_adapters']} resident)")
-    Path(args.json).write_text(json.dumps(dict(meta=meta, results=results, splice=extra), indent=1))
+    for note in notes:
+        print("splice captured decode: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                                     for k, v in note.items()))
+    Path(args.json).write_text(json.dumps(dict(meta=meta, results=results, splice=extra, captured=notes), indent=1))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from torch import nn
 
 from .adapter import Adapter, check_name
 from .anatomy import Anatomy, RoleSpec
+from .capture import GraphCapture
 from .compose import BatchSplit, Parallel, Setup
 from .errors import AdapterError
 from .heads import HEADS, Head, apply_heads
@@ -29,11 +30,12 @@ from .planner import HeadGroups, Planner
 _ATTACHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
-class AdaptedModel(nn.Module):
+class AdaptedModel(GraphCapture, nn.Module):
     """A Hugging Face model with adapters spliced in through forward hooks.
 
     Create one with :func:`splice.attach`. The base's parameters are frozen at
-    attach time and only :meth:`merge` ever writes to them.
+    attach time and only :meth:`merge` ever writes to them. For CUDA graphs and
+    ``torch.compile``: :meth:`reserve`, :meth:`freeze_routing`, :meth:`route`.
     """
 
     def __init__(self, base: nn.Module, roles: Mapping[str, RoleSpec] | None = None):
@@ -164,8 +166,14 @@ class AdaptedModel(nn.Module):
         adapter.to(device)
         adapter.requires_grad_(False)
         adapter.train(self.training)  # a new module starts in train mode; follow the model's mode
-        self.hooks.ensure(list(adapter.sites.values()) + ([adapter.head_site] if adapter.head_site else []))
         self.adapters[name] = adapter
+        if self.routing_frozen:  # captured graphs serve it from the next replay: its slots are written now
+            try:
+                self.planner.resident()
+            except AdapterError:
+                del self.adapters[name]
+                raise
+        self.hooks.ensure(list(adapter.sites.values()) + ([adapter.head_site] if adapter.head_site else []))
 
     def activate(self, *setup: Setup | Iterable[str], skip_layers: Iterable[int] | None = None,
                  drop_first: int | None = None, drop_p: float = 0.0) -> None:
@@ -343,6 +351,9 @@ class AdaptedModel(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         """``to`` / ``half`` / ``cuda`` also drop the adapter banks: they refill where the adapters now live."""
+        if self.routing_frozen:
+            raise AdapterError("Routing is frozen for captured graphs (model.freeze_routing()), which read the "
+                               "model where it is: call model.unfreeze_routing() before moving or casting it.")
         module = super()._apply(fn, recurse)
         self.planner.invalidate(banks=True)
         return module

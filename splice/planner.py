@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from .adapter import BASE_NAME, HeadSwap
+from .capture import check_fits, reserve_room
 from .compose import BatchSplit, Block, Compiler, Fuse, Parallel, Setup, Stack
 from .errors import AdapterError
 from .heads import Head
 from .kernels import Banks
-from .kernels.bank import Watch
+from .kernels.bank import Watch, mark_static
 from .routing import Leaf, Program, Routed, RowIndex
 
 if TYPE_CHECKING:
@@ -48,12 +49,12 @@ class Resident:
     adapter touches only its own sites and bank slots.
     """
 
-    def __init__(self):
+    def __init__(self, capacity: int = 16):
         self.key: tuple = ((), ())  # the adapters (name, module) and merges it covers
         self.position: dict[str, int] = {}
         self.free: list[int] = []  # positions of adapters that left, for the next ones
         self.plan: dict[str, Program] = {}
-        self.rows = RowIndex(torch.zeros(0, dtype=torch.long), capacity=16)
+        self.rows = RowIndex(torch.zeros(0, dtype=torch.long), capacity=capacity)
         self.watches: dict[str, Watch] = {}  # each adapter's bank slots, checked against its tensors per batch
         self.singles: dict[str, dict[str, Program]] = {}  # plain plans for batches whose rows all name one adapter
 
@@ -64,6 +65,7 @@ class Planner:
     def __init__(self, model: "AdaptedModel"):
         self.model = model
         self.banks = Banks()
+        self.reserved = 0  # resident adapters to keep room for (AdaptedModel.reserve)
         self._routed_cache: dict[tuple, tuple[dict[str, Program], RowIndex, list[Setup | None]]] = {}
         self._resident: Resident | None = None
 
@@ -192,20 +194,24 @@ class Planner:
                 plan[key] = program
         return plan
 
-    def routed(self, entries: Sequence[Setup]) -> tuple[dict[str, Program], HeadGroups]:
-        """The plan and head groups for a batch whose row ``i`` takes ``entries[i]``."""
+    def routed(self, entries: Sequence[Setup], static: bool = False) -> tuple[dict[str, Program], HeadGroups]:
+        """The plan and head groups for a batch whose row ``i`` takes ``entries[i]``.
+
+        ``static`` (and frozen banks): a batch of resident adapters always runs the resident plan, even
+        when every row names the same one, so a captured forward reads its routing from the row index.
+        """
         if not torch.is_grad_enabled():
             resident = self.resident()
             if all(e == BASE_NAME or (isinstance(e, str) and e in resident.position) for e in entries):
                 first = entries[0] if entries else BASE_NAME
-                if all(e == first for e in entries):  # one setup for every row: no per-row gathers at all
-                    return self._single(first), []
+                if all(e == first for e in entries) and not (static or self.banks.frozen):
+                    return self._single(first), []  # one setup for every row: no per-row gathers at all
                 index = [resident.position.get(e, -1) for e in entries]  # the base alone: -1
                 if self.banks.verify:
                     for name in set(entries):
                         if name != BASE_NAME:
                             resident.watches[name].refresh()
-                resident.rows.set(torch.tensor(index).to(self._device()))
+                resident.rows.set(torch.tensor(index, dtype=torch.long), self._device())
                 return resident.plan, []
         distinct = list(dict.fromkeys(entries))
         for setup in distinct:
@@ -226,7 +232,7 @@ class Planner:
             self.banks.refresh(d for name in self.names_in(setups) for d in self._deltas(name))
         position = {setup: i for i, setup in enumerate(distinct)}
         index = torch.tensor([-1 if e == BASE_NAME else position[e] for e in entries])
-        rows.set(index.to(self._device()))
+        rows.set(index, self._device())
         groups = []
         for child, setup in enumerate(setups):
             head = self.head_of(setup) if setup is not None else None
@@ -242,7 +248,8 @@ class Planner:
         if resident is not None and resident.key == (adapters, merged):
             return resident
         if resident is None:
-            resident = self._resident = Resident()
+            resident = self._resident = Resident(max(16, self.reserved))
+            resident.rows.static = self.banks.static
             self.banks.clear()
             self._routed_cache.clear()  # their groups held slots of the banks just dropped
         (before, was_merged), now = resident.key, dict(adapters)
@@ -255,6 +262,10 @@ class Planner:
             if name in changed or name not in before:
                 self._make_resident(resident, name, adapter, compiler)
         resident.key = (adapters, merged)
+        if self.reserved and not self.banks.frozen:
+            reserve_room(resident, self.reserved)  # newcomers' banks too
+            if self.banks.static:
+                mark_static(*self.banks.tensors())
         return resident
 
     def _drop_resident(self, resident: Resident, name: str, adapter) -> None:
@@ -266,20 +277,29 @@ class Planner:
         for key in list(resident.plan):
             routed = resident.plan[key]
             routed.remove(position)
-            if not any(c is not None for c in routed.children):
+            if not any(c is not None for c in routed.children) and not self.banks.frozen:
                 del resident.plan[key]
         resident.free.append(position)
         resident.watches.pop(name, None)
         resident.singles.pop(name, None)
 
     def _make_resident(self, resident: Resident, name: str, adapter, compiler) -> None:
-        """Add one adapter to the resident plan if every delta of it can run from a bank."""
-        if adapter.head is not None or self._fused_by(name) is not None:
+        """Add one adapter to the resident plan if every delta of it can run from a bank.
+
+        While the banks are frozen, an adapter that does not fit what the captured graphs run is refused
+        before anything changes (see :func:`splice.capture.check_fits`).
+        """
+        if adapter.head is not None or self._fused_by(name) is not None or name in resident.position:
             return
         found = {k: p for k in adapter.sites if (p := compiler.program(name, k)) is not None}
         if not all(_bankable(p) for p in found.values()):
             return
-        position = resident.position[name] = resident.free.pop() if resident.free else len(resident.position)
+        position = resident.free[-1] if resident.free else len(resident.position)
+        if self.banks.frozen:
+            check_fits(resident, name, found, position)
+        resident.position[name] = position
+        if resident.free:
+            resident.free.pop()
         while resident.rows.capacity <= position:  # lookups are sized by capacity: grow it rarely
             resident.rows.capacity *= 2
         for key, program in found.items():

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels.bank import Bank, Banks, layout, stacked
+from .kernels.bank import Bank, Banks, layout, mark_static, stacked
 from .kernels.segments import RowSlots
 
 
@@ -112,34 +112,32 @@ class RowIndex:
     Sites see ``N`` leading rows; ``N`` may be a multiple of the batch (OPT's FFN
     flattens tokens, beam search repeats rows), so the index is repeated to fit.
     ``capacity`` bounds the setup positions (``S``) the plans over this index use.
+
+    Each batch size has one index tensor that later batches of that size are copied
+    into, so a forward captured in a CUDA graph (or compiled) over it reads the routing
+    of whatever batch was set last; ``static`` marks new ones so for ``torch.compile``.
     """
 
     def __init__(self, index: torch.Tensor, capacity: int):
         self.capacity = capacity
+        self.static = False
+        self._buffers: dict[tuple, torch.Tensor] = {}
         self.set(index)
 
-    def set(self, index: torch.Tensor) -> None:
-        """Point at a new batch (a cached per-row plan is reused with a fresh index).
-
-        A batch of the same size is copied into the same tensor, so a forward captured
-        in a CUDA graph reads the new routing when replayed.
-        """
-        index = index.long()
-        current = getattr(self, "index", None)
-        if current is not None and current.shape == index.shape and current.device == index.device:
-            current.copy_(index)
-        else:
+    def set(self, index: torch.Tensor, device: torch.device | None = None) -> None:
+        """Point at a new batch (on ``device``, default the index's own), reusing its size's index tensor."""
+        device = index.device if device is None else torch.device(device)
+        key = (index.shape[0], device)
+        buffer = self._buffers.get(key)
+        if buffer is None:
             with torch.inference_mode(False):  # an ordinary tensor: later batches copy into it in any mode
-                self.index = index.clone()
+                buffer = self._buffers[key] = torch.empty(index.shape[0], dtype=torch.long, device=device)
+            if self.static:
+                mark_static(buffer)
+        buffer.copy_(index)
+        self.index = buffer
+        self.plans: dict = {}  # this batch's segment plans, shared by its sites (see RowSlots)
         self._fitted: dict[tuple, torch.Tensor] = {}
-        self._memos: dict[tuple, dict] = {}
-
-    def memo(self, key: tuple) -> dict:
-        """A store for this batch only (kernels keep the rows they grouped by adapter there), one per ``key``."""
-        store = self._memos.get(key)
-        if store is None:
-            store = self._memos[key] = {}
-        return store
 
     @classmethod
     def from_sizes(cls, sizes: tuple[int, ...]) -> "RowIndex":
@@ -149,7 +147,14 @@ class RowIndex:
     def batch_size(self) -> int:
         return self.index.numel()
 
+    def buffers(self) -> list[torch.Tensor]:
+        """Every index tensor (one per batch size and device)."""
+        return list(self._buffers.values())
+
     def fit(self, rows: int, device: torch.device) -> torch.Tensor:
+        """The index for a site that sees ``rows`` leading rows on ``device``."""
+        if rows == self.index.shape[0] and device == self.index.device:
+            return self.index  # the common case: no per-batch state to build
         key = (rows, device)
         if key not in self._fitted:
             batch = self.batch_size
@@ -171,6 +176,7 @@ class Routed(Program):
     def __init__(self, children: list[Program | None], rows: RowIndex, banks: Banks | None = None):
         self.children: list[Program | None] = []
         self.rows = rows
+        self._banks = banks
         self._stages = {stage: _Stage(stage, banks) for stage in ("input", "output")}
         for position, child in enumerate(children):
             self.add(position, child)
@@ -189,23 +195,43 @@ class Routed(Program):
             stage.add(position, child)
 
     def remove(self, position: int) -> None:
-        """Take setup ``position``'s program out (its adapter left the resident plan)."""
+        """Take setup ``position``'s program out (its adapter left the resident plan).
+
+        While the banks are frozen, captured graphs run this site's groups: they stay, and so does
+        what the site does (rows of a position without an adapter read the identity slot).
+        """
         if position >= len(self.children) or self.children[position] is None:
             return
         self.children[position] = None
         for stage in self._stages.values():
             stage.remove(position)
+        if not (self._banks is not None and self._banks.frozen):
+            self.settle()
+
+    def settle(self) -> bool:
+        """Drop empty groups and recompute what the site does from the children left; False if none is."""
         present = [c for c in self.children if c is not None]
+        for stage in self._stages.values():
+            stage.settle()
         self.has_pre = any(c.has_pre for c in present)
         self.has_post = any(c.has_post for c in present)
         self.has_soft = any(c.has_soft for c in present)
         self.reads_input = any(c.reads_input for c in present)
+        return bool(present)
 
     def place(self) -> None:
         """Put every vectorised group's adapters in their banks now, rather than at the first forward."""
-        for stage in self._stages.values():
-            for group in stage.groups.values():
-                group.place()
+        for group in self.groups():
+            group.place()
+
+    def groups(self) -> list["LeafGroup"]:
+        """Every vectorised group of this site (both stages)."""
+        return [group for stage in self._stages.values() for group in stage.groups.values()]
+
+    def group_for(self, delta: nn.Module) -> "LeafGroup | None":
+        """The group a leaf of ``delta`` joins here; None if it would start a new one."""
+        stage = self._stages.get(delta.stage)
+        return stage.groups.get(layout(delta)) if stage is not None else None
 
     def pre(self, x):
         index = self.rows.fit(x.shape[0], x.device)
@@ -283,19 +309,28 @@ class _Stage:
             self.others.append(position)
 
     def remove(self, position: int) -> None:
-        for key, group in list(self.groups.items()):
-            if group.remove(position) and not group.deltas:
-                del self.groups[key]
+        for group in self.groups.values():
+            group.remove(position)
         if position in self.others:
             self.others.remove(position)
+
+    def settle(self) -> None:
+        """Drop the groups left empty; the others keep their first remaining member's options."""
+        for key, group in list(self.groups.items()):
+            if group.deltas:
+                group.first = group.deltas[0]
+            else:
+                del self.groups[key]
 
 
 class LeafGroup:
     """Leaves of one delta layout that run in one vectorised call.
 
     A setup's position maps to its slot in the group's table; setups outside the
-    group map to -1, the identity slot. The lookups are built once (per device, and
-    again when members join), not on every forward.
+    group map to -1, the identity slot. The lookup is built once per device and
+    rewritten in place when members join or leave, so a forward captured in a CUDA
+    graph (or compiled) reads the new membership; it is rebuilt only when the row
+    index's capacity grows.
     """
 
     def __init__(self, banks: Banks | None):
@@ -303,11 +338,10 @@ class LeafGroup:
         self.positions: list[int] = []
         self.first: nn.Module | None = None  # holds the options every member shares (activation, dropout, norm)
         self.cls: type | None = None
-        self._key: tuple | None = None
         self._banks = banks
         self._bank: Bank | None = None
         self._bank_slots: list[int] = []
-        self._lookups: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lookups: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     def add(self, position: int, delta: nn.Module) -> None:
         if self.first is None:
@@ -316,8 +350,7 @@ class LeafGroup:
         self.positions.append(position)
         if self._bank is not None:  # already in a bank: the newcomer takes one slot of it
             self._bank_slots += self._banks.place([delta])[1]
-        self._key = None
-        self._lookups.clear()
+        self._refill()
 
     def remove(self, position: int) -> bool:
         """Drop the member at ``position`` (its bank slot is freed by :meth:`Banks.evict`); False if none."""
@@ -327,47 +360,53 @@ class LeafGroup:
         for members in (self.deltas, self.positions, self._bank_slots):
             if len(members) > member:
                 del members[member]
-        self.first = self.deltas[0] if self.deltas else None
-        self._key = None
-        self._lookups.clear()
+        self._refill()  # ``first`` stays (a captured forward was traced with it) until the stage settles
         return True
-
-    @property
-    def key(self) -> tuple:
-        """The members' positions: sites whose groups share them share per-batch work (segment plans)."""
-        if self._key is None:
-            self._key = tuple(self.positions)
-        return self._key
 
     def rows(self, index: torch.Tensor, row_index: RowIndex) -> tuple[dict[str, torch.Tensor], RowSlots]:
         """The group's table (one slot per adapter, then the identity) and which slot each row reads.
 
         ``index`` holds each row's setup position (-1: the base alone). With gradients off the
-        table is the adapters' bank; with gradients on, their own tensors stacked.
+        table is the adapters' bank; with gradients on, their own tensors stacked. Member ids are
+        the positions themselves, so every group of a batch shares its segment plans.
         """
         if self._banks is None or torch.is_grad_enabled():
             table, kind = stacked(self.cls, self.deltas), "stacked"
         else:
             self.place()
             table, kind = self._bank.tensors, "bank"
-        size = row_index.capacity + 1  # the extra last entry serves index -1
-        lookup, members = self._lookup(kind, index.device, size)
-        local = self._lookup("local", index.device, size)[0]
-        memo = row_index.memo((self.key, index.shape[0]))
-        return table, RowSlots(lookup[index], members, lambda: local[index], memo)
+        capacity = row_index.capacity
+        lookup = self.lookup(kind, index.device, capacity)
+        return table, RowSlots(lookup[index], lookup[:capacity], lambda: index.remainder(capacity + 1),
+                               row_index.plans)
 
     def place(self) -> None:
         """Put the group's deltas in their bank (once: a plan is rebuilt when its banks are cleared)."""
         if self._bank is None and self._banks is not None:
             self._bank, self._bank_slots = self._banks.place(self.deltas)
+            self._refill()
 
-    def _lookup(self, kind: str, device: torch.device, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Position -> slot (``local``: -> member, ``len(deltas)`` for none), and the members' slots."""
-        cached = self._lookups.get((kind, device))
-        if cached is None or cached[0].shape[0] < size:
-            count = len(self.deltas)
-            slots = self._bank_slots if kind == "bank" else list(range(count))
-            lookup = torch.full((max(size, max(self.positions) + 2),), count if kind == "local" else -1)
-            lookup[self.positions] = torch.arange(count) if kind == "local" else torch.tensor(slots)
-            cached = self._lookups[(kind, device)] = (lookup.to(device), torch.tensor(slots, device=device))
-        return cached
+    def lookup(self, kind: str, device: torch.device, capacity: int) -> torch.Tensor:
+        """Position -> slot of the ``kind`` table (-1: none), ``capacity + 1`` entries (the last serves index -1)."""
+        table = self._lookups.get((kind, device))
+        if table is None or table.shape[0] != capacity + 1:
+            with torch.inference_mode(False):  # written again in place, in any mode
+                table = self._lookups[(kind, device)] = torch.empty(capacity + 1, dtype=torch.long, device=device)
+            if self._banks is not None and self._banks.static:
+                mark_static(table)
+            self._fill(kind, table)
+        return table
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The lookups built so far (a routed forward reads them in place)."""
+        return list(self._lookups.values())
+
+    def _refill(self) -> None:
+        for (kind, _), table in self._lookups.items():
+            self._fill(kind, table)
+
+    def _fill(self, kind: str, table: torch.Tensor) -> None:
+        values = torch.full(table.shape, -1, dtype=torch.long)
+        slots = self._bank_slots if kind == "bank" else range(len(self.deltas))
+        values[torch.tensor(self.positions, dtype=torch.long)] = torch.tensor(list(slots), dtype=torch.long)
+        table.copy_(values)

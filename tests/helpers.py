@@ -20,6 +20,17 @@ def main_output(model, inputs) -> torch.Tensor:
         return model(**inputs)[0]
 
 
+def rows_alone(model, inputs, entries) -> torch.Tensor:
+    """Each row run by itself with its setup active (``"__base__"``: none): the definition per-row routing must meet."""
+    outputs = []
+    for row, name in enumerate(entries):
+        model.disable() if name == "__base__" else model.activate(name)
+        with torch.no_grad():
+            outputs.append(model(**{k: v[row : row + 1] for k, v in inputs.items()})[0])
+    model.disable()
+    return torch.cat(outputs)
+
+
 def state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 

@@ -94,12 +94,13 @@ def rows_case(op, route, dtype):
 
 
 def group_local_case():
-    """Rows routed by group-local member ids (as routing passes them) read the members' bank slots."""
+    """Rows routed by member ids (setup positions, as routing passes them) read the members' bank slots;
+    a member with no adapter in this group (slot -1) leaves its rows unchanged."""
     from splice.kernels import RowSlots, reference, triton_bottleneck, triton_lora
 
     x, _ = activations("mixed", 16)
-    local = torch.tensor([1, 2, 0, 1, 2], device=DEVICE)  # member 2 = none
-    members = torch.tensor([4, 1], device=DEVICE)  # member 0 sits in bank slot 4, member 1 in slot 1
+    local = torch.tensor([1, 3, 0, 1, 2], device=DEVICE)  # member 3 = none
+    members = torch.tensor([4, 1, -1], device=DEVICE)  # member 0 sits in bank slot 4, member 1 in slot 1, 2 nowhere
     slots = torch.tensor([1, -1, 4, 1, -1], device=DEVICE)
     y = torch.randn(*x.shape[:2], 8, device=DEVICE)
     a, b, scale = tables((3, 16), (8, 3), (), capacity=6)

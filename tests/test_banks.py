@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import splice
 from splice.routing import Routed
 
-from helpers import perturb
+from helpers import perturb, rows_alone
 from tiny_models import tiny_inputs, tiny_model
 
 CONFIGS = {
@@ -26,17 +26,6 @@ def build(names=CONFIGS, arch="llama"):
         model.add(name, CONFIGS[name])
         perturb(model.adapters[name], seed=seed)
     return model
-
-
-def rows_alone(model, inputs, entries):
-    """Each row run by itself with its adapter active (the definition routing must meet)."""
-    outputs = []
-    for row, name in enumerate(entries):
-        model.disable() if name == "__base__" else model.activate(name)
-        with torch.no_grad():
-            outputs.append(model(**{k: v[row : row + 1] for k, v in inputs.items()})[0])
-    model.disable()
-    return torch.cat(outputs)
 
 
 ENTRIES = ["lora", "pfeiffer", "__base__", "lora_r8", "houlsby", "ia3", "bitfit", "lora"]

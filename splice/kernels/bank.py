@@ -22,6 +22,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
+from ..errors import AdapterError
+
 Sources = Mapping[str, "torch.Tensor | float"]  # a delta's bank tensors: parameters, or per-adapter constants
 
 
@@ -54,8 +56,9 @@ def stacked(cls: type, deltas: list[nn.Module]) -> dict[str, torch.Tensor]:
 class Bank:
     """Preallocated slots for one layout: ``tensors[name]`` is ``[capacity + 1, ...]``; the last slot is the identity.
 
-    Slot numbers never change while a delta holds one; when the bank is full it
-    doubles (a rare copy), so reserve enough slots before capturing a CUDA graph.
+    Slot numbers never change while a delta holds one. When the bank is full it
+    doubles (a rare copy) — unless its :class:`Banks` is frozen for captured graphs,
+    which read the tensors where they are: :meth:`reserve` room before capturing.
     """
 
     def __init__(self, like: Sources, identity: Mapping[str, float], capacity: int):
@@ -78,10 +81,15 @@ class Bank:
     def used(self) -> int:
         return self.capacity - len(self._free)
 
+    @property
+    def free(self) -> int:
+        """Slots a newcomer can take without the bank growing."""
+        return len(self._free)
+
     def take(self) -> int:
         """A free slot (the lowest), growing the bank when none is left."""
         if not self._free:
-            self._grow()
+            self.reserve(max(1, 2 * self.capacity))
         return self._free.pop()
 
     def write(self, slot: int, sources: Sources) -> None:
@@ -95,16 +103,18 @@ class Bank:
         self._free.append(slot)
         self._free.sort(reverse=True)
 
-    def _grow(self) -> None:
+    def reserve(self, capacity: int) -> None:
+        """At least ``capacity`` slots (one copy into new tensors if the bank has fewer; slots keep their numbers)."""
         old = self.capacity
-        new = max(1, 2 * old)
+        if capacity <= old:
+            return
         with _writable():
             for name, table in self.tensors.items():
-                grown = table.new_zeros(new + 1, *table.shape[1:])
+                grown = table.new_zeros(capacity + 1, *table.shape[1:])
                 grown[:old] = table[:old]
-                grown[new].fill_(self.identity.get(name, 0.0))
+                grown[capacity].fill_(self.identity.get(name, 0.0))
                 self.tensors[name] = grown
-        self._free = list(range(new - 1, old - 1, -1)) + self._free
+        self._free = list(range(capacity - 1, old - 1, -1)) + self._free
 
 
 class _Record:
@@ -133,11 +143,19 @@ class Banks:
     ``verify``: before each routed batch, check the adapters of the batch for in-place
     changes (one ``Tensor._version`` read per adapter tensor, about 40 ns each). A server
     whose adapters never change after loading may turn it off.
+
+    ``static``: forwards captured in CUDA graphs (or compiled) read the banks' tensors in
+    place; each is marked so for ``torch.compile`` (see ``AdaptedModel.reserve``).
+    ``frozen``: while set, a bank never grows and no bank is created or dropped — a delta
+    that would need it is refused with an :class:`~splice.errors.AdapterError`
+    (see ``AdaptedModel.freeze_routing``).
     """
 
     def __init__(self, capacity: int = 8):
         self.capacity = capacity
         self.verify = True
+        self.static = False
+        self.frozen = False
         self._banks: dict[tuple, Bank] = {}
         self._records: dict[int, _Record] = {}  # id(delta) -> record; the record keeps the delta alive
 
@@ -145,6 +163,10 @@ class Banks:
         """The bank of these deltas (one layout) and each one's slot, writing those not yet in it."""
         key = layout(deltas[0])
         bank = self._banks.get(key)
+        new = [d for d in deltas if id(d) not in self._records]
+        if self.frozen and new and (bank is None or bank.free < len(new)):
+            raise frozen_error(f"{len(new)} more bank slot(s) of layout {key[0].__name__}{key[2]}" if bank is None
+                                else f"{len(new)} more slot(s) in a bank of {bank.capacity}, {bank.free} free")
         if bank is None:
             cls = type(deltas[0])
             bank = self._banks[key] = Bank(bank_sources(deltas[0]), getattr(cls, "bank_identity", {}), self.capacity)
@@ -155,7 +177,13 @@ class Banks:
                 record = self._records[id(delta)] = _Record(delta, bank, bank.take())
                 record.write()
             slots.append(record.slot)
+        if self.static and new:
+            mark_static(*bank.tensors.values())  # a new or grown bank: new tensors
         return bank, slots
+
+    def bank_of(self, delta: nn.Module) -> Bank | None:
+        """The bank a delta of this layout goes to (None until one was made)."""
+        return self._banks.get(layout(delta))
 
     def refresh(self, deltas: Iterable[nn.Module]) -> int:
         """Rewrite the slots of ``deltas`` whose tensors changed since they were written; returns how many."""
@@ -179,7 +207,9 @@ class Banks:
                 record.bank.release(record.slot)
 
     def clear(self) -> None:
-        """Drop every bank (the model moved, or merges changed): slots are written again when next used."""
+        """Drop every bank (the model moved): slots are written again when next used."""
+        if self.frozen:
+            raise frozen_error("dropping the banks (the model moved to another device or dtype)")
         self._banks.clear()
         self._records.clear()
 
@@ -188,7 +218,11 @@ class Banks:
 
     def nbytes(self) -> int:
         """Bytes the banks hold on their devices."""
-        return sum(t.numel() * t.element_size() for bank in self._banks.values() for t in bank.tensors.values())
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every bank tensor (a routed forward reads them in place)."""
+        return [t for bank in self._banks.values() for t in bank.tensors.values()]
 
 
 class Watch:
@@ -213,6 +247,23 @@ class Watch:
         count = self._banks.refresh(record.delta for record in self._records)
         self._stamp()
         return count
+
+
+def mark_static(*tensors: torch.Tensor) -> None:
+    """Tell ``torch.compile`` (CUDA graphs, ``mode="reduce-overhead"``) that these tensors keep their address,
+    so a graph reads them in place rather than copying each into a private buffer on every replay."""
+    import torch._dynamo  # heavy to import: only once graphs are in play
+
+    for tensor in tensors:
+        torch._dynamo.mark_static_address(tensor)
+
+
+def frozen_error(needed: str, fix: str = "") -> AdapterError:
+    """The error for a change that would move what captured graphs read (see ``AdaptedModel.freeze_routing``)."""
+    fix = fix or ("Reserve room before freezing (model.reserve(adapters=...)), or model.unfreeze_routing(), "
+                  "make the change and capture again.")
+    return AdapterError(f"Routing is frozen for captured graphs (model.freeze_routing()), and this needs {needed}: "
+                        f"the graphs read the routing tensors where they are, so nothing may grow or move. {fix}")
 
 
 def _first_tensor(sources: Sources) -> torch.Tensor:

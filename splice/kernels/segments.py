@@ -5,7 +5,7 @@ into tiles that each belong to one adapter, so a tile's adapter weights are
 loaded once for up to ``block`` tokens. The plan is computed with tensor ops
 on the device and a grid size known on the host (an upper bound; surplus
 programs exit at once), so nothing waits for the device and a CUDA graph can
-capture it. Sites whose groups route the same setups share one plan per forward.
+capture it. Every site of a routed batch shares one plan per forward.
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ class RowSlots:
     """Per-row routing for one group at one site.
 
     ``slots [N]``: the table slot each row reads (-1: none) — all the reference and
-    gather kernels need. ``members [G]``: the table slots of the group's adapters;
-    ``local()`` gives each row's member (``G``: none). Segment plans are computed on
-    first use and kept in ``memo``, which the caller shares between sites whose
-    groups have the same members in the same batch.
+    gather kernels need. ``members [G]``: the table slot of each member id (-1: that
+    member has no adapter here); ``local()`` gives each row's member id (``G``: none).
+    Routing uses the batch's setup positions as member ids, so every group of a batch
+    sorts its rows the same way: segment plans are computed on first use and kept in
+    ``memo``, which the caller shares between the sites of one batch (only with ``local``:
+    without it, rows are sorted by this group's own slots).
     """
 
     def __init__(self, slots: torch.Tensor, members: torch.Tensor | None = None,
@@ -68,10 +70,10 @@ class RowSlots:
         return self._members
 
     def segments(self, capacity: int, tokens_per_row: int, block: int) -> Segments:
-        key = (tokens_per_row, block)
+        members = self.members(capacity)
+        key = (self.slots.shape[0], members.shape[0], tokens_per_row, block)
         plan = self._memo.get(key)
         if plan is None:
-            members = self.members(capacity)
             local = self._local() if self._local is not None else torch.where(self.slots < 0, capacity, self.slots)
             plan = self._memo[key] = plan_segments(local, members.shape[0], tokens_per_row, block)
         return plan
