@@ -82,12 +82,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def make_model_factory(args):
+def make_model_factory(args, auto_class=transformers.AutoModel):
+    """A function building the same random-init Llama (``SIZES[args.size]``, seed 0) on every call, in eval mode."""
     config = transformers.LlamaConfig(**SIZES[args.size], max_position_embeddings=4096, use_cache=False)
 
     def make():
         torch.manual_seed(0)
-        model = transformers.AutoModel.from_config(config, attn_implementation="sdpa")
+        model = auto_class.from_config(config, attn_implementation="sdpa")
         return model.to(args.device, args.dtype).eval()
 
     return make

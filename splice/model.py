@@ -18,6 +18,7 @@ from torch import nn
 from .adapter import Adapter, check_name
 from .anatomy import Anatomy, RoleSpec
 from .capture import GraphCapture
+from .checkpointing import InputGrads
 from .compose import BatchSplit, Parallel, Setup
 from .errors import AdapterError
 from .heads import HEADS, Head, apply_heads
@@ -52,7 +53,7 @@ class AdaptedModel(GraphCapture, nn.Module):
         self._skip_layers: frozenset[int] = frozenset()
         self._drop_p = 0.0
         self._merged: list[str] = []
-        self._input_grads_hooked = False
+        self._input_grads = InputGrads(base)
         base.requires_grad_(False)
         self.train(base.training)  # keep the base's mode (HF models load in eval mode)
         _ATTACHED.add(base)
@@ -224,14 +225,7 @@ class AdaptedModel(GraphCapture, nn.Module):
             other.requires_grad_(any(other is a for a in trained))
         self.activate(setup if setup is not None else names)
         self.train()
-        # With reentrant gradient checkpointing, a checkpointed block whose inputs need no
-        # grad returns none: make the (frozen) embeddings' output require grad, as peft does.
-        if hasattr(self.base, "enable_input_require_grads") and not self._input_grads_hooked:
-            try:
-                self.base.enable_input_require_grads()
-                self._input_grads_hooked = True
-            except NotImplementedError:  # models without input embeddings (e.g. some vision models)
-                pass
+        self._input_grads.install()  # so that reentrant gradient checkpointing still reaches the adapters
 
     def add_fusion(self, name: str, adapters: Sequence[str], head: str | Head | None = None,
                    temperature: float = 1.0, query_from: str = "output", attend: str = "outputs") -> Adapter:
@@ -315,9 +309,7 @@ class AdaptedModel(GraphCapture, nn.Module):
     def detach(self) -> nn.Module:
         """Remove every hook and return the base model (merged adapters stay folded in)."""
         self.hooks.remove()
-        if self._input_grads_hooked:
-            self.base.disable_input_require_grads()
-            self._input_grads_hooked = False
+        self._input_grads.remove()
         _ATTACHED.discard(self.base)
         return self.base
 

@@ -585,8 +585,8 @@ def test_detach_gives_back_the_original_model(model_type):
 
 
 def test_detach_after_training_leaves_no_hooks():
-    """train_adapter() calls HF's enable_input_require_grads(), which registers a forward hook
-    on the input embeddings; detach() must remove that one too (disable_input_require_grads)."""
+    """train_adapter() puts a forward hook on the input embeddings (their output must require grad
+    under reentrant gradient checkpointing); detach() must remove that one too."""
     inputs = tiny_inputs("llama")
     raw = tiny_model("llama")
     reference = main_output(raw, inputs)

@@ -136,6 +136,30 @@ def test_gradient_checkpointing_gives_same_gradients(arch, method):
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated")
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_embeddings_need_grad_only_while_checkpointing(arch):
+    """Without checkpointing, nothing below the first adapter needs a backward pass (the embeddings' output
+    needs no grad); checkpointing switched on *after* train_adapter (as the HF Trainer does) still gets it."""
+    model = splice.attach(tiny_model(arch))
+    inputs = tiny_inputs(arch)
+    model.add("task", METHODS["pfeiffer"]())
+    perturb(model.adapters["task"])
+    model.train_adapter("task")
+    seen = []
+    model.base.get_input_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.requires_grad))
+    hidden(model, inputs).pow(2).mean().backward()
+    expected = {n: p.grad.clone() for n, p in model.adapters["task"].named_parameters()}
+    assert seen and not any(seen), "without checkpointing the embeddings' output must not require grad"
+    model.zero_grad(set_to_none=True)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    hidden(model, inputs).pow(2).mean().backward()
+    assert seen[-1], "reentrant checkpointing needs the embeddings' output to require grad"
+    for name, parameter in model.adapters["task"].named_parameters():
+        assert parameter.grad is not None, f"{name}: checkpointed blocks must still reach the adapter"
+        torch.testing.assert_close(parameter.grad, expected[name], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch", DECODERS + ("t5",))
 @pytest.mark.parametrize("method", ["lora", "pfeiffer"])
 def test_generate_with_adapter(arch, method):

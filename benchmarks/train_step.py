@@ -1,0 +1,279 @@
+"""Training step: step time and peak memory of one adapter being trained, splice beside its peers.
+
+    python benchmarks/train_step.py --quick                      # CPU, tiny Llama, a minute or two
+    python benchmarks/train_step.py                              # GPU: 1.1 B Llama shape in bf16, 8x512
+    python benchmarks/train_step.py --adapters-python /path/to/python   # also splice vs adapters (transformers 4.57)
+
+Arms: LoRA r8 alpha16 on q, v (splice vs peft, and vs adapters in its Python) and a
+Pfeiffer bottleneck, reduction 16 (splice vs adapters ``seq_bn``). A step is forward
+with labels (causal-LM loss) + backward + AdamW over the adapter's parameters alone,
+on a ``ROWSxTOKENS`` batch. Before anything is timed, the engines are checked to train
+the same tensors (the counts are printed), the peer is given splice's initial values,
+and k steps from there must give the same losses (again before timing with gradient
+checkpointing on). Times are medians over interleaved
+rounds (every engine one step per round, after warm-up), which keeps a busy machine's
+drift out of the ratios. Peak memory is measured for each arm in its own fresh process:
+on CUDA ``torch.cuda.max_memory_allocated``, on the CPU the peak RSS (``VmHWM``, reset
+through ``/proc/self/clear_refs``); both as the growth over the loaded base model, so
+they hold the adapter, its gradients, AdamW's state and the step's activations.
+``adapters`` pins transformers 4.57.x: the script reruns itself in the Python given by
+``--adapters-python`` with splice and adapters, so those two are compared within one release.
+Prints a table with splice ÷ peer ratios and writes JSON (``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engines import version  # noqa: E402
+from multi_adapter import SIZES, make_model_factory, sync, timed_rounds  # noqa: E402
+from train_engines import TRAINEES, copy_initial_values  # noqa: E402
+
+GOAL_TIME, GOAL_MEMORY = 0.9, 1.0  # issue 8: splice ≤ 0.9× the faster peer's step time, at ≤ its peak memory
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    gpu = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny model, small batch, few rounds (CPU)")
+    p.add_argument("--size", choices=SIZES, default=None, help="model shape (default: 1b on GPU, tiny otherwise)")
+    p.add_argument("--device", default="cuda" if gpu else "cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    p.add_argument("--engines", default="splice,peft", help="comma-separated: splice, peft, adapters")
+    p.add_argument("--methods", default="lora,pfeiffer")
+    p.add_argument("--batch", default=None, help="ROWSxTOKENS (default 8x512 on GPU, 4x64 otherwise)")
+    p.add_argument("--rounds", type=int, default=None, help="timed steps per engine (default 20, 15 quick)")
+    p.add_argument("--check-steps", type=int, default=3, help="steps whose losses must agree between engines")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--adapter-dtype", choices=["float32", "bfloat16"], default=None,
+                   help="the adapters' weights (default float32, or the model's where an engine cannot mix them)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="also measure with it on")
+    p.add_argument("--adapters-python", default=None,
+                   help="a Python with `adapters` (transformers 4.57.x): runs adapters and splice there too")
+    p.add_argument("--json", default="train_step.json")
+    p.add_argument("--memory-arm", default=None, help=argparse.SUPPRESS)  # ENGINE:METHOD:off|on, in a fresh process
+    args = p.parse_args(argv)
+    args.size = args.size or ("tiny" if args.quick or not gpu else "1b")
+    args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    mixes = all(TRAINEES[e].mixes_dtypes for e in args.engines.split(","))
+    args.adapter_dtype = getattr(torch, args.adapter_dtype) if args.adapter_dtype else (
+        torch.float32 if mixes else args.dtype)
+    args.batch = args.batch or ("8x512" if args.device.startswith("cuda") and not args.quick else "4x64")
+    args.rounds = args.rounds or (15 if args.quick else 20)
+    return args
+
+
+def make_batch(args) -> dict[str, torch.Tensor]:
+    rows, tokens = (int(v) for v in args.batch.split("x"))
+    ids = torch.randint(3, SIZES[args.size]["vocab_size"], (rows, tokens), generator=torch.Generator().manual_seed(1))
+    return {"input_ids": ids.to(args.device), "labels": ids.to(args.device)}
+
+
+def engines_for(method: str, engines: list[str]) -> list[str]:
+    """The engines that run ``method``, splice first; none where no peer of splice among them does."""
+    able = [e for e in engines if method in TRAINEES[e].methods]
+    return sorted(able, key=lambda e: e != "splice") if len(able) > 1 or able == engines else []
+
+
+def loss_tolerance(dtype: torch.dtype) -> float:
+    return 1e-4 if dtype == torch.float32 else 5e-2
+
+
+def time_method(method: str, engines: list[str], args, make_model, batch) -> list[dict]:
+    """Rows of one method: parameter counts, losses of a few steps (checked equal), median step times."""
+    trainees = {e: TRAINEES[e](make_model(), method, args.lr, args.adapter_dtype) for e in engines}
+    for peer in engines[1:]:
+        copy_initial_values(trainees[engines[0]], trainees[peer])
+    rows = []
+    for checkpointing in ("off", "on") if args.gradient_checkpointing else ("off",):
+        if checkpointing == "on":
+            for t in trainees.values():
+                t.checkpoint_gradients()
+        # Every engine has taken the same steps from the same start so far, so the next losses must agree too.
+        losses = {e: [t.step(batch).item() for _ in range(args.check_steps)] for e, t in trainees.items()}
+        check_losses(method, losses, args.dtype)
+        times = timed_rounds({e: lambda t=t: t.step(batch) for e, t in trainees.items()}, args.rounds, args.device)
+        for e, t in trainees.items():
+            rows.append(dict(engine=e, version=t.version, transformers=transformers.__version__, method=method,
+                             checkpointing=checkpointing, adapter_dtype=str(args.adapter_dtype), trainable=t.trainable,
+                             losses=losses[e], ms=times[e]))
+    return rows
+
+
+def check_losses(method: str, losses: dict[str, list[float]], dtype: torch.dtype) -> None:
+    """Stop the run unless every engine's losses match the first's (splice's): else they train different things."""
+    first, *others = losses
+    for e in others:
+        gap = max(abs(a - b) for a, b in zip(losses[first], losses[e], strict=True))
+        if gap > loss_tolerance(dtype) * max(1.0, abs(losses[e][0])):
+            raise SystemExit(f"{method}: {e}'s losses {losses[e]} differ from {first}'s {losses[first]} by "
+                             f"{gap:.2e} from the same start: the engines do not compute the same thing")
+
+
+def memory_now(device: str) -> int:
+    """Start a fresh peak: bytes in use now (CUDA: allocated by torch; CPU: resident set)."""
+    sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
+    return _status_kb("VmRSS") * 1024
+
+
+def memory_peak(device: str) -> int:
+    sync(device)
+    return torch.cuda.max_memory_allocated() if device.startswith("cuda") else _status_kb("VmHWM") * 1024
+
+
+def _status_kb(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1])
+
+
+MEMORY_MEASURE = {"cuda": "torch.cuda.max_memory_allocated, growth over the loaded base model",
+                  "cpu": "peak RSS (VmHWM, reset via /proc/self/clear_refs), growth over the loaded base model; "
+                         "each arm in its own fresh process"}
+
+
+def memory_arm(args, make_model, batch) -> dict:
+    """In this fresh process: the peak memory of three training steps of one engine, over the loaded model."""
+    engine, method, checkpointing = args.memory_arm.split(":")
+    base = make_model()
+    start = memory_now(args.device)
+    trainee = TRAINEES[engine](base, method, args.lr, args.adapter_dtype)
+    if checkpointing == "on":
+        trainee.checkpoint_gradients()
+    for _ in range(3):  # AdamW's state appears at the first step; the peak is the same from the second on
+        trainee.step(batch)
+    return dict(peak_bytes=memory_peak(args.device) - start, base_bytes=start)
+
+
+def measure_memory(args, engine: str, method: str, checkpointing: str) -> float:
+    """Peak MiB of one arm, measured by this script rerun in a fresh process (the same Python)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "memory.json"
+        subprocess.run([sys.executable, __file__, *forwarded(args), "--adapter-dtype",
+                        str(args.adapter_dtype).removeprefix("torch."), "--memory-arm",
+                        f"{engine}:{method}:{checkpointing}", "--json", str(out)], check=True)
+        return json.loads(out.read_text())["peak_bytes"] / 2**20
+
+
+def forwarded(args) -> list[str]:
+    """The options a rerun of this script needs to measure the same thing."""
+    return ["--size", args.size, "--device", args.device, "--dtype", str(args.dtype).removeprefix("torch."),
+            "--batch", args.batch, "--rounds", str(args.rounds), "--check-steps", str(args.check_steps),
+            "--lr", str(args.lr), *(["--threads", str(args.threads)] if args.threads else [])]
+
+
+def adapters_rows(args) -> list[dict]:
+    """Rerun this script in the Python that has `adapters` (engines splice + adapters); return its rows."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "child.json"
+        command = [args.adapters_python, __file__, *forwarded(args), "--engines", "splice,adapters",
+                   "--methods", args.methods, "--json", str(out)]
+        if args.gradient_checkpointing:
+            command.append("--gradient-checkpointing")
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        subprocess.run(command, check=True, env=env)
+        return json.loads(out.read_text())["rows"]
+
+
+def comparisons(rows: list[dict]) -> list[dict]:
+    """splice ÷ peer for every peer row, against the splice row of the same release, method and checkpointing."""
+    same = lambda r: (r["transformers"], r["method"], r["checkpointing"])  # noqa: E731
+    splice = {same(r): r for r in rows if r["engine"] == "splice"}
+    out = []
+    for peer in rows:
+        mine = splice.get(same(peer))
+        if peer["engine"] == "splice" or mine is None:
+            continue
+        out.append(dict(peer=f"{peer['engine']} {peer['version']}", transformers=peer["transformers"],
+                        method=peer["method"], checkpointing=peer["checkpointing"], time=mine["ms"] / peer["ms"],
+                        memory=mine["peak_mib"] / peer["peak_mib"] if peer["peak_mib"] else None,
+                        loss_gap=max(abs(a - b) for a, b in zip(mine["losses"], peer["losses"], strict=True)),
+                        params_equal=mine["trainable"] == peer["trainable"]))
+    return out
+
+
+def goals(found: list[dict]) -> list[dict]:
+    """Per method and checkpointing: splice against its hardest peer (the highest ratio, each within its release)."""
+    out = []
+    for key in dict.fromkeys((c["method"], c["checkpointing"]) for c in found):
+        group = [c for c in found if (c["method"], c["checkpointing"]) == key]
+        time, memory = max(c["time"] for c in group), max(c["memory"] or 0 for c in group)
+        out.append(dict(method=key[0], checkpointing=key[1], time=time, memory=memory,
+                        met=time <= GOAL_TIME and memory <= GOAL_MEMORY))
+    return out
+
+
+def table(rows: list[dict], found: list[dict], reached: list[dict]) -> str:
+    lines = [f"{'engine':<18}{'transformers':<14}{'method':<10}{'ckpt':<6}{'adapter':<10}{'trainable':>10}"
+             f"{'ms/step':>10}{'peak MiB':>10}  loss after each check step"]
+    for r in rows:
+        lines.append(f"{r['engine'] + ' ' + r['version']:<18}{r['transformers']:<14}{r['method']:<10}"
+                     f"{r['checkpointing']:<6}{r['adapter_dtype'].removeprefix('torch.'):<10}{r['trainable']:>10,}"
+                     f"{r['ms']:>10.2f}{r['peak_mib']:>10.1f}  "
+                     + " ".join(f"{v:.5f}" for v in r["losses"]))
+    lines += ["", f"{'splice ÷':<18}{'transformers':<14}{'method':<10}{'ckpt':<6}{'time':>8}{'memory':>8}"
+              f"{'|Δ loss|':>10}  params equal"]
+    for c in found:
+        memory = f"{c['memory']:.2f}" if c["memory"] is not None else "–"
+        lines.append(f"{c['peer']:<18}{c['transformers']:<14}{c['method']:<10}{c['checkpointing']:<6}"
+                     f"{c['time']:>8.2f}{memory:>8}{c['loss_gap']:>10.1e}  {c['params_equal']}")
+    for g in reached:
+        lines.append(f"goal {g['method']} (ckpt {g['checkpointing']}): time {g['time']:.2f}× ≤ {GOAL_TIME} and "
+                     f"memory {g['memory']:.2f}× ≤ {GOAL_MEMORY} against the harder peer: "
+                     f"{'met' if g['met'] else 'missed'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    make_model = make_model_factory(args, transformers.AutoModelForCausalLM)
+    batch = make_batch(args)
+    if args.memory_arm:
+        Path(args.json).write_text(json.dumps(memory_arm(args, make_model, batch)))
+        return {}
+    device_kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    meta = dict(device=torch.cuda.get_device_name() if device_kind == "cuda" else f"cpu {platform.machine()}",
+                dtype=str(args.dtype), adapter_dtype=str(args.adapter_dtype), size=args.size, batch=args.batch,
+                rounds=args.rounds, lr=args.lr, check_steps=args.check_steps, threads=torch.get_num_threads(),
+                memory=MEMORY_MEASURE[device_kind],
+                init="splice's fresh adapter, copied into the peer",
+                versions={p: version(p) for p in ("torch", "transformers", "peft", "adapters")})
+    print(json.dumps(meta))
+    rows = []
+    for method in args.methods.split(","):
+        engines = engines_for(method, args.engines.split(","))
+        rows += time_method(method, engines, args, make_model, batch) if engines else []
+    for r in rows:
+        r["peak_mib"] = measure_memory(args, r["engine"], r["method"], r["checkpointing"])
+    if args.adapters_python:
+        rows += adapters_rows(args)
+    found = comparisons(rows)
+    reached = goals(found)
+    print(table(rows, found, reached))
+    result = dict(meta=meta, rows=rows, comparisons=found, goals=reached)
+    from splice.train.run import write_json  # whole or not at all
+
+    write_json(Path(args.json), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
