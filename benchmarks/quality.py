@@ -69,7 +69,8 @@ ARMS: dict[str, Arm] = {
     # every protocol run was still improving at its last epoch: a higher rate, towards the >= 76.0 goal
     "houlsby-2e-3": Arm("houlsby", 2e-3, note="Houlsby at twice the learning rate"),
 }
-DEFAULT_ARMS = ("full", "probe", "pfeiffer", "houlsby", "parallel", "lora", "ia3", "prefix", "bitfit")
+DEFAULT_ARMS = ("full", "probe", "pfeiffer", "pfeiffer-residual", "houlsby", "houlsby-2e-3", "parallel", "lora",
+                "lora-linear", "ia3", "prefix", "bitfit")
 
 # Test accuracy (mean, sd over seeds 0-2) measured by issue 6's author with the peer libraries, same protocol:
 # full fine-tuning and the probe in plain PyTorch, Pfeiffer / Houlsby with `adapters`, LoRA with `peft`.
