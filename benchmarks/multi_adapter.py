@@ -51,15 +51,26 @@ SIZES = {  # Llama shapes: the issue's 1.1 B (TinyLlama), and small ones for CPU
 }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    gpu = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def common_parser(doc: str, methods: str) -> argparse.ArgumentParser:
+    """The options every engine-comparison benchmark takes: size, device, dtype, engines, methods."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny model, small batches, few rounds (CPU)")
     p.add_argument("--size", choices=SIZES, default=None, help="model shape (default: 1b on GPU, tiny otherwise)")
-    p.add_argument("--device", default="cuda" if gpu else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     p.add_argument("--engines", default="splice,peft", help="comma-separated: splice, peft, adapters")
-    p.add_argument("--methods", default="lora,pfeiffer,houlsby,ia3")
+    p.add_argument("--methods", default=methods)
+    return p
+
+
+def common_defaults(args: argparse.Namespace) -> None:
+    """Fill what :func:`common_parser` leaves open: the 1.1 B shape in bf16 on a GPU, tiny fp32 otherwise."""
+    args.size = args.size or ("tiny" if args.quick or not torch.cuda.is_available() else "1b")
+    args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = common_parser(__doc__, "lora,pfeiffer,houlsby,ia3")
     p.add_argument("--counts", default="1,4,32,128", help="adapters resident (and spread over the rows)")
     p.add_argument("--shapes", default="prefill,decode", help="comma-separated: prefill, decode")
     p.add_argument("--prefill", default=None, help="ROWSxTOKENS (default 32x256 on GPU, 8x64 quick)")
@@ -74,8 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.graphs and not args.device.startswith("cuda"):
         p.error("--graphs captures CUDA graphs: it needs a CUDA device (on the CPU, --compile times torch.compile)")
-    args.size = args.size or ("tiny" if args.quick or not gpu else "1b")
-    args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    common_defaults(args)
     args.prefill = args.prefill or ("8x64" if args.quick else "32x256")
     args.decode = args.decode or (16 if args.quick else 64)
     args.rounds = args.rounds or (7 if args.quick else 20)

@@ -37,21 +37,14 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engines import version  # noqa: E402
-from multi_adapter import SIZES, make_model_factory, sync, timed_rounds  # noqa: E402
+from multi_adapter import SIZES, common_defaults, common_parser, make_model_factory, sync, timed_rounds  # noqa: E402
 from train_engines import TRAINEES, copy_initial_values  # noqa: E402
 
 GOAL_TIME, GOAL_MEMORY = 0.9, 1.0  # issue 8: splice ≤ 0.9× the faster peer's step time, at ≤ its peak memory
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    gpu = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny model, small batch, few rounds (CPU)")
-    p.add_argument("--size", choices=SIZES, default=None, help="model shape (default: 1b on GPU, tiny otherwise)")
-    p.add_argument("--device", default="cuda" if gpu else "cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    p.add_argument("--engines", default="splice,peft", help="comma-separated: splice, peft, adapters")
-    p.add_argument("--methods", default="lora,pfeiffer")
+    p = common_parser(__doc__, "lora,pfeiffer")
     p.add_argument("--batch", default=None, help="ROWSxTOKENS (default 8x512 on GPU, 4x64 otherwise)")
     p.add_argument("--rounds", type=int, default=None, help="timed steps per engine (default 20, 15 quick)")
     p.add_argument("--check-steps", type=int, default=3, help="steps whose losses must agree between engines")
@@ -65,8 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default="train_step.json")
     p.add_argument("--memory-arm", default=None, help=argparse.SUPPRESS)  # ENGINE:METHOD:off|on, in a fresh process
     args = p.parse_args(argv)
-    args.size = args.size or ("tiny" if args.quick or not gpu else "1b")
-    args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    common_defaults(args)
     mixes = all(TRAINEES[e].mixes_dtypes for e in args.engines.split(","))
     args.adapter_dtype = getattr(torch, args.adapter_dtype) if args.adapter_dtype else (
         torch.float32 if mixes else args.dtype)

@@ -71,26 +71,24 @@ def encoder_app(tmp_path: Path, adapters: int = 2, **engine_options):
 
     Returns the app and a reference model holding the same adapters (for answers computed directly).
     """
-    from splice.serve import Engine, create_app
-
-    reference = encoder(adapters)
-    save_adapters(encoder(adapters), tmp_path / "adapters")
-    engine = Engine(encoder(0), char_tokenizer(), **engine_options)
-    for path in sorted((tmp_path / "adapters").iterdir()):
-        engine.residency.add_source(path.name, lambda path=path: path)
-    return create_app(engine, base_name="tiny-bert"), reference
+    return _app(encoder, "tiny-bert", tmp_path, adapters, engine_options)
 
 
 def decoder_app(tmp_path: Path, adapters: int = 2, **engine_options):
     """As :func:`encoder_app`, over a tiny Llama causal LM with adapters ``g0, g1, ...``."""
+    return _app(decoder, "tiny-llama", tmp_path, adapters, engine_options)
+
+
+def _app(build, base_name: str, tmp_path: Path, adapters: int, engine_options: dict):
+    """``build(n)`` makes a model with n adapters: serve a bare one, with the adapters as folders on disk."""
     from splice.serve import Engine, create_app
 
-    reference = decoder(adapters)
-    save_adapters(decoder(adapters), tmp_path / "adapters")
-    engine = Engine(decoder(0), char_tokenizer(), **engine_options)
+    reference = build(adapters)
+    save_adapters(build(adapters), tmp_path / "adapters")
+    engine = Engine(build(0), char_tokenizer(), **engine_options)
     for path in sorted((tmp_path / "adapters").iterdir()):
         engine.residency.add_source(path.name, lambda path=path: path)
-    return create_app(engine, base_name="tiny-llama"), reference
+    return create_app(engine, base_name=base_name), reference
 
 
 def classify_alone(model: splice.AdaptedModel, adapter: str, text: str) -> torch.Tensor:
