@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data import Columns
 from ..errors import ConfigError
 
 TASKS = ("classification", "tagging", "causal-lm")
@@ -38,12 +39,13 @@ class TrainConfig:
     pooling: str = "auto"
     head_dropout: float = 0.1
     # data
-    text_column: str = "text"
-    label_column: str = "label"
-    tokens_column: str = "tokens"
-    tags_column: str = "tags"
-    prompt_column: str = "prompt"
-    completion_column: str = "completion"
+    # flat so that config files and --text-column etc. stay one level deep; read as one Columns by `columns`
+    text_column: str = Columns.text
+    label_column: str = Columns.label
+    tokens_column: str = Columns.tokens
+    tags_column: str = Columns.tags
+    prompt_column: str = Columns.prompt
+    completion_column: str = Columns.completion
     sizes: tuple[float, float, float] | None = None  # train/validation/test: fractions or row counts (see split_sizes)
     limit: int | None = None              # subsample the data to this many rows before splitting
     data_seed: int = 0                    # the split's shuffle; fixed across training seeds
@@ -92,6 +94,11 @@ class TrainConfig:
             raise ConfigError("Give epochs > 0 or max_steps > 0: there is nothing to train otherwise.")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience counts evaluations without improvement; it must be >= 1, got {self.patience}.")
+
+    @property
+    def columns(self) -> Columns:
+        """The data columns to read, as :func:`splice.data.load_data` takes them."""
+        return Columns(**{f.name: getattr(self, f"{f.name}_column") for f in dataclasses.fields(Columns)})
 
     @property
     def out_dir(self) -> Path:

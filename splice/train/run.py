@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_adapter, write_folder
-from ..data import Columns, Splits, load_data
+from ..data import Splits, load_data
 from ..errors import SpliceError
 from ..model import attach
 from .backbone import load_backbone, task_head
@@ -175,9 +175,7 @@ def last_checkpoint(folder: Path) -> str | None:
 
 
 def read_splits(config: TrainConfig) -> Splits:
-    columns = Columns(text=config.text_column, label=config.label_column, tokens=config.tokens_column,
-                      tags=config.tags_column, prompt=config.prompt_column, completion=config.completion_column)
-    return load_data(config.data, config.task, columns=columns, sizes=config.sizes, seed=config.data_seed,
+    return load_data(config.data, config.task, columns=config.columns, sizes=config.sizes, seed=config.data_seed,
                      limit=config.limit)
 
 
