@@ -94,3 +94,15 @@ def test_real_smollm2_converts_once_and_answers_paris(cache, monkeypatch):
     assert tokenizer.decode(output[0, inputs["input_ids"].shape[1]:]).startswith(" Paris")
     assert splice.attach(model).anatomy.fingerprint() == {
         "model_type": "llama", "hidden_size": 576, "num_layers": 30, "num_heads": 9, "vocab_size": 49152}
+
+
+def test_model_path_takes_built_in_names_and_refuses_folders_without_a_model(tmp_path):
+    from splice.cli.common import load_base
+
+    assert (assets.model_path("minilm") / "config.json").is_file()
+    assert load_base("minilm", "base").config.model_type == "bert"  # every --model option takes the name
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpliceError, match="no config.json"):
+        assets.model_path(tmp_path / "empty")
+    with pytest.raises(SpliceError, match="neither a local folder nor a built-in"):
+        assets.model_path(tmp_path / "missing")
