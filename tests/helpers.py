@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+# Checkpoints written by the real peft and AdapterHub libraries (tests/fixtures/peers/README.md).
+PEERS = Path(__file__).parent / "fixtures" / "peers"
 
 
 def perturb(module: nn.Module, seed: int = 0, std: float = 0.1) -> None:

@@ -20,10 +20,8 @@ from splice import Bottleneck, LoRA
 from splice.cli import COMMANDS, main
 from splice.hub import ENV_VAR
 
-from helpers import main_output, perturb
+from helpers import PEERS, main_output, perturb
 from tiny_models import tiny_inputs, tiny_model
-
-PEERS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "peers"
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

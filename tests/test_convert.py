@@ -18,12 +18,11 @@ import splice
 from splice import IA3, AdapterError, Bottleneck, CheckpointError, LoRA
 from splice.convert import detect_format
 
-from helpers import hook_count, main_output, perturb
+from helpers import PEERS, hook_count, main_output, perturb
 from tiny_models import tiny_inputs, tiny_model
 
 peft = pytest.importorskip("peft")
 
-PEERS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "peers"
 TOLERANCE = 1e-4
 
 
@@ -302,7 +301,6 @@ def test_corrupted_weights_are_refused(bert_lora):
 
 @pytest.fixture
 def adapters_lora(tmp_path) -> Path:
-    assert PEERS.is_dir(), f"peer fixtures not found at {PEERS}: the repository expects ../shared beside it"
     folder = tmp_path / "adapters"
     shutil.copytree(PEERS / "adapters_bert_lora" / "adapter", folder)
     for path in folder.iterdir():

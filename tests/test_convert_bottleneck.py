@@ -10,10 +10,9 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 import splice
 
-from helpers import assert_same_state, main_output, perturb, state_copy
+from helpers import PEERS, assert_same_state, main_output, perturb, state_copy
 from tiny_models import tiny_inputs, tiny_model
 
-PEERS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "peers"
 TOLERANCE = 1e-4
 SEQ_BN = {  # adapters 1.3.0's SeqBnConfig defaults (Pfeiffer), as it writes them
     "adapter_residual_before_ln": False, "cross_adapter": False, "dropout": 0.0, "init_weights": "bert",

@@ -20,3 +20,12 @@ def test_ci_runs_the_readme_test_command():
     command = "bash scripts/setup.sh && .venv/bin/python -m pytest -q"
     assert command in (ROOT / "README.md").read_text()
     assert command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_tests_read_nothing_outside_the_repository():
+    """A fresh clone has no ../shared beside it: every fixture a test reads lives under tests/."""
+    outside = re.compile(r"""\.\./shared|["']shared["']\s*/|parents\[[2-9]\]""")
+    offenders = [path.name for path in (ROOT / "tests").rglob("*.py")
+                 if path != Path(__file__).resolve() and outside.search(path.read_text())]
+    assert offenders == [], f"tests that reach outside the repository: {offenders}"
+    assert (ROOT / "tests" / "fixtures" / "peers" / "README.md").is_file()
