@@ -10,7 +10,7 @@ A model is a frozen base plus named deltas, applied through forward hooks at
 the sites the anatomy finds (attention projections, FFN, sublayers).
 """
 
-from . import heads, presets
+from . import assets, heads, presets
 from .adapter import BASE_NAME, Adapter
 from .anatomy import Anatomy, Site
 from .compose import Average, BatchSplit, Fuse, Parallel, Split, Stack

@@ -29,3 +29,12 @@ def test_tests_read_nothing_outside_the_repository():
                  if path != Path(__file__).resolve() and outside.search(path.read_text())]
     assert offenders == [], f"tests that reach outside the repository: {offenders}"
     assert (ROOT / "tests" / "fixtures" / "peers" / "README.md").is_file()
+
+
+def test_quick_start_runs_as_written(tmp_path, monkeypatch):
+    """The first code a visitor copies must run on a fresh set-up, unchanged."""
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Quick start\n\n```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README quick start", "exec"), {})
+    assert {p.name for p in (tmp_path / "out" / "sentiment").iterdir()} >= {"adapter.json", "adapter.safetensors"}
