@@ -164,6 +164,64 @@ def test_a_mixed_generation_batch_decodes_each_row_as_alone(tmp_path):
         assert answer[0]["text"] == greedy_alone(reference, name, prompt, 6)
 
 
+class Poisoned(GenerateJob):
+    """A request whose prompt holds a token id the model does not have: its forward fails."""
+
+    def prepare(self, tokenizer, limits) -> None:
+        super().prepare(tokenizer, limits)
+        self.ids = [[10**6]]
+
+
+class PoisonedEncode(EncodeJob):
+    def prepare(self, tokenizer, limits) -> None:
+        super().prepare(tokenizer, limits)
+        self.ids = [[10**6]]
+
+
+def batched_together(app, jobs: list) -> list:
+    """Submit ``jobs`` (to one batch: it is full once they are all in) and return their answers or errors."""
+    engine = app.state.engine
+    engine.residency.preload(["g0", "g1"] if isinstance(jobs[0], GenerateJob) else ["a0", "a1"])
+    engine.start()
+    try:
+        for job in jobs:
+            engine.submit(job)
+        for job in jobs:
+            job.future.exception(TIMEOUT)  # wait for every answer
+    finally:
+        engine.stop()
+    assert engine.metrics.batch_rows.count(kind=jobs[0].kind) >= 1
+    return [job.future.exception() or job.future.result() for job in jobs]
+
+
+def test_a_generation_row_that_fails_does_not_fail_its_neighbours(tmp_path):
+    app, reference = decoder_app(tmp_path, max_batch_size=3, max_wait_ms=5000)
+    good = [GenerateJob("g0", prompts=["hello"], max_tokens=5, temperature=0),
+            GenerateJob("g1", prompts=["hi"], max_tokens=5, temperature=0)]
+    answers = batched_together(app, [good[0], Poisoned("g0", prompts=["x"], max_tokens=5), good[1]])
+    assert answers[0][0]["text"] == greedy_alone(reference, "g0", "hello", 5)
+    assert answers[2][0]["text"] == greedy_alone(reference, "g1", "hi", 5)
+    assert isinstance(answers[1], RuntimeError) and "IndexError" in str(answers[1])
+
+
+def test_an_encode_row_that_fails_does_not_fail_its_neighbours(tmp_path):
+    app, reference = encoder_app(tmp_path, max_batch_size=3, max_wait_ms=5000)
+    jobs = [EncodeJob("a0", texts=["good"]), PoisonedEncode("a0", texts=["x"]), EncodeJob("a0", texts=["fine"])]
+    answers = batched_together(app, jobs)
+    assert same(list(answers[0][0]["scores"].values()), classify_alone(reference, "a0", "good"))
+    assert same(list(answers[2][0]["scores"].values()), classify_alone(reference, "a0", "fine"))
+    assert isinstance(answers[1], RuntimeError)
+
+
+def test_a_row_with_a_tiny_top_p_decodes_greedily_beside_others(tmp_path):
+    app, reference = decoder_app(tmp_path, max_batch_size=2, max_wait_ms=5000)
+    tiny = GenerateJob("g1", prompts=["hi"], max_tokens=5, top_p=1e-46)  # past the HTTP checks, as in a library
+    answers = batched_together(app, [GenerateJob("g0", prompts=["hello"], max_tokens=5, temperature=0), tiny])
+    assert answers[0][0]["text"] == greedy_alone(reference, "g0", "hello", 5)
+    assert answers[1][0]["text"] == greedy_alone(reference, "g1", "hi", 5)
+    assert app.state.engine.metrics.batch_rows.count(kind="generate") == 1  # one batch: nothing was retried
+
+
 def block_reads(engine) -> tuple[threading.Event, threading.Event]:
     """Make adapter reads wait: returns (a read has started, let reads finish)."""
     reading, release = threading.Event(), threading.Event()

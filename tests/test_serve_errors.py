@@ -113,3 +113,22 @@ def test_generation_limits(tmp_path):
         refused(client.post("/v1/chat/completions", json={"model": "g0", "messages": [{"role": "user"}]}), 400,
                 "content")
         assert client.post("/v1/completions", json=ok).status_code == 200
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("top_p", 1e-46, ["top_p", "too small"]),  # rounds to 0 in float32: it made its whole batch fail with NaN
+    ("top_p", 1e-40, ["top_p", "too small"]),  # subnormal in float32
+    ("temperature", 5e-324, ["temperature", "too small"]),
+    ("top_p", "NaN", ["top_p", "finite"]),
+    ("temperature", "Infinity", ["temperature", "finite"]),
+    ("temperature", "-Infinity", ["temperature", "finite"]),
+])
+def test_sampling_values_that_cannot_work_are_refused(tmp_path, field, value, words):
+    app, _ = decoder_app(tmp_path, max_wait_ms=1)
+    with TestClient(app) as client:
+        # Python's json reads the NaN and Infinity literals some clients write: send them raw
+        body = f'{{"model": "g0", "prompt": "hi", "max_tokens": 2, "{field}": {value}}}'
+        refused(client.post("/v1/completions", content=body, headers={"content-type": "application/json"}),
+                400, *words)
+        assert client.post("/v1/completions", json={"model": "g0", "prompt": "hi", "max_tokens": 2,
+                                                    "top_p": 1e-30}).status_code == 200  # tiny, but it works

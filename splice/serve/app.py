@@ -138,13 +138,7 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         if not engine.can_generate:
             raise BadRequest(f"The base model {base_name!r} does not generate text; serve a causal language model "
                              "(such as --model smollm2) for completions, or use /v1/classify and /v1/embeddings.")
-        refused = body.refusals()
-        if refused:
-            raise BadRequest(f"splice serve does not implement {', '.join(refused)}.")
-        if not 1 <= body.max_tokens <= limits.max_new_tokens:
-            raise BadRequest(f"max_tokens must be between 1 and {limits.max_new_tokens}, got {body.max_tokens}.")
-        if not 0 <= body.temperature <= 100 or not 0 < body.top_p <= 1:
-            raise BadRequest("temperature must be in [0, 100] (0: greedy) and top_p in (0, 1].")
+        body.check(limits.max_new_tokens)
         adapter = resolve(request, body.model, body.user)
         job = GenerateJob(adapter, prompts=prompts, special_tokens=not chat, max_tokens=body.max_tokens,
                           temperature=float(body.temperature), top_p=float(body.top_p), stop=body.stops)

@@ -188,8 +188,9 @@ class Engine:
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
 
     def _run_group(self, jobs: list[Job]) -> None:
-        """Run ``jobs`` as one batch; if the mix itself is refused (some adapters cannot share a batch), run
-        each adapter's jobs on their own; any other failure answers every job with it."""
+        """Run ``jobs`` as one batch. If it fails, no job pays for its neighbours: they run again apart (each
+        adapter's jobs together, as some adapters cannot share a batch, then each job alone), so only the job
+        at fault gets the error. A job that already streamed text cannot start over: it gets the error."""
         kind = jobs[0].kind
         self.metrics.batch_rows.observe(sum(job.rows for job in jobs), kind=kind)
         try:
@@ -197,17 +198,21 @@ class Engine:
                 answers = run_encode(self.model, jobs, self.pad_id)
             else:
                 answers = run_generate(self.model, self.tokenizer, jobs)
-        except SpliceError as error:
-            adapters = list(dict.fromkeys(job.internal for job in jobs))
-            if len(adapters) > 1:
-                for adapter in adapters:
-                    self._run_group([job for job in jobs if job.internal == adapter])
-                return
-            answers = [error] * len(jobs)
-        except Exception as error:
-            log.exception("batch failed")
-            answers = [RuntimeError(f"internal error while running the batch: {type(error).__name__}: {error}")]
-            answers *= len(jobs)
+        except Exception as error:  # noqa: BLE001 - every job is answered: its result, or why it failed
+            if not isinstance(error, SpliceError):
+                log.error("a batch of %d requests failed", len(jobs), exc_info=error)
+                error = RuntimeError(f"internal error while running the batch: {type(error).__name__}: {error}")
+            parts = _apart(jobs)
+            if not parts:  # one job alone: the error is its own
+                self._answer(jobs[0], error)
+            for part in parts:
+                for job in part:
+                    if job.streamed:
+                        self._answer(job, error)
+                fresh = [job for job in part if not job.streamed]
+                if fresh:
+                    self._run_group(fresh)
+            return
         for job, answer in zip(jobs, answers):
             self._answer(job, answer)
 
@@ -225,6 +230,15 @@ class Engine:
         self.metrics.latency.observe(time.monotonic() - job.accepted, adapter=job.adapter)
         with self._cond:
             self.answered += 1
+
+
+def _apart(jobs: list[Job]) -> list[list[Job]]:
+    """How to run a failed batch again: each adapter's jobs together if it mixed adapters, else each job
+    alone; [] for a single job (nothing left to split)."""
+    adapters = list(dict.fromkeys(job.internal for job in jobs))
+    if len(adapters) > 1:
+        return [[job for job in jobs if job.internal == adapter] for adapter in adapters]
+    return [[job] for job in jobs] if len(jobs) > 1 else []
 
 
 def _max_positions(model, tokenizer) -> int:

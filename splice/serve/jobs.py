@@ -42,6 +42,7 @@ class Job:
     accepted: float = field(default_factory=time.monotonic)
     internal: str | None = None  # the model's name for the adapter, set when the batch is formed
     ids: list[list[int]] | None = None  # token ids per row, set by prepare()
+    streamed: bool = False  # some of its answer already went to the client: it cannot be run again
 
     kind = ""
 
@@ -158,7 +159,7 @@ def run_generate(model, tokenizer, jobs: list[GenerateJob]) -> list[object]:
     rows, owners = [], []
     for job in jobs:
         for choice, ids in enumerate(job.ids):
-            sink = (lambda text, job=job, choice=choice: job.sink(choice, text)) if job.sink else None
+            sink = (lambda text, job=job, choice=choice: _stream(job, choice, text)) if job.sink else None
             rows.append(Row(ids, job.internal, job.max_tokens, job.temperature, job.top_p, job.stop, sink,
                             job.cancel.is_set))
             owners.append(job)
@@ -171,6 +172,11 @@ def run_generate(model, tokenizer, jobs: list[GenerateJob]) -> list[object]:
         answers.append([{"text": r.text, "finish_reason": r.finish_reason, "prompt_tokens": len(r.ids),
                          "completion_tokens": len(r.tokens)} for r in mine])
     return answers
+
+
+def _stream(job: GenerateJob, choice: int, text: str) -> None:
+    job.streamed = True
+    job.sink(choice, text)
 
 
 def end_of_sequence_ids(model, tokenizer) -> set[int]:

@@ -7,12 +7,18 @@ ask for something (``n=2``, ``logprobs``, penalties), never silently ignored.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from .errors import BadRequest
+
 Number = StrictInt | StrictFloat
 Texts = StrictStr | list[StrictStr]
+# Sampling runs in float32: a smaller non-zero number is subnormal or rounds to 0 there (top_p=1e-46 became a
+# top_p of 0, which left a row nothing to sample and failed its whole batch with NaN probabilities).
+FLOAT32_TINY = 1.1754943508222875e-38
 
 
 class _Body(BaseModel):
@@ -55,11 +61,29 @@ class _Sampling(_Body):
             wrong.append("presence/frequency penalties")
         return wrong
 
+    def check(self, max_new_tokens: int) -> None:
+        """Refuse, naming the field, what splice does not implement and settings sampling cannot run with."""
+        refused = self.refusals()
+        if refused:
+            raise BadRequest(f"splice serve does not implement {', '.join(refused)}.")
+        if not 1 <= self.max_tokens <= max_new_tokens:
+            raise BadRequest(f"max_tokens must be between 1 and {max_new_tokens}, got {self.max_tokens}.")
+        _check_sampling("temperature", self.temperature, 0 <= self.temperature <= 100, "in [0, 100] (0: greedy)")
+        _check_sampling("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]")
+
     @property
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+def _check_sampling(field: str, value: float, in_range: bool, allowed: str) -> None:
+    if not math.isfinite(value) or not in_range:
+        raise BadRequest(f"{field} must be a finite number {allowed}, got {value!r}.")
+    if 0 < abs(value) < FLOAT32_TINY:
+        raise BadRequest(f"{field}={value!r} is too small to sample with (the smallest non-zero value is "
+                         f"{FLOAT32_TINY:.2g}); for greedy decoding send temperature 0.")
 
 
 class CompletionRequest(_Sampling):
