@@ -222,6 +222,43 @@ def test_a_row_with_a_tiny_top_p_decodes_greedily_beside_others(tmp_path):
     assert app.state.engine.metrics.batch_rows.count(kind="generate") == 1  # one batch: nothing was retried
 
 
+class HeldTokenizer:
+    """The served tokenizer, except that texts starting with HOLD wait (tokenizing) until ``release`` is set."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.holding, self.release = tokenizer, threading.Event(), threading.Event()
+
+    def __call__(self, text, **options):
+        if text.startswith("HOLD"):
+            self.holding.set()
+            assert self.release.wait(TIMEOUT)
+        return self.tokenizer(text, **options)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_slow_tokenization_does_not_hold_up_other_requests(tmp_path):
+    app, reference = encoder_app(tmp_path, max_wait_ms=1)
+    engine = app.state.engine
+    engine.tokenizer = held = HeldTokenizer(engine.tokenizer)
+    with serving(app) as (url, _), httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        box = {}
+        slow = threading.Thread(target=lambda: box.update(
+            slow=client.post("/v1/classify", json={"adapter": "a0", "inputs": ["HOLD this"]})))
+        slow.start()
+        try:
+            assert held.holding.wait(TIMEOUT)
+            # the worker thread is free: a small request is answered while the big one is still tokenizing
+            quick = client.post("/v1/classify", json={"adapter": "a1", "inputs": ["quick"]}, timeout=10)
+            assert quick.status_code == 200 and not held.release.is_set()
+            assert same(list(quick.json()["results"][0]["scores"].values()), classify_alone(reference, "a1", "quick"))
+        finally:
+            held.release.set()
+            slow.join(TIMEOUT)
+        assert box["slow"].status_code == 200
+
+
 def block_reads(engine) -> tuple[threading.Event, threading.Event]:
     """Make adapter reads wait: returns (a read has started, let reads finish)."""
     reading, release = threading.Event(), threading.Event()

@@ -22,6 +22,7 @@ from ..errors import SpliceError
 from ..hub import Hub
 from . import openai
 from .aliases import AliasTable, make_alias
+from .body_limit import BodyLimit
 from .engine import Engine
 from .errors import BadRequest, Conflict, NotFound, Overloaded, ServeError
 from .jobs import CLASSIFY, EMBED, EncodeJob, GenerateJob, Job
@@ -50,10 +51,9 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
     app.state.engine, app.state.aliases = engine, aliases
     residency, metrics, limits = engine.residency, engine.metrics, engine.limits
 
-    # -- errors and bookkeeping ------------------------------------------------------------------
-    def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, refuse=refusal)
 
+    # -- errors and bookkeeping ------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
@@ -64,9 +64,7 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
 
     @app.exception_handler(SpliceError)
     async def refused(request: Request, exc: SpliceError) -> JSONResponse:
-        status = exc.status if isinstance(exc, ServeError) else 400
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-        return error(status, str(exc), type(exc).__name__, headers)
+        return refusal(exc)
 
     @app.exception_handler(RuntimeError)
     async def failed(request: Request, exc: RuntimeError) -> JSONResponse:
@@ -93,9 +91,14 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         request.state.adapter = chosen
         return chosen
 
+    async def submit(job: Job) -> None:
+        """Tokenize ``job`` on a thread (never on the event loop, never on the model's worker), then queue it."""
+        await asyncio.to_thread(engine.prepare, job)
+        engine.submit(job)
+
     async def answer(job: Job):
         """Submit ``job`` and wait for its one answer (its error re-raised here)."""
-        engine.submit(job)
+        await submit(job)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(job.future), request_timeout)
         except asyncio.TimeoutError:
@@ -112,7 +115,16 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
             raise BadRequest(f"{field} holds an empty string: every text needs some content.")
         if len(items) > limits.max_inputs:
             raise BadRequest(f"{field} holds {len(items)} texts; at most {limits.max_inputs} per request.")
+        for i, text in enumerate(items):
+            check_length(text, field if isinstance(value, str) else f"{field}[{i}]")
         return items
+
+    def check_length(text: str, where: str) -> None:
+        """Refuse a text longer than any the model could take, before tokenizing it (which costs as it grows)."""
+        if len(text) > limits.max_input_chars:
+            raise BadRequest(f"{where} is {len(text)} characters long; this server takes at most "
+                             f"{limits.max_input_chars} per text (the model reads {limits.max_input_tokens} tokens "
+                             "at most). Shorten it.")
 
     # -- inference ------------------------------------------------------------------------------------
     @app.post("/v1/classify")
@@ -146,7 +158,7 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         headers = {"X-Splice-Adapter": name}
         if body.stream:
             pieces = openai.attach_stream(job)
-            engine.submit(job)
+            await submit(job)
             return StreamingResponse(openai.events(job, pieces, name, chat, request_timeout),
                                      media_type="text/event-stream", headers=headers)
         choices = await answer(job)
@@ -165,10 +177,13 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         if not getattr(engine.tokenizer, "chat_template", None):
             raise BadRequest("This model's tokenizer has no chat template; use /v1/completions with a plain prompt.")
         messages = [m.model_dump() for m in body.messages]
+        for i, message in enumerate(messages):
+            check_length(message["content"], f"messages[{i}].content")
         try:
             prompt = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as failure:
             raise BadRequest(f"The chat template refused these messages: {failure}") from failure
+        check_length(prompt, "the chat prompt (the messages in the chat template)")
         return await complete(request, body, [prompt], chat=True)
 
     # -- adapters and aliases -----------------------------------------------------------------------
@@ -255,6 +270,17 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def refusal(exc: SpliceError) -> JSONResponse:
+    """The answer to a refused request: its HTTP status and ``{"error": {"message", "type"}}``."""
+    status = exc.status if isinstance(exc, ServeError) else 400
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+    return error(status, str(exc), type(exc).__name__, headers)
+
+
+def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
 
 def _public(adapter: str) -> str:

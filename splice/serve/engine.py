@@ -1,8 +1,9 @@
 """The engine: a bounded queue of jobs and one worker thread that batches them across adapters.
 
-HTTP handlers call :meth:`Engine.submit` and await the job's future; they never
-touch the model. The worker thread alone runs the model and changes it (adapters
-on and off, through :class:`~splice.serve.residency.Residency`), so no lock is
+HTTP handlers tokenize a job on a thread of their own (:meth:`Engine.prepare`),
+call :meth:`Engine.submit` and await the job's future; they never touch the model.
+The worker thread alone runs the model and changes it (adapters on and off,
+through :class:`~splice.serve.residency.Residency`), so no lock is
 ever held around a forward. Each turn of its loop it
 
 1. lets the residency put the adapters queued jobs want on the model (starting
@@ -103,8 +104,24 @@ class Engine:
             self._cond.notify_all()
 
     # -- the HTTP side ----------------------------------------------------------------------------
+    def prepare(self, job: Job) -> Job:
+        """Tokenize ``job`` on the calling thread, or refuse it (:class:`BadRequest`: too long, untokenizable).
+
+        The app calls it on a thread of its own before :meth:`submit`, so that no tokenization ever runs
+        on the worker thread, between a queued request and the model."""
+        try:
+            job.prepare(self.tokenizer, self.limits)
+        except SpliceError:
+            raise
+        except Exception as error:  # noqa: BLE001 - whatever the tokenizer chokes on is the input's fault
+            raise BadRequest(f"The input could not be tokenized: {type(error).__name__}: {error}") from error
+        return job
+
     def submit(self, job: Job) -> Job:
-        """Queue ``job`` (its future answers it) or refuse it at once: the queue is full, or we are stopping."""
+        """Queue ``job`` (its future answers it) or refuse it at once: the queue is full, or we are stopping.
+        A job not yet prepared is tokenized first, here on the caller's thread."""
+        if job.ids is None:
+            self.prepare(job)
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("The server is shutting down and accepts no new requests.")
@@ -169,18 +186,8 @@ class Engine:
 
     def _run(self, batch: list[Job]) -> None:
         started = time.monotonic()
-        prepared = []
-        for job in batch:
-            try:
-                job.prepare(self.tokenizer, self.limits)
-                prepared.append(job)
-            except SpliceError as error:
-                self._answer(job, error)
-            except Exception as error:  # noqa: BLE001 - whatever the tokenizer chokes on is the input's fault
-                self._answer(job, BadRequest(f"The input could not be tokenized: {type(error).__name__}: {error}"))
         try:
-            if prepared:
-                self._run_group(prepared)
+            self._run_group(batch)
         finally:
             with self._cond:
                 self._running = 0
