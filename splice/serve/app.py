@@ -221,11 +221,16 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
 
     @app.delete("/v1/adapters/{name:path}")
     async def unload_adapter(name: str):
-        """Stop serving an adapter; requests already accepted for it are still answered."""
+        """Stop serving an adapter. It answers the requests already accepted for it, then leaves the model
+        (its device slot and memory freed); the answer comes then, so its name can be loaded again at once."""
         users = aliases.pointing_at(name)
         if users:
             raise Conflict(f"Aliases {', '.join(users)} point at {name!r}; repoint or delete them first.")
-        residency.unload(name)
+        gone = residency.unload(name)  # new requests for it get 404 from here on
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(gone), request_timeout)
+        except asyncio.TimeoutError:  # its accepted requests still run: the worker drops it after them
+            pass
         return {"id": name, "object": "model", "deleted": True}
 
     @app.put("/v1/aliases/{alias}")

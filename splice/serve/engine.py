@@ -138,7 +138,8 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and self._accepting:
+                # an unload wakes the worker too: the adapter leaves the model now, not at the next request
+                while not self._pending and self._accepting and not self.residency.unloading():
                     self._cond.wait()
                 if not self._pending and not self._accepting:
                     return
@@ -147,7 +148,7 @@ class Engine:
                 self.residency.maintain(wanted)
             except Exception:
                 log.exception("adapter residency failed")
-            batch = self._take_batch()
+            batch = self._take_batch() if self._pending else []  # an unload alone runs no batch
             if batch:
                 self._run(batch)
 
