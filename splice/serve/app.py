@@ -138,12 +138,14 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingsRequest, request: Request):
         """Mean-pooled, unit-length last hidden states (OpenAI's embeddings format)."""
+        body.check()
         adapter = resolve(request, body.model)
         job = EncodeJob(adapter, texts=texts(body.input, "input"), task=EMBED)
         vectors = await answer(job)
         tokens = sum(len(ids) for ids in job.ids or ())
-        return {"object": "list", "model": _public(adapter) or base_name,
-                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        data = [{"object": "embedding", "index": i, "embedding": openai.embedding(v, body.encoding_format)}
+                for i, v in enumerate(vectors)]
+        return {"object": "list", "model": _public(adapter) or base_name, "data": data,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     async def complete(request: Request, body, prompts: list[str], chat: bool):
@@ -152,14 +154,14 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
                              "(such as --model smollm2) for completions, or use /v1/classify and /v1/embeddings.")
         body.check(limits.max_new_tokens)
         adapter = resolve(request, body.model, body.user)
-        job = GenerateJob(adapter, prompts=prompts, special_tokens=not chat, max_tokens=body.max_tokens,
+        job = GenerateJob(adapter, prompts=prompts, special_tokens=not chat, max_tokens=body.new_tokens,
                           temperature=float(body.temperature), top_p=float(body.top_p), stop=body.stops)
         name = _public(adapter) or base_name
         headers = {"X-Splice-Adapter": name}
         if body.stream:
             pieces = openai.attach_stream(job)
             await submit(job)
-            return StreamingResponse(openai.events(job, pieces, name, chat, request_timeout),
+            return StreamingResponse(openai.events(job, pieces, name, chat, request_timeout, body.include_usage),
                                      media_type="text/event-stream", headers=headers)
         choices = await answer(job)
         return JSONResponse(openai.response(job, choices, name, chat), headers=headers)
@@ -176,7 +178,7 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
             raise BadRequest("messages is empty: send at least one message.")
         if not getattr(engine.tokenizer, "chat_template", None):
             raise BadRequest("This model's tokenizer has no chat template; use /v1/completions with a plain prompt.")
-        messages = [m.model_dump() for m in body.messages]
+        messages = [{"role": m.role, "content": m.text(i)} for i, m in enumerate(body.messages)]
         for i, message in enumerate(messages):
             check_length(message["content"], f"messages[{i}].content")
         try:
@@ -187,22 +189,38 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         return await complete(request, body, [prompt], chat=True)
 
     # -- adapters and aliases -----------------------------------------------------------------------
+    base = {"id": base_name, "object": "model", "created": int(time.time()), "owned_by": "splice", "parent": None}
+
+    def describe(name: str) -> dict:
+        """One model object (OpenAI's fields, then splice's): an alias, a served adapter or the base, looked up
+        in the order requests resolve names; :class:`NotFound` if none."""
+        card = {"id": name, "object": "model", "owned_by": "splice", "parent": base_name}
+        if name in aliases:
+            alias = aliases.get(name)
+            return {**card, "created": alias.created, "alias": alias.split}
+        if name in residency:
+            entry = residency.entry(name)
+            return {**card, "created": entry.created, "state": entry.tier, "pinned": entry.pinned, **entry.info,
+                    **({"error": entry.error} if entry.error else {})}
+        if name == base_name:
+            return dict(base)
+        raise NotFound(f"No model named {name!r} is served; GET /v1/models lists them.")
+
     @app.get("/v1/models")
     async def models():
         """The base model, every served adapter (``parent``: the base) and every alias."""
-        data = [{"id": base_name, "object": "model", "owned_by": "splice", "parent": None}]
-        for name in residency.names():
+        data = [dict(base)]
+        for name in [*residency.names(), *(alias.name for alias in aliases.all())]:
             try:
-                entry = residency.entry(name)
+                data.append(describe(name))
             except NotFound:  # unloaded while we listed
                 continue
-            data.append({"id": name, "object": "model", "owned_by": "splice", "parent": base_name,
-                         "state": entry.tier, "pinned": entry.pinned, **entry.info,
-                         **({"error": entry.error} if entry.error else {})})
-        for alias in aliases.all():
-            data.append({"id": alias.name, "object": "model", "owned_by": "splice", "parent": base_name,
-                         "alias": alias.split})
         return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        """One model: the base, a served adapter or an alias, as in ``GET /v1/models``."""
+        return describe(model_id)
 
     @app.post("/v1/adapters", status_code=201)
     async def load_adapter(body: LoadRequest):
@@ -215,9 +233,7 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         except asyncio.TimeoutError:
             raise ServeError(f"Loading {body.source!r} took longer than {load_timeout:.0f} s.") from None
         engine.wake()
-        entry = residency.entry(name)
-        return {"id": name, "object": "model", "parent": base_name, "state": entry.tier, "pinned": entry.pinned,
-                **entry.info}
+        return describe(name)
 
     @app.delete("/v1/adapters/{name:path}")
     async def unload_adapter(name: str):

@@ -68,6 +68,7 @@ class Entry:
     error: str | None = None  # why the last load failed (tier FAILED)
     info: dict = field(default_factory=dict)  # method and head, known once loaded
     last_used: float = 0.0  # time.monotonic() of the last batch that used it
+    created: int = field(default_factory=lambda: int(time.time()))  # when it was added, for OpenAI's model objects
     unloaded: Future | None = None  # set by unload(), resolved once the adapter is off the model and forgotten
 
 
