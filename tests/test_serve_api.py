@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import pytest
 from fastapi.testclient import TestClient
@@ -159,3 +161,26 @@ def test_health_and_metrics(encoder_client):
     assert 'splice_request_latency_seconds_count{adapter="a0"} 1' in text
     assert 'splice_resident_adapters{tier="device"} 1' in text
     assert "splice_queue_depth 0" in text
+
+
+def test_unload_frees_the_slot_and_the_name_at_once(decoder_client, tmp_path):
+    client, reference = decoder_client
+    engine = client.app.state.engine
+    request = {"model": "g0", "prompt": "hi", "max_tokens": 3, "temperature": 0}
+    assert client.post("/v1/completions", json=request).status_code == 200
+    internal = engine.residency.entry("g0").internal
+    adapter = weakref.ref(engine.model.adapters[internal])
+    position = engine.model.planner.resident().position[internal]  # its bank slots, for batches of mixed rows
+    assert engine.residency.counts()["device"] == 1
+    assert client.delete("/v1/adapters/g0").status_code == 200
+    # no request ran since: the adapter is off the model, its device slot, bank slots and memory free
+    assert internal not in engine.model.adapters and engine.residency.counts()["device"] == 0
+    resident = engine.model.planner.resident()
+    assert internal not in resident.position and position in resident.free
+    gc.collect()
+    assert adapter() is None, "something still holds the unloaded adapter"
+    # and its name is free: loading it again works at once (it answered 409 until some request ran)
+    loaded = client.post("/v1/adapters", json={"source": str(tmp_path / "adapters" / "g0")})
+    assert loaded.status_code == 201, loaded.text
+    text = client.post("/v1/completions", json=request).json()["choices"][0]["text"]
+    assert text == greedy_alone(reference, "g0", "hi", 3)

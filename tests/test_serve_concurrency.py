@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from splice.serve.background import serving
+from splice.serve.errors import Conflict
 from splice.serve.jobs import EncodeJob, GenerateJob
 
 from serving import classify_alone, decoder_app, encoder_app, greedy_alone, same
@@ -164,6 +165,101 @@ def test_a_mixed_generation_batch_decodes_each_row_as_alone(tmp_path):
         assert answer[0]["text"] == greedy_alone(reference, name, prompt, 6)
 
 
+class Poisoned(GenerateJob):
+    """A request whose prompt holds a token id the model does not have: its forward fails."""
+
+    def prepare(self, tokenizer, limits) -> None:
+        super().prepare(tokenizer, limits)
+        self.ids = [[10**6]]
+
+
+class PoisonedEncode(EncodeJob):
+    def prepare(self, tokenizer, limits) -> None:
+        super().prepare(tokenizer, limits)
+        self.ids = [[10**6]]
+
+
+def batched_together(app, jobs: list) -> list:
+    """Submit ``jobs`` (to one batch: it is full once they are all in) and return their answers or errors."""
+    engine = app.state.engine
+    engine.residency.preload(["g0", "g1"] if isinstance(jobs[0], GenerateJob) else ["a0", "a1"])
+    engine.start()
+    try:
+        for job in jobs:
+            engine.submit(job)
+        for job in jobs:
+            job.future.exception(TIMEOUT)  # wait for every answer
+    finally:
+        engine.stop()
+    assert engine.metrics.batch_rows.count(kind=jobs[0].kind) >= 1
+    return [job.future.exception() or job.future.result() for job in jobs]
+
+
+def test_a_generation_row_that_fails_does_not_fail_its_neighbours(tmp_path):
+    app, reference = decoder_app(tmp_path, max_batch_size=3, max_wait_ms=5000)
+    good = [GenerateJob("g0", prompts=["hello"], max_tokens=5, temperature=0),
+            GenerateJob("g1", prompts=["hi"], max_tokens=5, temperature=0)]
+    answers = batched_together(app, [good[0], Poisoned("g0", prompts=["x"], max_tokens=5), good[1]])
+    assert answers[0][0]["text"] == greedy_alone(reference, "g0", "hello", 5)
+    assert answers[2][0]["text"] == greedy_alone(reference, "g1", "hi", 5)
+    assert isinstance(answers[1], RuntimeError) and "IndexError" in str(answers[1])
+
+
+def test_an_encode_row_that_fails_does_not_fail_its_neighbours(tmp_path):
+    app, reference = encoder_app(tmp_path, max_batch_size=3, max_wait_ms=5000)
+    jobs = [EncodeJob("a0", texts=["good"]), PoisonedEncode("a0", texts=["x"]), EncodeJob("a0", texts=["fine"])]
+    answers = batched_together(app, jobs)
+    assert same(list(answers[0][0]["scores"].values()), classify_alone(reference, "a0", "good"))
+    assert same(list(answers[2][0]["scores"].values()), classify_alone(reference, "a0", "fine"))
+    assert isinstance(answers[1], RuntimeError)
+
+
+def test_a_row_with_a_tiny_top_p_decodes_greedily_beside_others(tmp_path):
+    app, reference = decoder_app(tmp_path, max_batch_size=2, max_wait_ms=5000)
+    tiny = GenerateJob("g1", prompts=["hi"], max_tokens=5, top_p=1e-46)  # past the HTTP checks, as in a library
+    answers = batched_together(app, [GenerateJob("g0", prompts=["hello"], max_tokens=5, temperature=0), tiny])
+    assert answers[0][0]["text"] == greedy_alone(reference, "g0", "hello", 5)
+    assert answers[1][0]["text"] == greedy_alone(reference, "g1", "hi", 5)
+    assert app.state.engine.metrics.batch_rows.count(kind="generate") == 1  # one batch: nothing was retried
+
+
+class HeldTokenizer:
+    """The served tokenizer, except that texts starting with HOLD wait (tokenizing) until ``release`` is set."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.holding, self.release = tokenizer, threading.Event(), threading.Event()
+
+    def __call__(self, text, **options):
+        if text.startswith("HOLD"):
+            self.holding.set()
+            assert self.release.wait(TIMEOUT)
+        return self.tokenizer(text, **options)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_slow_tokenization_does_not_hold_up_other_requests(tmp_path):
+    app, reference = encoder_app(tmp_path, max_wait_ms=1)
+    engine = app.state.engine
+    engine.tokenizer = held = HeldTokenizer(engine.tokenizer)
+    with serving(app) as (url, _), httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        box = {}
+        slow = threading.Thread(target=lambda: box.update(
+            slow=client.post("/v1/classify", json={"adapter": "a0", "inputs": ["HOLD this"]})))
+        slow.start()
+        try:
+            assert held.holding.wait(TIMEOUT)
+            # the worker thread is free: a small request is answered while the big one is still tokenizing
+            quick = client.post("/v1/classify", json={"adapter": "a1", "inputs": ["quick"]}, timeout=10)
+            assert quick.status_code == 200 and not held.release.is_set()
+            assert same(list(quick.json()["results"][0]["scores"].values()), classify_alone(reference, "a1", "quick"))
+        finally:
+            held.release.set()
+            slow.join(TIMEOUT)
+        assert box["slow"].status_code == 200
+
+
 def block_reads(engine) -> tuple[threading.Event, threading.Event]:
     """Make adapter reads wait: returns (a read has started, let reads finish)."""
     reading, release = threading.Event(), threading.Event()
@@ -205,15 +301,15 @@ def test_unloading_an_adapter_being_read_still_answers_its_accepted_requests(tmp
     try:
         waiting = engine.submit(EncodeJob("a1", texts=["x"]))
         assert reading.wait(TIMEOUT)
-        engine.residency.unload("a1")
+        gone = engine.residency.unload("a1")
+        assert "a1" not in engine.residency.names()
+        with pytest.raises(Conflict, match="being unloaded"):  # until its accepted request is answered
+            engine.residency.load(str(tmp_path / "adapters" / "a1"))
         release.set()
         answer = waiting.future.result(TIMEOUT)
         assert same(list(answer[0]["scores"].values()), classify_alone(reference, "a1", "x"))
-        assert "a1" not in engine.residency.names()
-        deadline = time.monotonic() + TIMEOUT
-        while "a1" in engine.model.adapters and time.monotonic() < deadline:
-            engine.submit(EncodeJob("a0", texts=["x"])).future.result(TIMEOUT)  # turns of the worker's loop
-        assert "a1" not in engine.model.adapters  # dropped once nobody waits for it
+        gone.result(TIMEOUT)  # then dropped, without waiting for another request
+        assert "a1" not in engine.model.adapters
     finally:
         release.set()
         engine.stop()

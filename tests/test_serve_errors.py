@@ -7,6 +7,8 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from splice.serve import Limits
+
 from serving import decoder_app, encoder_app
 
 
@@ -113,3 +115,74 @@ def test_generation_limits(tmp_path):
         refused(client.post("/v1/chat/completions", json={"model": "g0", "messages": [{"role": "user"}]}), 400,
                 "content")
         assert client.post("/v1/completions", json=ok).status_code == 200
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("top_p", 1e-46, ["top_p", "too small"]),  # rounds to 0 in float32: it made its whole batch fail with NaN
+    ("top_p", 1e-40, ["top_p", "too small"]),  # subnormal in float32
+    ("temperature", 5e-324, ["temperature", "too small"]),
+    ("top_p", "NaN", ["top_p", "finite"]),
+    ("temperature", "Infinity", ["temperature", "finite"]),
+    ("temperature", "-Infinity", ["temperature", "finite"]),
+])
+def test_sampling_values_that_cannot_work_are_refused(tmp_path, field, value, words):
+    app, _ = decoder_app(tmp_path, max_wait_ms=1)
+    with TestClient(app) as client:
+        # Python's json reads the NaN and Infinity literals some clients write: send them raw
+        body = f'{{"model": "g0", "prompt": "hi", "max_tokens": 2, "{field}": {value}}}'
+        refused(client.post("/v1/completions", content=body, headers={"content-type": "application/json"}),
+                400, *words)
+        assert client.post("/v1/completions", json={"model": "g0", "prompt": "hi", "max_tokens": 2,
+                                                    "top_p": 1e-30}).status_code == 200  # tiny, but it works
+
+
+class CountingTokenizer:
+    """The served tokenizer, counting the characters it is asked to tokenize."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.characters = tokenizer, 0
+
+    def __call__(self, text, **options):
+        self.characters += len(text)
+        return self.tokenizer(text, **options)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_oversized_requests_are_refused_before_they_are_read_or_tokenized(tmp_path):
+    app, _ = encoder_app(tmp_path, max_wait_ms=1)
+    engine = app.state.engine
+    limits = engine.limits
+    assert limits.max_input_chars == 16 * 64 and limits.max_body_bytes == 64 * 16 * 64 + 2**20  # the defaults
+    engine.tokenizer = counting = CountingTokenizer(engine.tokenizer)
+    with TestClient(app) as client:
+        huge = {"adapter": "a0", "inputs": ["x" * 100_000] * 64}  # 6.4 MB: 64 texts far longer than the model reads
+        refused(client.post("/v1/classify", json=huge), 413, "6400", str(limits.max_body_bytes), "max_body_bytes")
+
+        def chunked():  # no Content-Length: refused once what arrived passes the limit
+            yield b'{"adapter": "a0", "inputs": ["'
+            for _ in range(30):
+                yield b"x" * 100_000
+
+        refused(client.post("/v1/classify", content=chunked(), headers={"content-type": "application/json"}), 413,
+                f"more than {limits.max_body_bytes}")
+        long_text = "x" * (limits.max_input_chars + 1)
+        refused(client.post("/v1/classify", json={"adapter": "a0", "inputs": ["ok", long_text]}), 400,
+                "inputs[1]", "1025 characters", "at most 1024")
+        refused(client.post("/v1/embeddings", json={"input": long_text}), 400, "input is 1025 characters")
+        assert counting.characters == 0  # none of it reached the tokenizer
+        still_serving(client)
+
+
+def test_oversized_chat_messages_are_refused_before_tokenizing(tmp_path):
+    app, _ = decoder_app(tmp_path, max_wait_ms=1, limits=Limits(max_input_tokens=64, max_body_bytes=50_000))
+    with TestClient(app) as client:
+        messages = [{"role": "user", "content": "x" * 2000}]
+        refused(client.post("/v1/chat/completions", json={"model": "g0", "messages": messages}), 400,
+                "messages[0].content", "2000 characters")
+        many = [{"role": "user", "content": "x" * 1000}] * 60
+        refused(client.post("/v1/chat/completions", json={"model": "g0", "messages": many}), 413, "at most 50000")
+        short = [{"role": "user", "content": "x" * 1000}] * 2
+        refused(client.post("/v1/chat/completions", json={"model": "g0", "messages": short}), 400,
+                "chat prompt", "at most 1024")

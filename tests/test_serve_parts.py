@@ -65,6 +65,19 @@ def test_row_sampling_greedy_rows_keep_only_the_argmax_and_top_p_cuts_the_tail()
     assert torch.equal(out[2], scores[2])
 
 
+def test_row_sampling_never_leaves_a_row_nothing_to_sample():
+    scores = torch.tensor([[1.0, 3.0, 2.0, 0.0], [60.0, 59.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]).half()
+    rows = [Row([1], "x", 4, top_p=1e-46),  # 0 in float32: used to drop every token, so the row sampled NaN
+            Row([1], "x", 4, temperature=1e-6),  # logits / 1e-6 overflow half precision
+            Row([1], "x", 4, top_p=0.5)]
+    out = RowSampling(rows)(torch.zeros(3, 1, dtype=torch.long), scores)
+    assert torch.isfinite(out[0]).tolist() == [False, True, False, False]  # the most likely token stays
+    assert not out.isnan().any() and out[1].argmax() == 0
+    probs = out.softmax(-1)
+    assert not probs.isnan().any()
+    torch.multinomial(probs, 1)  # what generate does next: it raised for the whole batch before
+
+
 def test_row_tracker_streams_stops_and_holds_back_partial_stop_strings():
     tokenizer = char_tokenizer()
     ids = {c: tokenizer.convert_tokens_to_ids(c) for c in "abc#!"}

@@ -28,7 +28,7 @@ except ImportError as missing:  # pragma: no cover - depends on the environment
 from .aliases import Alias, AliasTable
 from .app import create_app
 from .engine import Engine
-from .errors import BadRequest, Conflict, NotFound, Overloaded, ServeError, ShuttingDown
+from .errors import BadRequest, Conflict, NotFound, Overloaded, PayloadTooLarge, ServeError, ShuttingDown
 from .jobs import EncodeJob, GenerateJob, Limits
 from .metrics import Metrics
 from .residency import Residency
@@ -45,6 +45,7 @@ __all__ = [
     "Metrics",
     "NotFound",
     "Overloaded",
+    "PayloadTooLarge",
     "Residency",
     "ServeError",
     "ShuttingDown",

@@ -14,8 +14,9 @@ import hashlib
 import math
 import random
 import threading
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import BadRequest, NotFound
 
@@ -27,6 +28,7 @@ class Alias:
     name: str
     targets: tuple[str, ...]
     weights: tuple[float, ...]
+    created: int = field(default_factory=lambda: int(time.time()), compare=False)  # when this split was set
 
     @property
     def split(self) -> dict[str, float]:

@@ -22,6 +22,7 @@ from ..errors import SpliceError
 from ..hub import Hub
 from . import openai
 from .aliases import AliasTable, make_alias
+from .body_limit import BodyLimit
 from .engine import Engine
 from .errors import BadRequest, Conflict, NotFound, Overloaded, ServeError
 from .jobs import CLASSIFY, EMBED, EncodeJob, GenerateJob, Job
@@ -50,10 +51,9 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
     app.state.engine, app.state.aliases = engine, aliases
     residency, metrics, limits = engine.residency, engine.metrics, engine.limits
 
-    # -- errors and bookkeeping ------------------------------------------------------------------
-    def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, refuse=refusal)
 
+    # -- errors and bookkeeping ------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
@@ -64,9 +64,7 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
 
     @app.exception_handler(SpliceError)
     async def refused(request: Request, exc: SpliceError) -> JSONResponse:
-        status = exc.status if isinstance(exc, ServeError) else 400
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-        return error(status, str(exc), type(exc).__name__, headers)
+        return refusal(exc)
 
     @app.exception_handler(RuntimeError)
     async def failed(request: Request, exc: RuntimeError) -> JSONResponse:
@@ -93,9 +91,14 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         request.state.adapter = chosen
         return chosen
 
+    async def submit(job: Job) -> None:
+        """Tokenize ``job`` on a thread (never on the event loop, never on the model's worker), then queue it."""
+        await asyncio.to_thread(engine.prepare, job)
+        engine.submit(job)
+
     async def answer(job: Job):
         """Submit ``job`` and wait for its one answer (its error re-raised here)."""
-        engine.submit(job)
+        await submit(job)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(job.future), request_timeout)
         except asyncio.TimeoutError:
@@ -112,7 +115,16 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
             raise BadRequest(f"{field} holds an empty string: every text needs some content.")
         if len(items) > limits.max_inputs:
             raise BadRequest(f"{field} holds {len(items)} texts; at most {limits.max_inputs} per request.")
+        for i, text in enumerate(items):
+            check_length(text, field if isinstance(value, str) else f"{field}[{i}]")
         return items
+
+    def check_length(text: str, where: str) -> None:
+        """Refuse a text longer than any the model could take, before tokenizing it (which costs as it grows)."""
+        if len(text) > limits.max_input_chars:
+            raise BadRequest(f"{where} is {len(text)} characters long; this server takes at most "
+                             f"{limits.max_input_chars} per text (the model reads {limits.max_input_tokens} tokens "
+                             "at most). Shorten it.")
 
     # -- inference ------------------------------------------------------------------------------------
     @app.post("/v1/classify")
@@ -126,34 +138,30 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingsRequest, request: Request):
         """Mean-pooled, unit-length last hidden states (OpenAI's embeddings format)."""
+        body.check()
         adapter = resolve(request, body.model)
         job = EncodeJob(adapter, texts=texts(body.input, "input"), task=EMBED)
         vectors = await answer(job)
         tokens = sum(len(ids) for ids in job.ids or ())
-        return {"object": "list", "model": _public(adapter) or base_name,
-                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        data = [{"object": "embedding", "index": i, "embedding": openai.embedding(v, body.encoding_format)}
+                for i, v in enumerate(vectors)]
+        return {"object": "list", "model": _public(adapter) or base_name, "data": data,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     async def complete(request: Request, body, prompts: list[str], chat: bool):
         if not engine.can_generate:
             raise BadRequest(f"The base model {base_name!r} does not generate text; serve a causal language model "
                              "(such as --model smollm2) for completions, or use /v1/classify and /v1/embeddings.")
-        refused = body.refusals()
-        if refused:
-            raise BadRequest(f"splice serve does not implement {', '.join(refused)}.")
-        if not 1 <= body.max_tokens <= limits.max_new_tokens:
-            raise BadRequest(f"max_tokens must be between 1 and {limits.max_new_tokens}, got {body.max_tokens}.")
-        if not 0 <= body.temperature <= 100 or not 0 < body.top_p <= 1:
-            raise BadRequest("temperature must be in [0, 100] (0: greedy) and top_p in (0, 1].")
+        body.check(limits.max_new_tokens)
         adapter = resolve(request, body.model, body.user)
-        job = GenerateJob(adapter, prompts=prompts, special_tokens=not chat, max_tokens=body.max_tokens,
+        job = GenerateJob(adapter, prompts=prompts, special_tokens=not chat, max_tokens=body.new_tokens,
                           temperature=float(body.temperature), top_p=float(body.top_p), stop=body.stops)
         name = _public(adapter) or base_name
         headers = {"X-Splice-Adapter": name}
         if body.stream:
             pieces = openai.attach_stream(job)
-            engine.submit(job)
-            return StreamingResponse(openai.events(job, pieces, name, chat, request_timeout),
+            await submit(job)
+            return StreamingResponse(openai.events(job, pieces, name, chat, request_timeout, body.include_usage),
                                      media_type="text/event-stream", headers=headers)
         choices = await answer(job)
         return JSONResponse(openai.response(job, choices, name, chat), headers=headers)
@@ -170,30 +178,49 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
             raise BadRequest("messages is empty: send at least one message.")
         if not getattr(engine.tokenizer, "chat_template", None):
             raise BadRequest("This model's tokenizer has no chat template; use /v1/completions with a plain prompt.")
-        messages = [m.model_dump() for m in body.messages]
+        messages = [{"role": m.role, "content": m.text(i)} for i, m in enumerate(body.messages)]
+        for i, message in enumerate(messages):
+            check_length(message["content"], f"messages[{i}].content")
         try:
             prompt = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as failure:
             raise BadRequest(f"The chat template refused these messages: {failure}") from failure
+        check_length(prompt, "the chat prompt (the messages in the chat template)")
         return await complete(request, body, [prompt], chat=True)
 
     # -- adapters and aliases -----------------------------------------------------------------------
+    base = {"id": base_name, "object": "model", "created": int(time.time()), "owned_by": "splice", "parent": None}
+
+    def describe(name: str) -> dict:
+        """One model object (OpenAI's fields, then splice's): an alias, a served adapter or the base, looked up
+        in the order requests resolve names; :class:`NotFound` if none."""
+        card = {"id": name, "object": "model", "owned_by": "splice", "parent": base_name}
+        if name in aliases:
+            alias = aliases.get(name)
+            return {**card, "created": alias.created, "alias": alias.split}
+        if name in residency:
+            entry = residency.entry(name)
+            return {**card, "created": entry.created, "state": entry.tier, "pinned": entry.pinned, **entry.info,
+                    **({"error": entry.error} if entry.error else {})}
+        if name == base_name:
+            return dict(base)
+        raise NotFound(f"No model named {name!r} is served; GET /v1/models lists them.")
+
     @app.get("/v1/models")
     async def models():
         """The base model, every served adapter (``parent``: the base) and every alias."""
-        data = [{"id": base_name, "object": "model", "owned_by": "splice", "parent": None}]
-        for name in residency.names():
+        data = [dict(base)]
+        for name in [*residency.names(), *(alias.name for alias in aliases.all())]:
             try:
-                entry = residency.entry(name)
+                data.append(describe(name))
             except NotFound:  # unloaded while we listed
                 continue
-            data.append({"id": name, "object": "model", "owned_by": "splice", "parent": base_name,
-                         "state": entry.tier, "pinned": entry.pinned, **entry.info,
-                         **({"error": entry.error} if entry.error else {})})
-        for alias in aliases.all():
-            data.append({"id": alias.name, "object": "model", "owned_by": "splice", "parent": base_name,
-                         "alias": alias.split})
         return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        """One model: the base, a served adapter or an alias, as in ``GET /v1/models``."""
+        return describe(model_id)
 
     @app.post("/v1/adapters", status_code=201)
     async def load_adapter(body: LoadRequest):
@@ -206,17 +233,20 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         except asyncio.TimeoutError:
             raise ServeError(f"Loading {body.source!r} took longer than {load_timeout:.0f} s.") from None
         engine.wake()
-        entry = residency.entry(name)
-        return {"id": name, "object": "model", "parent": base_name, "state": entry.tier, "pinned": entry.pinned,
-                **entry.info}
+        return describe(name)
 
     @app.delete("/v1/adapters/{name:path}")
     async def unload_adapter(name: str):
-        """Stop serving an adapter; requests already accepted for it are still answered."""
+        """Stop serving an adapter. It answers the requests already accepted for it, then leaves the model
+        (its device slot and memory freed); the answer comes then, so its name can be loaded again at once."""
         users = aliases.pointing_at(name)
         if users:
             raise Conflict(f"Aliases {', '.join(users)} point at {name!r}; repoint or delete them first.")
-        residency.unload(name)
+        gone = residency.unload(name)  # new requests for it get 404 from here on
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(gone), request_timeout)
+        except asyncio.TimeoutError:  # its accepted requests still run: the worker drops it after them
+            pass
         return {"id": name, "object": "model", "deleted": True}
 
     @app.put("/v1/aliases/{alias}")
@@ -261,6 +291,17 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def refusal(exc: SpliceError) -> JSONResponse:
+    """The answer to a refused request: its HTTP status and ``{"error": {"message", "type"}}``."""
+    status = exc.status if isinstance(exc, ServeError) else 400
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+    return error(status, str(exc), type(exc).__name__, headers)
+
+
+def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
 
 def _public(adapter: str) -> str:

@@ -1,8 +1,9 @@
 """The engine: a bounded queue of jobs and one worker thread that batches them across adapters.
 
-HTTP handlers call :meth:`Engine.submit` and await the job's future; they never
-touch the model. The worker thread alone runs the model and changes it (adapters
-on and off, through :class:`~splice.serve.residency.Residency`), so no lock is
+HTTP handlers tokenize a job on a thread of their own (:meth:`Engine.prepare`),
+call :meth:`Engine.submit` and await the job's future; they never touch the model.
+The worker thread alone runs the model and changes it (adapters on and off,
+through :class:`~splice.serve.residency.Residency`), so no lock is
 ever held around a forward. Each turn of its loop it
 
 1. lets the residency put the adapters queued jobs want on the model (starting
@@ -103,8 +104,24 @@ class Engine:
             self._cond.notify_all()
 
     # -- the HTTP side ----------------------------------------------------------------------------
+    def prepare(self, job: Job) -> Job:
+        """Tokenize ``job`` on the calling thread, or refuse it (:class:`BadRequest`: too long, untokenizable).
+
+        The app calls it on a thread of its own before :meth:`submit`, so that no tokenization ever runs
+        on the worker thread, between a queued request and the model."""
+        try:
+            job.prepare(self.tokenizer, self.limits)
+        except SpliceError:
+            raise
+        except Exception as error:  # noqa: BLE001 - whatever the tokenizer chokes on is the input's fault
+            raise BadRequest(f"The input could not be tokenized: {type(error).__name__}: {error}") from error
+        return job
+
     def submit(self, job: Job) -> Job:
-        """Queue ``job`` (its future answers it) or refuse it at once: the queue is full, or we are stopping."""
+        """Queue ``job`` (its future answers it) or refuse it at once: the queue is full, or we are stopping.
+        A job not yet prepared is tokenized first, here on the caller's thread."""
+        if job.ids is None:
+            self.prepare(job)
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("The server is shutting down and accepts no new requests.")
@@ -121,7 +138,8 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and self._accepting:
+                # an unload wakes the worker too: the adapter leaves the model now, not at the next request
+                while not self._pending and self._accepting and not self.residency.unloading():
                     self._cond.wait()
                 if not self._pending and not self._accepting:
                     return
@@ -130,7 +148,7 @@ class Engine:
                 self.residency.maintain(wanted)
             except Exception:
                 log.exception("adapter residency failed")
-            batch = self._take_batch()
+            batch = self._take_batch() if self._pending else []  # an unload alone runs no batch
             if batch:
                 self._run(batch)
 
@@ -169,18 +187,8 @@ class Engine:
 
     def _run(self, batch: list[Job]) -> None:
         started = time.monotonic()
-        prepared = []
-        for job in batch:
-            try:
-                job.prepare(self.tokenizer, self.limits)
-                prepared.append(job)
-            except SpliceError as error:
-                self._answer(job, error)
-            except Exception as error:  # noqa: BLE001 - whatever the tokenizer chokes on is the input's fault
-                self._answer(job, BadRequest(f"The input could not be tokenized: {type(error).__name__}: {error}"))
         try:
-            if prepared:
-                self._run_group(prepared)
+            self._run_group(batch)
         finally:
             with self._cond:
                 self._running = 0
@@ -188,8 +196,9 @@ class Engine:
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
 
     def _run_group(self, jobs: list[Job]) -> None:
-        """Run ``jobs`` as one batch; if the mix itself is refused (some adapters cannot share a batch), run
-        each adapter's jobs on their own; any other failure answers every job with it."""
+        """Run ``jobs`` as one batch. If it fails, no job pays for its neighbours: they run again apart (each
+        adapter's jobs together, as some adapters cannot share a batch, then each job alone), so only the job
+        at fault gets the error. A job that already streamed text cannot start over: it gets the error."""
         kind = jobs[0].kind
         self.metrics.batch_rows.observe(sum(job.rows for job in jobs), kind=kind)
         try:
@@ -197,17 +206,21 @@ class Engine:
                 answers = run_encode(self.model, jobs, self.pad_id)
             else:
                 answers = run_generate(self.model, self.tokenizer, jobs)
-        except SpliceError as error:
-            adapters = list(dict.fromkeys(job.internal for job in jobs))
-            if len(adapters) > 1:
-                for adapter in adapters:
-                    self._run_group([job for job in jobs if job.internal == adapter])
-                return
-            answers = [error] * len(jobs)
-        except Exception as error:
-            log.exception("batch failed")
-            answers = [RuntimeError(f"internal error while running the batch: {type(error).__name__}: {error}")]
-            answers *= len(jobs)
+        except Exception as error:  # noqa: BLE001 - every job is answered: its result, or why it failed
+            if not isinstance(error, SpliceError):
+                log.error("a batch of %d requests failed", len(jobs), exc_info=error)
+                error = RuntimeError(f"internal error while running the batch: {type(error).__name__}: {error}")
+            parts = _apart(jobs)
+            if not parts:  # one job alone: the error is its own
+                self._answer(jobs[0], error)
+            for part in parts:
+                for job in part:
+                    if job.streamed:
+                        self._answer(job, error)
+                fresh = [job for job in part if not job.streamed]
+                if fresh:
+                    self._run_group(fresh)
+            return
         for job, answer in zip(jobs, answers):
             self._answer(job, answer)
 
@@ -225,6 +238,15 @@ class Engine:
         self.metrics.latency.observe(time.monotonic() - job.accepted, adapter=job.adapter)
         with self._cond:
             self.answered += 1
+
+
+def _apart(jobs: list[Job]) -> list[list[Job]]:
+    """How to run a failed batch again: each adapter's jobs together if it mixed adapters, else each job
+    alone; [] for a single job (nothing left to split)."""
+    adapters = list(dict.fromkeys(job.internal for job in jobs))
+    if len(adapters) > 1:
+        return [[job for job in jobs if job.internal == adapter] for adapter in adapters]
+    return [[job] for job in jobs] if len(jobs) > 1 else []
 
 
 def _max_positions(model, tokenizer) -> int:

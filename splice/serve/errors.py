@@ -31,6 +31,12 @@ class Conflict(ServeError):
     status = 409
 
 
+class PayloadTooLarge(ServeError):
+    """The request body is larger than the server takes (``Limits.max_body_bytes``); it was not read."""
+
+    status = 413
+
+
 class Overloaded(ServeError):
     """The request queue is full; ``retry_after`` is a hint, in whole seconds."""
 

@@ -50,11 +50,15 @@ class RowSampling(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         device = scores.device
-        scores = scores / self.temperature.to(device, scores.dtype)
+        # float32 at least: a small temperature must not overflow half-precision logits to inf (then NaN)
+        scores = scores.float() / self.temperature.to(device)
         if bool((self.top_p < 1).any()):
             ordered, order = scores.sort(dim=-1, descending=True)
-            before = ordered.softmax(dim=-1).cumsum(dim=-1) - ordered.softmax(dim=-1)  # mass ranked above each
-            drop = before >= self.top_p.to(device, scores.dtype)
+            probs = ordered.softmax(dim=-1)
+            drop = probs.cumsum(dim=-1) - probs >= self.top_p.to(device)  # the mass ranked above each token
+            # the most likely token always stays: a top_p below its probability (or one that rounds to 0 in
+            # float32) means greedy for that row, never a row with nothing left to sample (NaN for the batch)
+            drop[:, 0] = False
             scores = scores.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
         best = scores.argmax(dim=-1, keepdim=True)
         only_best = torch.full_like(scores, float("-inf")).scatter(-1, best, 0.0)

@@ -1,9 +1,10 @@
 """The work the engine batches: encode jobs (classify, embed) and generate jobs (completions).
 
-A job is one request: a few texts, one adapter. The HTTP layer builds it; the
-engine's worker thread tokenizes it (:meth:`Job.prepare`, which may refuse it),
-packs the rows of many jobs into one forward or one ``generate`` call, and hands
-each job its own slice of the result (:func:`run_encode`, :func:`run_generate`).
+A job is one request: a few texts, one adapter. The HTTP layer builds it and
+tokenizes it (:meth:`Job.prepare`, which may refuse it) on a thread of its own, so
+a long tokenization never holds up the model; the engine's worker thread packs
+the rows of many jobs into one forward or one ``generate`` call, and hands each
+job its own slice of the result (:func:`run_encode`, :func:`run_generate`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..adapter import BASE_NAME
+from ..errors import SpliceError
 from ..heads import Classification, Regression
 from .errors import BadRequest
 from .generation import Row, generate_rows
@@ -24,13 +26,35 @@ from .generation import Row, generate_rows
 CLASSIFY, EMBED = "classify", "embed"
 
 
+CHARS_PER_TOKEN = 16  # a generous bound: real text averages about 4 characters a token
+
+
 @dataclass
 class Limits:
-    """How much one request may ask for."""
+    """How much one request may ask for.
+
+    The two size limits are checked before anything is tokenized, so a request far larger than any real
+    one is refused at once instead of holding up others: ``max_body_bytes`` before the body is read (HTTP
+    413), ``max_input_chars`` per text before tokenizing (400). By default they follow the token limit:
+    ``CHARS_PER_TOKEN`` characters a token, and a body holding ``max_inputs`` such texts (one byte a
+    character) plus 1 MiB for the rest of the request.
+    """
 
     max_input_tokens: int  # per text, prompt included (the model's positions)
     max_inputs: int = 64  # texts per request
     max_new_tokens: int = 512
+    max_input_chars: int | None = None  # per text; None: CHARS_PER_TOKEN * max_input_tokens
+    max_body_bytes: int | None = None  # per request body; None: max_inputs * max_input_chars + 1 MiB
+
+    def __post_init__(self) -> None:
+        if self.max_input_chars is None:
+            self.max_input_chars = CHARS_PER_TOKEN * self.max_input_tokens
+        if self.max_body_bytes is None:
+            self.max_body_bytes = self.max_inputs * self.max_input_chars + 2**20
+        values = (self.max_input_tokens, self.max_inputs, self.max_new_tokens, self.max_input_chars,
+                  self.max_body_bytes)
+        if not all(isinstance(v, int) and v >= 1 for v in values):
+            raise SpliceError(f"Every limit must be a whole number >= 1, got {self}.")
 
 
 @dataclass(eq=False)
@@ -42,6 +66,7 @@ class Job:
     accepted: float = field(default_factory=time.monotonic)
     internal: str | None = None  # the model's name for the adapter, set when the batch is formed
     ids: list[list[int]] | None = None  # token ids per row, set by prepare()
+    streamed: bool = False  # some of its answer already went to the client: it cannot be run again
 
     kind = ""
 
@@ -158,7 +183,7 @@ def run_generate(model, tokenizer, jobs: list[GenerateJob]) -> list[object]:
     rows, owners = [], []
     for job in jobs:
         for choice, ids in enumerate(job.ids):
-            sink = (lambda text, job=job, choice=choice: job.sink(choice, text)) if job.sink else None
+            sink = (lambda text, job=job, choice=choice: _stream(job, choice, text)) if job.sink else None
             rows.append(Row(ids, job.internal, job.max_tokens, job.temperature, job.top_p, job.stop, sink,
                             job.cancel.is_set))
             owners.append(job)
@@ -171,6 +196,11 @@ def run_generate(model, tokenizer, jobs: list[GenerateJob]) -> list[object]:
         answers.append([{"text": r.text, "finish_reason": r.finish_reason, "prompt_tokens": len(r.ids),
                          "completion_tokens": len(r.tokens)} for r in mine])
     return answers
+
+
+def _stream(job: GenerateJob, choice: int, text: str) -> None:
+    job.streamed = True
+    job.sink(choice, text)
 
 
 def end_of_sequence_ids(model, tokenizer) -> set[int]:

@@ -1,15 +1,19 @@
-"""OpenAI-compatible completions and chat completions: response bodies, and streaming as server-sent events.
+"""OpenAI-compatible response bodies: completions and chat completions (whole, or streamed as server-sent
+events) and embeddings.
 
 The text of every choice arrives from the engine's worker thread through the job's
 ``sink``; here it is handed to the event loop and written as ``data: {...}`` lines,
-ending with ``data: [DONE]``, as OpenAI's streaming API does. A client that goes
-away cancels its job, which ends its rows at the next generated token.
+ending with ``data: [DONE]``, as OpenAI's streaming API does (with
+``stream_options.include_usage``, a last chunk before it carries the usage). A
+client that goes away cancels its job, which ends its rows at the next generated token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -39,6 +43,14 @@ def response(job: GenerateJob, choices: list[dict], model: str, chat: bool) -> d
             "created": int(time.time()), "model": model, "choices": body, "usage": usage(job, choices)}
 
 
+def embedding(vector: list[float], encoding_format: str) -> list[float] | str:
+    """One vector as the client asked: a list of floats, or (``"base64"``, the openai client's default) its
+    little-endian float32 bytes in base64, which the client decodes with ``numpy.frombuffer(..., "float32")``."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return vector
+
+
 def attach_stream(job: GenerateJob) -> asyncio.Queue:
     """Give ``job`` a sink that passes each (choice, text) piece from the worker thread to this event loop."""
     loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
@@ -47,19 +59,23 @@ def attach_stream(job: GenerateJob) -> asyncio.Queue:
 
 
 async def events(job: GenerateJob, pieces: asyncio.Queue, model: str, chat: bool,
-                 timeout: float) -> AsyncIterator[str]:
-    """Server-sent events for a streamed completion: text pieces as they come, then each choice's finish reason."""
+                 timeout: float, include_usage: bool = False) -> AsyncIterator[str]:
+    """Server-sent events for a streamed completion: text pieces as they come, then each choice's finish reason,
+    then (``include_usage``) a chunk with no choices and the usage; until then every chunk has ``usage: null``."""
     ident, created = completion_id(chat), int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def send(choices: list[dict], **extra) -> str:
+        body = {"id": ident, "object": kind, "created": created, "model": model, "choices": choices}
+        if include_usage:
+            body["usage"] = None
+        return f"data: {json.dumps({**body, **extra})}\n\n"
 
     def chunk(choice: int, text: str | None, finish: str | None = None, role: bool = False) -> str:
         if chat:
             delta = {"role": "assistant"} if role else ({"content": text} if text is not None else {})
-            entry = {"index": choice, "delta": delta, "finish_reason": finish}
-        else:
-            entry = {"index": choice, "text": text or "", "logprobs": None, "finish_reason": finish}
-        body = {"id": ident, "object": kind, "created": created, "model": model, "choices": [entry]}
-        return f"data: {json.dumps(body)}\n\n"
+            return send([{"index": choice, "delta": delta, "finish_reason": finish}])
+        return send([{"index": choice, "text": text or "", "logprobs": None, "finish_reason": finish}])
 
     done = asyncio.wrap_future(job.future)
     deadline = time.monotonic() + timeout
@@ -87,6 +103,8 @@ async def events(job: GenerateJob, pieces: asyncio.Queue, model: str, chat: bool
         else:
             for choice, answer in enumerate(done.result()):
                 yield chunk(choice, None if chat else "", finish=answer["finish_reason"])
+            if include_usage:
+                yield send([], usage=usage(job, done.result()))
         yield "data: [DONE]\n\n"
     finally:
         job.cancel.set()  # the client left early (or we are done): stop generating for it

@@ -68,6 +68,8 @@ class Entry:
     error: str | None = None  # why the last load failed (tier FAILED)
     info: dict = field(default_factory=dict)  # method and head, known once loaded
     last_used: float = 0.0  # time.monotonic() of the last batch that used it
+    created: int = field(default_factory=lambda: int(time.time()))  # when it was added, for OpenAI's model objects
+    unloaded: Future | None = None  # set by unload(), resolved once the adapter is off the model and forgotten
 
 
 class _Stager:
@@ -101,7 +103,7 @@ class Residency:
         self.on_change, self.on_load = on_change, on_load  # on_load("ok" | "failed") after every read
         self._entries: dict[str, Entry] = {}
         self._lru: OrderedDict[str, None] = OrderedDict()  # public names on the model, least recent first
-        self._retiring: dict[str, Entry] = {}  # unloaded by a client, still on the model until idle
+        self._retiring: dict[str, Entry] = {}  # unloaded by a client; the worker drops them once no request waits
         self._loading: set[str] = set()  # public names being read on the loader thread
         self._internals: set[str] = set(model.adapters)  # every internal name handed out, never reused
         self._lock = threading.RLock()
@@ -128,7 +130,7 @@ class Residency:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            tiers = [e.tier for e in self._entries.values()] + [ON_MODEL] * len(self._retiring)
+            tiers = [e.tier for e in [*self._entries.values(), *self._retiring.values()]]
         return {ON_MODEL: tiers.count(ON_MODEL), IN_MEMORY: tiers.count(IN_MEMORY)}
 
     # -- adding and removing names --------------------------------------------------------------
@@ -158,7 +160,10 @@ class Residency:
             raise BadRequest(f"No adapter folder at {source!r}, and it is not a registry name@version.")
         check_public_name(public)
         with self._lock:
-            if public in self._entries or public in self._retiring or public in self._loading:
+            if public in self._retiring:
+                raise Conflict(f"The adapter named {public!r} is being unloaded: it first answers the requests "
+                               "accepted before its unload. Retry shortly, or pass another \"name\".")
+            if public in self._entries or public in self._loading:
                 raise Conflict(f"An adapter named {public!r} is already served; unload it first or pass another "
                                "\"name\".")
             if pinned:
@@ -200,14 +205,23 @@ class Residency:
         self.on_change()
         return entry
 
-    def unload(self, public: str) -> None:
+    def unload(self, public: str) -> Future:
         """Stop serving ``public``: new requests get 404 at once; requests already accepted for it are still
-        answered by it, and the worker drops it once none is left."""
+        answered by it. The worker thread (woken here, as :meth:`unloading` is now true) then takes it off the
+        model, freeing its device slot and memory, and resolves the returned future: from then on the name
+        can be loaded again. Without queued requests for it that is the worker's next turn, not the next
+        request's."""
         with self._lock:
             entry = self.entry(public)
             del self._entries[public]
+            entry.unloaded = Future()
             self._retiring[public] = entry
         self.on_change()
+        return entry.unloaded
+
+    def unloading(self) -> bool:
+        """Whether unloaded adapters wait for the worker's :meth:`maintain` to drop them."""
+        return bool(self._retiring)
 
     def pin(self, public: str, pinned: bool = True) -> None:
         """Keep ``public`` on the model (or let it be evicted again); one device slot always stays unpinned."""
@@ -245,10 +259,7 @@ class Residency:
         adapters on the model, evicting the least recently used others, and start reads of those on disk."""
         with self._lock:
             for public in [p for p in self._retiring if p not in wanted]:
-                entry = self._retiring.pop(public)
-                if entry.tier == ON_MODEL:
-                    self.model.delete(entry.internal)
-                    self._lru.pop(public, None)
+                self._drop(self._retiring.pop(public))
             pinned = [p for p, e in self._entries.items() if e.pinned]
             for public in dict.fromkeys([*pinned, *sorted(wanted)]):
                 entry = self._entries.get(public) or self._retiring.get(public)
@@ -282,7 +293,11 @@ class Residency:
         return failures
 
     def close(self) -> None:
+        """After the worker stopped: end the loader thread, and answer unloads the worker did not finish."""
         self._loader.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for entry in self._retiring.values():
+                _resolve(entry.unloaded)
 
     # -- internals ----------------------------------------------------------------------------------
     def _new_entry(self, public: str, locate, pinned: bool) -> Entry:
@@ -365,6 +380,16 @@ class Residency:
         entry.adapter, entry.tier = adapter.to("cpu"), IN_MEMORY
         self._lru.pop(entry.public, None)
 
+    def _drop(self, entry: Entry) -> None:
+        """Forget an unloaded adapter: off the model (the planner lets go of its bank slots), out of memory."""
+        try:
+            if entry.tier == ON_MODEL:
+                self._lru.pop(entry.public, None)
+                self.model.delete(entry.internal)
+        finally:  # whatever happens, it is no longer served: its unload is answered
+            entry.adapter, entry.tier = None, ON_DISK
+            _resolve(entry.unloaded)
+
     def _trim_memory(self) -> None:
         """Forget the built copies of the least recently used adapters beyond ``memory_slots`` (their files stay)."""
         held = sorted((e for e in self._entries.values() if e.tier == IN_MEMORY and e.locate is not None
@@ -382,6 +407,12 @@ def folder_name(folder: Path) -> str:
     except (OSError, ValueError, AttributeError):
         saved = None
     return saved if isinstance(saved, str) and saved else folder.name
+
+
+def _resolve(future: Future | None) -> None:
+    """Answer an unload's future, unless nobody waits for it any more (cancelled)."""
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 def _info(adapter: Adapter) -> dict:
