@@ -15,26 +15,15 @@ from .adapter import BASE_NAME, Adapter
 from .anatomy import Anatomy, Site
 from .compose import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from .errors import AdapterError, AnatomyError, CheckpointError, ConfigError, DataError, SpliceError
-from .methods import (
-    IA3,
-    METHODS,
-    BitFit,
-    Bottleneck,
-    Fusion,
-    HeadOnly,
-    LoRA,
-    MethodConfig,
-    PrefixTuning,
-    PromptTuning,
-    Union,
-)
+from .methods import BUILT_IN, METHODS, MethodConfig
 from .model import AdaptedModel, attach
 from .version import __version__
 
+globals().update(BUILT_IN)  # every method config of splice/methods/ (splice.LoRA, ...), as the registry has them
+
 __all__ = [
     "attach", "AdaptedModel", "Adapter", "Anatomy", "Site", "BASE_NAME",
-    "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "PromptTuning", "PrefixTuning", "Union", "HeadOnly", "presets",
-    "MethodConfig", "METHODS",
+    *BUILT_IN, "presets", "assets", "MethodConfig", "METHODS",
     "Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit", "heads",
     "SpliceError", "ConfigError", "AnatomyError", "AdapterError", "CheckpointError", "DataError",
     "__version__",

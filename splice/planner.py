@@ -93,12 +93,11 @@ class Planner:
         return adapter.delta(key)
 
     def _fused_by(self, name: str) -> tuple[str, ...] | None:
-        config = self.model.adapters[name].config
-        return config.adapters if config.method == "fusion" else None
+        return self.model.adapters[name].config.fused_adapters or None
 
     def _fusion_over(self, children: tuple) -> str:
         matches = [n for n, a in self.model.adapters.items()
-                   if a.config.method == "fusion" and a.config.adapters == tuple(children)]
+                   if a.config.fused_adapters and a.config.fused_adapters == tuple(children)]
         if len(matches) != 1:
             found = "none" if not matches else f"several ({', '.join(matches)}): activate one by name"
             raise AdapterError(
@@ -356,5 +355,5 @@ class Planner:
 
 
 def _bankable(program: Program) -> bool:
-    """One delta whose class keeps its tensors in banks (LoRA, bottleneck, IA³, BitFit)."""
-    return isinstance(program, Leaf) and hasattr(type(program.delta), "bank_sources")
+    """One delta that keeps its tensors in banks (LoRA, bottleneck, IA³, BitFit: ``banked`` deltas)."""
+    return isinstance(program, Leaf) and program.delta.banked

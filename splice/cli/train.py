@@ -23,13 +23,15 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.defa
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from ..train.recipes import RECIPES
+    from ..methods import recipes  # read here, when this command's parser is built: plugins included
+
+    offered = recipes()
 
     parser = add_command(commands, "train", help="train an adapter (or full fine-tuning) with the HF Trainer",
                          description=__doc__.split("\n\n")[1].replace("\n", " "))
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "methods:\n" + "\n".join(f"  {name:<9} {r.help} (lr {r.learning_rate:g})"
-                                              for name, r in RECIPES.items())
+                                              for name, r in offered.items())
     parser.argument_default = argparse.SUPPRESS  # only options given on the command line override --config
 
     def option(group, flag: str, help: str, **kwargs) -> None:
@@ -44,7 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     option(group, "--data", "CSV, JSONL, Parquet, folder of <label>/*.txt, CoNLL file, or a built-in set "
            "(tweet-sentiment, bbc-news, wnut16, bbc-headlines)", metavar="PATH_OR_BUILTIN")
     option(group, "--task", "what the data teaches", choices=["classification", "tagging", "causal-lm"])
-    option(group, "--method", "adapter method (see below)", choices=list(RECIPES))
+    option(group, "--method", "adapter method (see below)", choices=list(offered))
     group.add_argument("--option", dest="options", action="append", metavar="KEY=VALUE",
                       help="a method option, VALUE read as JSON if it parses (e.g. --option reduction_factor=8 "
                            "--option 'targets=[\"q\",\"v\"]'); repeatable")
