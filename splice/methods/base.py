@@ -1,16 +1,10 @@
 """The method contract, written down: a frozen config that says *where* a method acts
 (:class:`MethodConfig`), and a small module per site that says *what* it does there
-(:class:`Delta`). Nothing outside a method asks what a method is: it reads the
-capabilities these two classes declare. Methods register with
-:func:`splice.methods.register` (see :mod:`splice.methods.registry`).
-
-A config declares, as class attributes: ``method`` (its registry name),
-``mergeable`` and ``merges_commute`` (whether merges of it undo in any order),
-``averages_exactly`` (what :meth:`MethodConfig.averaged` gives), and ``recipes``
-(its ``splice train --method`` entries). A delta declares its ``stage`` and, by
-flags and methods with defaults here, whether it is ``banked`` (per-row routing
-runs many adapters of it in one call) and ``fusable`` (a fusion can attend over
-it). See :class:`Delta` for the whole list.
+(:class:`Delta`). Both declare what the method can do — merge, average, run many
+adapters in one routed call, be fused, add soft positions — as class attributes
+and methods with defaults here, which the model, planner, routing, averaging and
+CLI read: nothing outside a method asks what a method is. A :class:`Recipe` is a
+``splice train --method`` entry. Methods register with :func:`splice.methods.register`.
 """
 
 from __future__ import annotations
@@ -47,6 +41,8 @@ class Recipe:
 
     def config(self, options: Mapping[str, Any]) -> MethodConfig:
         """The config for the user's ``options`` over this recipe's defaults."""
+        if self.build is None:
+            raise ConfigError("This recipe is not bound to a method yet: take it from splice.methods.recipes().")
         try:
             return self.build(**{**self.defaults, **options})
         except TypeError as error:  # an option the config does not take
@@ -66,7 +62,9 @@ class MethodConfig:
     - ``merges_commute``: merges of it undo in any order (additive updates); False (rescaling, IA³): adapters
       merged after one of it must be unmerged first;
     - ``averages_exactly``: :meth:`averaged` gives one adapter computing a weighted average of several;
-    - ``recipes``: its ``splice train --method`` entries (see :meth:`training_recipes`).
+    - ``recipes``: its ``splice train --method`` entries (see :meth:`training_recipes`);
+
+    and, as a property, ``fused_adapters``: the adapters a fusion-like config attends over.
     """
 
     method: ClassVar[str] = ""
@@ -99,7 +97,8 @@ class MethodConfig:
         raise NotImplementedError
 
     def build(self, site: Site, anatomy: Anatomy) -> Delta:
-        """A fresh delta module for ``site``; a fresh adapter must not change the model's output."""
+        """A fresh delta module for ``site``; a fresh adapter must not change the model's output (soft
+        positions, which start random, excepted)."""
         raise NotImplementedError
 
     def folded(self) -> "MethodConfig":
