@@ -26,11 +26,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     from ..methods import recipes  # read here, when this command's parser is built: plugins included
 
     offered = recipes()
-
     parser = add_command(commands, "train", help="train an adapter (or full fine-tuning) with the HF Trainer",
                          description=__doc__.split("\n\n")[1].replace("\n", " "))
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "methods:\n" + "\n".join(f"  {name:<9} {r.help} (lr {r.learning_rate:g})"
+    width = max(9, *map(len, offered))  # a plugin's longer name keeps the column
+    parser.epilog = "methods:\n" + "\n".join(f"  {name:<{width}} {r.help} (lr {r.learning_rate:g})"
                                               for name, r in offered.items())
     parser.argument_default = argparse.SUPPRESS  # only options given on the command line override --config
 
