@@ -71,19 +71,26 @@ def test_unknown_names(client):
     still_serving(client)
 
 
-def test_adapter_folders_that_fail_to_load(client, tmp_path):
+def test_adapter_folders_that_fail_to_load(client, tmp_path, caplog):
+    """A client learns that a source cannot be loaded, never whether the path exists or what is in it;
+    the server's log says why."""
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter.json").write_text("{truncated")
-    refused(client.post("/v1/adapters", json={"source": str(broken)}), 400, "not valid JSON")
-    refused(client.post("/v1/adapters", json={"source": str(tmp_path / "missing")}), 400, "No adapter folder")
-    refused(client.post("/v1/adapters", json={"source": str(tmp_path / "adapters" / "a0")}), 409, "already")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     good = tmp_path / "adapters" / "a1"
     (corrupt / "adapter.json").write_text((good / "adapter.json").read_text())
     (corrupt / "adapter.safetensors").write_bytes((good / "adapter.safetensors").read_bytes()[:100])
-    refused(client.post("/v1/adapters", json={"source": str(corrupt), "name": "c"}), 400, "corrupted")
+    (tmp_path / "a file").write_text("secret")
+    sources = [broken, corrupt, tmp_path / "missing", tmp_path / "a file", tmp_path, "/" + "x" * 5000, "/a\0b"]
+    with caplog.at_level("WARNING", logger="splice.serve"):
+        answers = [client.post("/v1/adapters", json={"source": str(source), "name": "c"}) for source in sources]
+    for answer in answers:
+        refused(answer, 400, "Cannot load an adapter from the given source")
+    assert len({answer.content for answer in answers}) == 1  # the same bytes whatever is (or is not) there
+    assert "not valid JSON" in caplog.text and "corrupted" in caplog.text
+    refused(client.post("/v1/adapters", json={"source": str(tmp_path / "adapters" / "a0")}), 409, "already")
     names = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert "c" not in names and "broken" not in names
     still_serving(client)

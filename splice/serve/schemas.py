@@ -1,16 +1,26 @@
 """Request bodies of the HTTP API (pydantic models, so FastAPI documents them at ``/docs``).
 
-Types are strict: a number where text is expected is refused, not converted.
+Types are strict: a number where text is expected is refused, not converted. An
+integer field takes what JSON Schema calls an integer, ``1.0`` included (the
+schema at ``/openapi.json`` says ``integer``, and clients in JavaScript cannot tell 1 from 1.0).
 Fields OpenAI clients send that splice does not implement are refused when they
 ask for something (``n=2``, ``logprobs``, penalties), never silently ignored.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+
+def _whole(value: object) -> object:
+    """A float with no fractional part as the int it is (``1.0`` -> ``1``); anything else unchanged, for the
+    strict check after it (``1.5`` and ``"1"`` stay refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[StrictInt, BeforeValidator(_whole)]
 Number = StrictInt | StrictFloat
 Texts = StrictStr | list[StrictStr]
 
@@ -32,15 +42,15 @@ class EmbeddingsRequest(_Body):
 
 class _Sampling(_Body):
     model: StrictStr = Field("", description="adapter name or alias; \"\" or \"base\" for the base model")
-    max_tokens: StrictInt = Field(16, description="tokens to generate at most")
+    max_tokens: Integer = Field(16, description="tokens to generate at most")
     temperature: Number = Field(1.0, description="0 decodes greedily")
     top_p: Number = 1.0
     stop: StrictStr | list[StrictStr] | None = None
     stream: StrictBool = False
     user: StrictStr | None = Field(None, description="a stable id: the same user always gets the same "
                                                            "side of an alias's split")
-    n: StrictInt = 1
-    logprobs: StrictBool | StrictInt | None = None
+    n: Integer = 1
+    logprobs: StrictBool | Integer | None = None
     presence_penalty: Number = 0.0
     frequency_penalty: Number = 0.0
 
