@@ -7,7 +7,10 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from serving import decoder_app, encoder_app
+from splice.hub import Hub
+from splice.serve import Engine, create_app
+
+from serving import char_tokenizer, decoder_app, encoder, encoder_app
 
 
 @pytest.fixture
@@ -94,6 +97,15 @@ def test_adapter_folders_that_fail_to_load(client, tmp_path, caplog):
     names = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert "c" not in names and "broken" not in names
     still_serving(client)
+
+
+def test_a_registry_reference_that_cannot_be_loaded_does_not_tell_where_the_registry_is(tmp_path, caplog):
+    engine = Engine(encoder(0), char_tokenizer(), max_wait_ms=1)
+    with TestClient(create_app(engine, hub=Hub(tmp_path / "hub"))) as client, caplog.at_level("WARNING"):
+        missing = client.post("/v1/adapters", json={"source": "sentiment@9"})
+        refused(missing, 400, "Cannot load an adapter from the given source")
+        assert str(tmp_path) not in missing.text and str(tmp_path / "hub") in caplog.text
+        refused(client.post("/v1/adapters", json={"source": "bad.name@1"}), 400, "Invalid adapter name")
 
 
 def test_an_adapter_whose_files_broke_after_startup_fails_its_requests_only(tmp_path):

@@ -244,8 +244,8 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
     async def load_adapter(body: LoadRequest):
         """Load an adapter from a folder or the registry; it is served once fully read.
 
-        Why a folder could not be read goes to the server's log, not to the client:
-        the answer never tells whether a path exists on the server.
+        Why a folder or a registry entry could not be read goes to the server's log, not to
+        the client: the answer never tells whether a path exists on the server, nor where its files are.
         """
         if body.name is not None:
             check_public_name(body.name)
@@ -259,8 +259,8 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         except Conflict:
             raise
         except Exception as failure:  # noqa: BLE001 - also OSError (name too long, permissions), NUL bytes, ...
-            if isinstance(failure, SpliceError) and is_reference(body.source):
-                raise  # a registry's answer is about names, never about the server's files
+            if isinstance(failure, BadRequest) and is_reference(body.source):
+                raise  # about the name@version the client wrote, not about the server's files
             log.warning("POST /v1/adapters cannot load %s: %s", shown(body.source), failure)
             raise BadRequest(UNREADABLE_SOURCE, param="source") from None
         engine.wake()
