@@ -123,3 +123,14 @@ def test_docs_pages_need_no_network(client, page):
     for url in urls:
         assert url.startswith("/") and not url.startswith("//"), url
         assert client.get(url).status_code == 200, url
+
+
+def test_a_stream_that_fails_ends_with_an_error_in_the_same_shape(tmp_path):
+    app, _ = decoder_app(tmp_path, max_wait_ms=1)
+    (tmp_path / "adapters" / "g1" / "adapter.safetensors").write_bytes(b"garbage")
+    with TestClient(app) as client:
+        streamed = client.post("/v1/completions", json={"model": "g1", "prompt": "hi", "stream": True})
+    events = [line.removeprefix("data: ") for line in streamed.text.splitlines() if line.startswith("data: ")]
+    failure = ErrorResponse.model_validate_json(events[-2]).error  # then [DONE]
+    assert failure.type == "invalid_request_error" and "could not be loaded" in failure.message
+    assert events[-1] == "[DONE]"

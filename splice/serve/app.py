@@ -35,10 +35,10 @@ from .errors import (
     Conflict,
     NotFound,
     Overloaded,
-    ServeError,
     TimedOut,
     documented,
     error_body,
+    refusal,
     shown,
 )
 from .jobs import CLASSIFY, EMBED, EncodeJob, GenerateJob, Job
@@ -76,9 +76,8 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
     residency, metrics, limits = engine.residency, engine.metrics, engine.limits
 
     # -- errors and bookkeeping ------------------------------------------------------------------
-    def error(status: int, message: str, param: str | None = None, code: str | None = None,
-              headers: dict | None = None) -> JSONResponse:
-        return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+    def error(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -100,22 +99,14 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
             headers = {**(headers or {}), "Allow": ", ".join(_methods_at(app, request.scope))}
         return error(exc.status_code, message, headers=headers)
 
-    @app.exception_handler(SpliceError)
-    async def refused(request: Request, exc: SpliceError) -> JSONResponse:
-        if not isinstance(exc, ServeError):  # a library refusal (bad adapter files, ...): the request's fault
-            return error(400, str(exc))
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        """Our refusals, the engine's failures and bugs alike (Starlette logs a bug's traceback)."""
+        status, body = refusal(exc)
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-        return error(exc.status, str(exc), exc.param, exc.code, headers)
+        return JSONResponse(body, status_code=status, headers=headers)
 
-    @app.exception_handler(RuntimeError)
-    async def failed(request: Request, exc: RuntimeError) -> JSONResponse:
-        """The engine's report of a batch that failed (it logged the traceback)."""
-        return error(500, str(exc))
-
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception) -> JSONResponse:
-        """A bug: the client gets the usual shape, the traceback goes to the log (Starlette logs it)."""
-        return error(500, "Internal server error; the server's log has the details.")
+    for caught in (SpliceError, RuntimeError, Exception):
+        app.add_exception_handler(caught, refused)
 
     @app.middleware("http")
     async def count(request: Request, call_next):

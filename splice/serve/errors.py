@@ -115,6 +115,22 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def refusal(error: BaseException) -> tuple[int, dict]:
+    """The status and body answering ``error``, in a response or mid-stream.
+
+    A :class:`ServeError` has its own status; another :class:`SpliceError` (bad adapter
+    files, ...) is the request's fault, 400; a ``RuntimeError`` is the engine's report of a
+    failed batch (it logged the traceback), 500 with its message; anything else is a bug,
+    500 with no detail (the traceback goes to the server's log).
+    """
+    if isinstance(error, ServeError):
+        return error.status, error_body(error.status, str(error), error.param, error.code)
+    if isinstance(error, SpliceError):
+        return 400, error_body(400, str(error))
+    message = str(error) if isinstance(error, RuntimeError) else "Internal server error; the server's log has details."
+    return 500, error_body(500, message)
+
+
 def documented(*statuses: int) -> dict[int | str, dict]:
     """A route's ``responses=``: each of ``statuses`` answered with :class:`ErrorResponse` (429 with its header)."""
     responses: dict[int | str, dict] = {status: {"model": ErrorResponse, "description": DESCRIPTIONS[status]}
