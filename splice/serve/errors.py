@@ -24,7 +24,7 @@ ERROR_TYPES = {
     413: "request_too_large",
     429: "rate_limit_error",
     500: "server_error",
-    503: "overloaded_error",
+    503: "unavailable_error",
     504: "timeout_error",
 }
 
