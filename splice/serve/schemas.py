@@ -1,8 +1,8 @@
 """Request bodies of the HTTP API (pydantic models, so FastAPI documents them at ``/docs``).
 
 Types are strict: a number where text is expected is refused, not converted. An
-integer field takes what JSON Schema calls an integer, ``1.0`` included (the
-schema at ``/openapi.json`` says ``integer``, and clients in JavaScript cannot tell 1 from 1.0).
+integer field takes what JSON Schema calls an integer, ``1.0`` included: the
+schema at ``/openapi.json`` says ``integer``, and a client that computed the number as a float sends ``1.0``.
 Fields OpenAI clients send that splice does not implement are refused when they
 ask for something (``n=2``, ``logprobs``, penalties), never silently ignored.
 """
