@@ -14,10 +14,11 @@ venv_create() {
 }
 
 # splice itself, editable, without its dependencies (the caller chose those). Skipped when this checkout's
-# splice is already what the environment imports (-I: neither the current folder nor PYTHONPATH counts).
+# splice is already what the environment finds: find_spec locates it without importing torch (seconds);
+# -I: neither the current folder nor PYTHONPATH counts.
 venv_splice() {
   local found
-  found=$("$1/bin/python" -I -c 'import splice; print(splice.__file__)' 2>/dev/null || true)
+  found=$("$1/bin/python" -I -c 'import importlib.util as u; print(u.find_spec("splice").origin)' 2>/dev/null || true)
   if [ "$found" != "$PWD/splice/__init__.py" ] || [ ! -x "$1/bin/splice" ]; then
     venv_pip "$1" --no-deps -e .
   fi
