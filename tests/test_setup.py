@@ -55,7 +55,6 @@ def test_the_lock_pins_cpu_torch_and_no_cuda_wheels():
     assert pins(REQUIREMENTS / "torch.txt") == {"torch": "2.13.0"}
     cuda = [name for name in locked if name.startswith(("nvidia-", "cuda-"))]
     assert cuda == [], f"the lock would install CUDA wheels: {cuda}"
-    assert locked["transformers"] == "5.25.0"
 
 
 def test_the_lock_fits_pyproject():
