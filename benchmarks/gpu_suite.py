@@ -124,14 +124,17 @@ def run_step(step: Step, limit: float, folder: Path, env: dict[str, str] | None 
         process.wait(timeout=limit)
         status = "ok" if process.returncode == 0 else "failed"
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
         status = "timeout"
+    try:  # whatever of the group still runs (all of it after a time-out) would hold the output open
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
     reader.join()
     output = "".join(lines)
     return dict(name=step.name, status=status, seconds=round(time.monotonic() - started, 1), limit=round(limit, 1),
                 returncode=process.returncode, command=shlex.join(["python", *relative(step.argv)]),
-                notes=step.notes, result=json.loads(out.read_text()) if out.exists() else None,
+                notes=step.notes, result=json.loads(out.read_text()) if out.exists() and status != "timeout" else None,
                 output_tail=output[-TAIL:])
 
 
