@@ -17,7 +17,7 @@ import sys
 
 from ..errors import ConfigError
 from ..train.config import TrainConfig
-from .common import add_command, human_size, split_sizes
+from .common import Steps, add_command, human_size, split_sizes
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
@@ -96,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
     config_file = getattr(args, "config", None)
     config = TrainConfig.from_file(config_file, **given) if config_file else TrainConfig(**given)
     command = shlex.join(["splice", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else ""
-    result = train(config, command=command, say=lambda line: None if args.quiet else print(line, flush=True),
-                   progress=not args.quiet)
+    result = train(config, command=command, say=Steps(args.quiet).say, progress=not args.quiet)
     if result.main_process:
         report(result, config.task)
     return 0
