@@ -36,6 +36,18 @@ def run(args: argparse.Namespace) -> int:
         name = model.load(adapter_path(args.source), name=args.name)
     with steps(f"writing {name!r} as {args.to} to {args.dest}"):
         model.save(name, args.dest, format=args.to)
+    if args.to == "peft" and model.adapters[name].task_head is not None:
+        _how_to_load(steps, model, name, args)
     print(args.dest)
     return 0
 
+
+def _how_to_load(steps: Steps, model, name: str, args: argparse.Namespace) -> None:
+    """peft needs the task model its classifier belongs to, with as many labels as the head: say which."""
+    from ..assets import model_path
+    from ..convert.peft_heads import task_head
+
+    head = model.adapters[name].task_head
+    written = task_head(model, model.adapters[name], name)
+    steps.say(f"peft loads it with model = {written.task_class}.from_pretrained({str(model_path(args.model))!r}, "
+              f"num_labels={head.out_features}), then PeftModel.from_pretrained(model, {args.dest!r})")
