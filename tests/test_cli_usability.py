@@ -77,6 +77,14 @@ def test_shared_options_go_before_or_after_the_command(command):
         assert parser.parse_args(["hub", "-q", "list"]).quiet is True
 
 
+def test_train_records_its_command_line_with_shared_options_before_it():
+    from splice.cli.train import command_line
+
+    assert command_line(["-q", "train", "--data", "train.csv"]) == "splice -q train --data train.csv"
+    assert command_line(["train", "--method", "lora"]) == "splice train --method lora"
+    assert command_line(["tests/test_train.py", "-k", "train"]) == ""  # not a splice command line
+
+
 def test_quiet_before_the_command_silences_it(capsys, tmp_path):
     model = splice.attach(tiny_model("bert"))
     model.add("x", splice.LoRA(r=2))
