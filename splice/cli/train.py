@@ -17,7 +17,7 @@ import sys
 
 from ..errors import ConfigError
 from ..train.config import TrainConfig
-from .common import add_command, human_size, split_sizes
+from .common import Steps, add_command, human_size, split_sizes
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
@@ -95,9 +95,7 @@ def run(args: argparse.Namespace) -> int:
         given["options"] = dict(_option(text) for text in given["options"])
     config_file = getattr(args, "config", None)
     config = TrainConfig.from_file(config_file, **given) if config_file else TrainConfig(**given)
-    command = shlex.join(["splice", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else ""
-    result = train(config, command=command, say=lambda line: None if args.quiet else print(line, flush=True),
-                   progress=not args.quiet)
+    result = train(config, command=command_line(sys.argv[1:]), say=Steps(args.quiet).say, progress=not args.quiet)
     if result.main_process:
         report(result, config.task)
     return 0
@@ -119,6 +117,13 @@ def report(result, task: str) -> None:
     print(f"adapter: {result.adapter} ({human_size(int(metrics['adapter_mb'] * 1e6))} on disk)")
     print(f"training curves: {result.curves or 'not drawn (pip install matplotlib)'}")
     print(f"metrics: {result.out / 'metrics.json'}")
+
+
+def command_line(argv: list[str]) -> str:
+    """The command to record in the model card: ``argv`` if it is a ``splice train`` command line (``train``
+    may follow the shared options, as in ``splice -q train``), else nothing (``main([...])`` called from code)."""
+    before = argv[:argv.index("train")] if "train" in argv else None
+    return shlex.join(["splice", *argv]) if before is not None and all(a.startswith("-") for a in before) else ""
 
 
 def _option(text: str) -> tuple[str, object]:
