@@ -1,6 +1,7 @@
 """Checks that need a CUDA GPU (the test suite runs the kernels through Triton's CPU interpreter only).
 
     python benchmarks/gpu_check.py
+    python benchmarks/gpu_check.py --json gpu_check.json    # also every check as JSON (benchmarks/gpu_suite.py)
 
 1. Every kernel case of ``tests/kernel_cases.py``, compiled for the GPU (bf16 with native bf16 dots).
 2. A mixed batch through a small Llama: Triton kernels vs the PyTorch reference vs each row alone.
@@ -13,6 +14,7 @@ Prints one line per check and exits 1 if any failed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -32,13 +34,12 @@ from splice.routing import Routed  # noqa: E402
 CONFIGS = {"lora": splice.LoRA(r=16, alpha=32, targets="all-linear"), "lora8": splice.LoRA(r=8, targets=["q", "v"]),
            "pfeiffer": splice.Bottleneck(reduction_factor=16), "houlsby": splice.Bottleneck(placement="houlsby", r=24),
            "gelu": splice.Bottleneck(r=32, non_linearity="gelu"), "ia3": splice.IA3(), "bitfit": splice.BitFit()}
-failures: list[str] = []
+checks: list[dict] = []  # every check reported, in order: name, ok, detail
 
 
 def report(name: str, ok: bool, detail: str = "") -> None:
     print(f"{'ok  ' if ok else 'FAIL'} {name} {detail}")
-    if not ok:
-        failures.append(name)
+    checks.append(dict(name=name, ok=ok, detail=detail))
 
 
 def kernel_cases() -> None:
@@ -152,20 +153,27 @@ def graph_replay() -> None:
     adapted.unfreeze_routing()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", default=None, help="also write the device and every check to this file")
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check needs a CUDA GPU; the CPU checks are in the test suite (tests/test_kernels.py).")
         return 1
     import triton
 
-    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; triton {triton.__version__}")
+    device = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
+    print(f"{device['device']}; torch {device['torch']}; triton {device['triton']}")
     kernel_cases()
     for dtype in (torch.float32, torch.bfloat16):
         for tokens in (1, 96):  # decode-like (gather-GEMV) and prefill-like (segment-GEMM)
             routed_model(dtype, tokens)
     graph_replay()
-    print("all GPU checks passed" if not failures else f"{len(failures)} GPU check(s) failed")
-    return 1 if failures else 0
+    failed = [c["name"] for c in checks if not c["ok"]]
+    print("all GPU checks passed" if not failed else f"{len(failed)} GPU check(s) failed")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(**device, checks=checks), indent=1))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

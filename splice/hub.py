@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .adapter import check_name
-from .checkpoint import read_meta, write_folder
 from .errors import AdapterError, CheckpointError
+
+# The helpers this module takes from .adapter and .checkpoint are imported where they are used: those
+# modules import torch (seconds), and listing the hub (`splice hub list`) needs none of it.
 
 ENV_VAR = "SPLICE_HUB"
 DEFAULT_ROOT = "~/.cache/splice/hub"
@@ -50,6 +51,8 @@ def parse_reference(ref: str) -> tuple[str, str]:
     match = _REFERENCE.match(ref) if isinstance(ref, str) else None
     if match is None:
         raise AdapterError(f"{ref!r} is not a hub reference; write it as 'name@version', e.g. 'sentiment@1.0'.")
+    from .adapter import check_name  # (see the note on imports above)
+
     return check_name(match["name"]), check_version(match["version"])
 
 
@@ -96,6 +99,9 @@ class Hub:
         version, once pushed, never changes: pushing other content under it is refused
         (pushing the same content again is a no-op).
         """
+        from .adapter import check_name
+        from .checkpoint import read_meta
+
         check_name(name)
         if version is not None:
             check_version(version)
@@ -143,6 +149,8 @@ class Hub:
 
     def pull(self, ref: str, dest: str | os.PathLike) -> Path:
         """Copy the adapter ``ref`` to the folder ``dest`` (atomically), verifying every byte copied."""
+        from .checkpoint import write_folder
+
         record = self._record(ref)
         folder = self.objects / record["digest"]
         self._check_listing(ref, folder, record)

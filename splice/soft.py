@@ -17,7 +17,9 @@ public call arguments:
 - **Prefix on a cached stack** (decoders, T5's decoder): before the model runs,
   a cache scoped to this call and pre-filled with every layer's prefix keys and
   values (``[B, kv_heads, S, head_dim]``, so grouped-query attention needs
-  nothing special) is passed as ``past_key_values``, with the mask grown by
+  nothing special) is passed as the model's cache argument (``past_key_values``
+  up to transformers 5.23, ``cache`` from 5.24: read from the model's signature,
+  see :func:`splice.anatomy.calls.cache_argument`), with the mask grown by
   ``S`` slots and mask-derived position ids. Gradient checkpointing drops the
   cache inside each block; the self-attention module then gets a one-layer
   cache rebuilt from the parameters (so recomputation is idempotent).
@@ -45,12 +47,15 @@ from torch import nn
 
 from .anatomy import Anatomy, Site
 from .anatomy.calls import (
+    cache_argument,
     extend_mask,
+    given_cache,
     mask_follows_embeddings,
     positions_from_mask,
     prefix_cache,
     strip_positions,
     token_embedding,
+    with_cache,
 )
 from .errors import AdapterError, AnatomyError
 from .routing import Soft, first_input
@@ -68,6 +73,7 @@ class SoftTokens:
 
     def __init__(self, anatomy: Anatomy, hooks: HookSet):
         self.anatomy, self.hooks = anatomy, hooks
+        self.cache_name = cache_argument(anatomy.model)  # the keyword the model's forward and generate take
         self.before: dict[nn.Module, list[Handler]] = {}  # (args, kwargs) -> (args, kwargs) | None
         self.strip: dict[nn.Module, Handler] = {}  # output -> output, before the module's site deltas
         self.after: dict[nn.Module, list[Handler]] = {}  # (args, kwargs, output) -> output, after them
@@ -100,7 +106,9 @@ class SoftTokens:
             if not self._cached:
                 self._add(self.before, model, self._prefix_call)
             self._cached = sorted([*self._cached, site], key=lambda s: (s.stack, s.layer))
-            self._add(self.before, site.input_module, lambda args, kwargs: self._reinject(site, args, kwargs))
+            name = cache_argument(site.input_module)  # GPT-NeoX's attention: layer_past
+            self._add(self.before, site.input_module,
+                      lambda args, kwargs: self._reinject(site, name, args, kwargs))
             return [model, site.input_module]
         self._add(self.before, site.input_module, lambda args, kwargs: self._rows_call(site, args, kwargs))
         self.strip[site.input_module] = lambda output: self._rows_strip(site, output)
@@ -238,8 +246,7 @@ class SoftTokens:
             return None
         rows, length, device = self._decoder_shape(args, kwargs)
         entries, visible = self._entries(layers, rows)
-        kwargs = dict(kwargs)
-        kwargs["past_key_values"] = prefix_cache(entries, self.anatomy.encoder_decoder)
+        kwargs = with_cache(kwargs, self.cache_name, prefix_cache(entries, self.anatomy.encoder_decoder))
         name = self.anatomy.layout.decoder_mask
         mask = kwargs.get(name)
         if mask is None and (not self.anatomy.encoder_decoder or not bool(visible.all())):
@@ -276,15 +283,17 @@ class SoftTokens:
             f"{', '.join(self.anatomy.layout.decoder_inputs)} by keyword."
         )
 
-    def _reinject(self, site: Site, args: tuple, kwargs: dict):
-        """Gradient checkpointing sets the cache to None inside each block: give this layer its prefix."""
-        name = self.anatomy.attention_call.cache
+    def _reinject(self, site: Site, name: str, args: tuple, kwargs: dict):
+        """Gradient checkpointing sets the cache to None inside each block: give this layer its prefix.
+
+        ``name``: the attention module's cache keyword, the one the checkpointed block set to None.
+        """
         program = self._program(site.key)
-        if not self.injected or program is None or kwargs.get(name) is not None:
+        if not self.injected or program is None or given_cache(kwargs) is not None:
             return None
         rows = (args[0] if args else kwargs["hidden_states"]).shape[0]
         keys, values = self._heads(program.soft(rows))
-        return args, {**kwargs, name: prefix_cache([(site.layer, keys, values)], self.anatomy.encoder_decoder)}
+        return args, with_cache(kwargs, name, prefix_cache([(site.layer, keys, values)], self.anatomy.encoder_decoder))
 
     # -- prefix on stacks without a cache (encoders): placeholder rows ----------------------------
     def _rows_call(self, site: Site, args: tuple, kwargs: dict):
@@ -383,16 +392,16 @@ class SoftTokens:
                 soft = prompt.soft(rows)
                 visible = torch.cat([visible, soft.visible.to(device)], 1)
                 call = {"inputs_embeds": soft.values[0], "attention_mask": visible.long(),
-                        "past_key_values": cache, "use_cache": True}
+                        self.cache_name: cache, "use_cache": True}
                 self._set_positions(call, visible, visible, soft.length, True, "soft prompts")
-                cache = base(**call).past_key_values
+                base(**call)  # appends to ``cache`` in place (every release's Cache.update does)
         _expand(cache, base, kwargs)
         count = visible.shape[1]
         pad = kwargs.get("pad_token_id", getattr(base.generation_config, "pad_token_id", None))
         placeholders = torch.full((rows, count), 0 if pad is None else int(pad), dtype=ids.dtype, device=device)
         out = base.generate(*args, input_ids=torch.cat([placeholders, ids], 1),
-                            attention_mask=torch.cat([visible.to(mask.dtype), mask], 1), past_key_values=cache,
-                            **kwargs)
+                            attention_mask=torch.cat([visible.to(mask.dtype), mask], 1),
+                            **{self.cache_name: cache}, **kwargs)
         return _drop_columns(out, count)
 
     def _generate_seq2seq(self, base: nn.Module, layers, args: tuple, kwargs: dict):
@@ -416,14 +425,18 @@ class SoftTokens:
             *args, **kwargs,
             decoder_input_ids=torch.cat([decoder.new_full((rows, count), int(start)), decoder], 1),
             decoder_attention_mask=torch.cat([visible.to(decoder_mask.dtype), decoder_mask], 1),
-            past_key_values=cache,
+            **{self.cache_name: cache},
         )
         return _drop_columns(out, count)
 
 
 def _continues(kwargs: dict) -> bool:
-    """A call that brings a cache continues a sequence whose soft tokens are already in it."""
-    return kwargs.get("past_key_values") is not None
+    """A call that brings a cache continues a sequence whose soft tokens are already in it.
+
+    ``generate`` passes its cache as ``past_key_values`` up to transformers 5.23 and as ``cache`` from 5.24;
+    a caller may use either name on 5.24+.
+    """
+    return given_cache(kwargs) is not None
 
 
 def _expand(cache, base: nn.Module, kwargs: dict) -> None:

@@ -59,3 +59,25 @@ def descend(model: nn.Module, loss_of, steps: int = 2, lr: float = 1e-2) -> None
         optimizer.zero_grad()
         loss_of().backward()
         optimizer.step()
+
+
+def greedy(model, inputs, steps):
+    """Greedy decoding by recomputing the whole sequence at every step (no cache): what ``generate`` must equal.
+
+    Decoders: ``inputs`` holds ``input_ids`` and ``attention_mask``, finished rows are padded with 0.
+    Encoder-decoders (``decoder_input_ids`` in ``inputs``, any value): the decoder starts from id 0.
+    """
+    if inputs.pop("decoder_input_ids", None) is not None:
+        ids = torch.zeros(inputs["input_ids"].shape[0], 1, dtype=torch.long)
+        for _ in range(steps):
+            logits = model(**inputs, decoder_input_ids=ids).logits[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
+        return ids
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    done = torch.zeros(ids.shape[0], 1, dtype=torch.bool)
+    for _ in range(steps):
+        nxt = model(input_ids=ids, attention_mask=mask).logits[:, -1].argmax(-1, keepdim=True)
+        nxt = nxt.masked_fill(done, 0)  # after end-of-sequence, generate pads
+        done |= nxt == model.generation_config.eos_token_id
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    return ids

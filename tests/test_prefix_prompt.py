@@ -10,13 +10,14 @@ per-row routing mixes them with other adapters exactly.
 """
 
 import json
+import warnings
 
 import pytest
 import torch
 
 import splice
 
-from helpers import assert_same_state, descend, perturb, state_copy
+from helpers import assert_same_state, descend, greedy, perturb, state_copy
 from tiny_models import ARCHITECTURES, DECODERS, tiny_config, tiny_inputs, tiny_model
 
 METHODS = {
@@ -137,24 +138,6 @@ def test_gradient_checkpointing_gives_same_gradients(arch, method, reentrant):
         torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4)
 
 
-def greedy(model, inputs, steps):
-    """Greedy decoding by recomputing the whole sequence at every step (no cache)."""
-    if inputs.pop("decoder_input_ids", None) is not None:
-        ids = torch.zeros(inputs["input_ids"].shape[0], 1, dtype=torch.long)
-        for _ in range(steps):
-            logits = model(**inputs, decoder_input_ids=ids).logits[:, -1]
-            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
-        return ids
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    done = torch.zeros(ids.shape[0], 1, dtype=torch.bool)
-    for _ in range(steps):
-        nxt = model(input_ids=ids, attention_mask=mask).logits[:, -1].argmax(-1, keepdim=True)
-        nxt = nxt.masked_fill(done, 0)  # after end-of-sequence, generate pads
-        done |= nxt == model.generation_config.eos_token_id
-        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
-    return ids
-
-
 @pytest.mark.parametrize("arch", DECODERS + ("t5",))
 @pytest.mark.parametrize("method", ["prefix", "prompt", "both"])
 def test_generate_returns_no_soft_tokens_and_equals_recompute(arch, method):
@@ -174,6 +157,62 @@ def test_generate_returns_no_soft_tokens_and_equals_recompute(arch, method):
             expected = greedy(model, inputs, 4)
     assert generated.shape == expected.shape
     assert torch.equal(generated, expected)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_mam_preset_generate_equals_recompute(arch):
+    """The MAM preset's 30 prefix slots, given twice on transformers 5.24+, ran GPT-2 past its 64 positions."""
+    model = splice.attach(tiny_model(arch, head="lm"))
+    model.add("mam", splice.presets.mam())
+    perturb(model.adapters["mam"], std=0.5)
+    model.activate("mam")
+    inputs = tiny_inputs(arch, padded=True)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        expected = greedy(model, inputs, 4)
+    assert torch.equal(generated, expected)
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated")
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "t5"])
+def test_prefix_passes_the_cache_by_the_name_the_release_takes(arch):
+    """transformers 5.24 renamed ``past_key_values`` to ``cache``: a call given both silently drops the first.
+
+    Forward, checkpointed backward and generate must use the model's own name (GPT-NeoX's attention:
+    ``layer_past``), so no deprecation warning about the cache arguments is raised.
+    """
+    model = adapted(arch, "prefix", head="lm")
+    inputs = tiny_inputs(arch, padded=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train_adapter("soft")
+        model(**inputs).logits.pow(2).mean().backward()
+        model.eval()
+        inputs.pop("decoder_input_ids", None)
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    renamed = [str(w.message) for w in caught if "past_key_values" in str(w.message)]
+    assert not renamed, renamed[0]
+
+
+def test_cache_argument_is_read_from_the_signature():
+    """Each module's own name (a model not yet moved to ``cache`` keeps its own); none named: its release's."""
+    from torch import nn
+
+    from splice.anatomy.calls import cache_argument
+
+    class Old(nn.Module):
+        def forward(self, hidden_states, past_key_values=None): ...
+
+    class NeoX(nn.Module):
+        def forward(self, hidden_states, layer_past=None): ...
+
+    class Unnamed(nn.Module):
+        def forward(self, *args, **kwargs): ...
+
+    assert (cache_argument(Old()), cache_argument(NeoX())) == ("past_key_values", "layer_past")
+    assert cache_argument(Unnamed()) == cache_argument(tiny_model("llama", head="lm"))  # the release's own name
 
 
 @pytest.mark.parametrize("arch", ["llama", "t5"])

@@ -1,13 +1,13 @@
-"""Integration on the real all-MiniLM-L6-v2 and real tweets (installed by scripts/setup.sh)."""
+"""Integration on the real all-MiniLM-L6-v2, SmolLM2-135M-Instruct and real tweets (installed by scripts/setup.sh)."""
 
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 import splice
-from splice.assets import minilm_dir, tweet_sentiment
+from splice.assets import minilm_dir, model_path, tweet_sentiment
 
-from helpers import descend
+from helpers import descend, greedy
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,20 @@ def test_prompt_initialised_from_text_with_a_local_tokenizer(tokenizer):
     assert len(soft) == 1 and torch.equal(soft[0].detach(), expected.detach())
     with pytest.raises(splice.ConfigError, match="could not load tokenizer"):
         model.add("bad", splice.PromptTuning(length=4, init_text=text, tokenizer="/nonexistent/tokenizer"))
+
+
+def test_prefix_generate_on_real_smollm2_equals_recompute():
+    """transformers 5.24 renamed the cache argument; a prefix fed the old name decoded ' Parisi to--' here."""
+    torch.manual_seed(0)  # the prefix starts random
+    folder = model_path("smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = splice.attach(AutoModelForCausalLM.from_pretrained(folder))
+    model.add("prefix", splice.PrefixTuning(length=8))
+    model.activate("prefix")
+    inputs = tokenizer(["The capital of France is"], return_tensors="pt")
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        recomputed = greedy(model, dict(inputs), 4)
+    new = tokenizer.decode(recomputed[0, inputs["input_ids"].shape[1]:])
+    assert new.startswith(" Paris"), f"a small random prefix should leave the answer alone, got {new!r}"
+    assert tokenizer.decode(generated[0, inputs["input_ids"].shape[1]:]) == new

@@ -7,9 +7,10 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from splice.serve import Limits
+from splice.hub import Hub
+from splice.serve import Engine, Limits, create_app
 
-from serving import decoder_app, encoder_app
+from serving import char_tokenizer, decoder_app, encoder, encoder_app
 
 
 @pytest.fixture
@@ -73,22 +74,38 @@ def test_unknown_names(client):
     still_serving(client)
 
 
-def test_adapter_folders_that_fail_to_load(client, tmp_path):
+def test_adapter_folders_that_fail_to_load(client, tmp_path, caplog):
+    """A client learns that a source cannot be loaded, never whether the path exists or what is in it;
+    the server's log says why."""
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter.json").write_text("{truncated")
-    refused(client.post("/v1/adapters", json={"source": str(broken)}), 400, "not valid JSON")
-    refused(client.post("/v1/adapters", json={"source": str(tmp_path / "missing")}), 400, "No adapter folder")
-    refused(client.post("/v1/adapters", json={"source": str(tmp_path / "adapters" / "a0")}), 409, "already")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     good = tmp_path / "adapters" / "a1"
     (corrupt / "adapter.json").write_text((good / "adapter.json").read_text())
     (corrupt / "adapter.safetensors").write_bytes((good / "adapter.safetensors").read_bytes()[:100])
-    refused(client.post("/v1/adapters", json={"source": str(corrupt), "name": "c"}), 400, "corrupted")
+    (tmp_path / "a file").write_text("secret")
+    sources = [broken, corrupt, tmp_path / "missing", tmp_path / "a file", tmp_path, "/" + "x" * 5000, "/a\0b"]
+    with caplog.at_level("WARNING", logger="splice.serve"):
+        answers = [client.post("/v1/adapters", json={"source": str(source), "name": "c"}) for source in sources]
+    for answer in answers:
+        refused(answer, 400, "Cannot load an adapter from the given source")
+    assert len({answer.content for answer in answers}) == 1  # the same bytes whatever is (or is not) there
+    assert "not valid JSON" in caplog.text and "corrupted" in caplog.text
+    refused(client.post("/v1/adapters", json={"source": str(tmp_path / "adapters" / "a0")}), 409, "already")
     names = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert "c" not in names and "broken" not in names
     still_serving(client)
+
+
+def test_a_registry_reference_that_cannot_be_loaded_does_not_tell_where_the_registry_is(tmp_path, caplog):
+    engine = Engine(encoder(0), char_tokenizer(), max_wait_ms=1)
+    with TestClient(create_app(engine, hub=Hub(tmp_path / "hub"))) as client, caplog.at_level("WARNING"):
+        missing = client.post("/v1/adapters", json={"source": "sentiment@9"})
+        refused(missing, 400, "Cannot load an adapter from the given source")
+        assert str(tmp_path) not in missing.text and str(tmp_path / "hub") in caplog.text
+        refused(client.post("/v1/adapters", json={"source": "bad.name@1"}), 400, "Invalid adapter name")
 
 
 def test_an_adapter_whose_files_broke_after_startup_fails_its_requests_only(tmp_path):

@@ -81,6 +81,23 @@ def test_classification_run_writes_adapter_metrics_curves_and_eval_reproduces_th
     assert code == 0 and printed.splitlines()[1].split()[0] in ("neg", "pos")
 
 
+def test_progress_goes_to_stderr_results_to_stdout_and_the_run_folder_is_the_adapter(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [arg for arg in quick(files, out, "--epochs", "1") if arg != "-q"]  # with progress, as users run it
+    code, printed, err = run(capsys, *argv)
+    assert code == 0, err
+    # `splice train ... > results.txt` keeps the results alone
+    assert [line.partition(":")[0] for line in printed.splitlines()] == [
+        "validation accuracy", "test accuracy", "trainable parameters", "adapter", "training curves", "metrics"]
+    assert "splice: data:" in err and "'loss':" in err  # the run's notes and the Trainer's log lines
+    code, printed, err = run(capsys, "eval", out, "--json", "-q")  # the run folder, not out/adapter
+    assert code == 0, err
+    assert json.loads(printed)["accuracy"] == pytest.approx(json.loads((out / "metrics.json").read_text())
+                                                             ["test"]["accuracy"])
+    code, printed, err = run(capsys, "predict", "--adapter", out, "the film was great", "-q")
+    assert code == 0 and printed.splitlines()[1].split()[0] in ("neg", "pos"), err
+
+
 def test_checkpoints_hold_only_trainable_tensors_and_the_best_one_is_kept(files, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(capsys, *quick(files, out, "--save-total-limit", "1"))[0] == 0

@@ -2,8 +2,8 @@
 whose mechanisms differ most between releases) on 4.57 too.
 
 The default environment has transformers 5.x; scripts/setup.sh installs 4.57.6 as an
-overlay in .venv/transformers-4.57, and this test runs the matrix in a child
-interpreter with that overlay first on its path.
+overlay in .venv/transformers-4.57 (scripts/test-newest.sh in .venv-newest/transformers-4.57),
+and this test runs the matrix in a child interpreter with that overlay first on its path.
 """
 
 import os
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OVERLAY = ROOT / ".venv" / "transformers-4.57"
+OVERLAY = Path(sys.prefix) / "transformers-4.57"  # beside the running environment: .venv or .venv-newest
 
 
 def test_method_matrix_on_transformers_4_57():

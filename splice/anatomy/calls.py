@@ -8,6 +8,7 @@ mechanism above (``splice.soft``) speaks only in these terms.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -23,15 +24,15 @@ class AttentionCall:
     ``mask``: where the attention mask arrives, as keyword names or positional
     indices (first present wins; DeBERTa passes it second, positionally).
     ``hidden``: keywords carrying hidden states besides ``args[0]`` (DistilBERT on
-    4.57 passes ``query``/``key``/``value``). ``cache``: the key/value-cache keyword
-    (GPT-NeoX: ``layer_past``). ``rebuilt``: length-dependent keywords the module
-    recomputes when given None (DeBERTa's ``relative_pos``). ``positions``: keywords
-    holding the query positions ``arange(T)`` (T5's ``cache_position`` on 4.57).
+    4.57 passes ``query``/``key``/``value``). ``rebuilt``: length-dependent keywords
+    the module recomputes when given None (DeBERTa's ``relative_pos``). ``positions``:
+    keywords holding the query positions ``arange(T)`` (T5's ``cache_position`` on 4.57).
+    The key/value-cache keyword is read from the module's signature instead: it changed
+    between releases (:func:`cache_argument`).
     """
 
     mask: tuple[str | int, ...] = ("attention_mask", "mask")
     hidden: tuple[str, ...] = ("hidden_states",)
-    cache: str = "past_key_values"
     rebuilt: tuple[str, ...] = ()
     positions: tuple[str, ...] = ()
 
@@ -43,6 +44,53 @@ def attend_value(mask: torch.Tensor, visible: bool):
     if mask.is_floating_point():
         return 0.0 if visible else torch.finfo(mask.dtype).min
     return 1 if visible else 0
+
+
+# The keywords a key/value cache is passed by, newest first. Which one a call takes, by transformers release:
+# - 4.57 to 5.23: ``past_key_values`` -- models' ``forward``, ``generate``, attention modules (and outputs'
+#   ``.past_key_values``).
+# - 5.24 and 5.25: ``cache`` everywhere (outputs' ``.cache`` too). ``past_key_values`` is still accepted, with
+#   a FutureWarning (models' ``forward`` drops it in 5.40, ``generate`` in 6.0), but a call given both uses
+#   ``cache`` and silently ignores ``past_key_values``. A prefix passed as ``past_key_values`` is therefore lost
+#   beside the ``cache`` that ``generate`` passes at every step, and beside the ``cache=None`` that gradient
+#   checkpointing sets in each block (5.24 renamed it there too); only its grown mask arrives.
+# - every release: GPT-NeoX's attention module takes ``layer_past``.
+CACHE_ARGUMENTS = ("cache", "past_key_values", "layer_past")
+
+
+def cache_argument(module: nn.Module) -> str:
+    """The keyword ``module``'s forward takes its key/value cache by (see ``CACHE_ARGUMENTS``).
+
+    Read from the signature rather than the release number, so a model that has not moved
+    to ``cache`` yet (remote code) keeps its own name; a forward that names none (only
+    ``**kwargs``) gets its release's default.
+    """
+    parameters = inspect.signature(module.forward).parameters
+    named = next((name for name in CACHE_ARGUMENTS if name in parameters), None)
+    return named or ("cache" if _release() >= (5, 24) else "past_key_values")
+
+
+def given_cache(kwargs: dict):
+    """The key/value cache a call brings, under whichever keyword its caller used (None: it brings none)."""
+    return next((kwargs[name] for name in CACHE_ARGUMENTS if kwargs.get(name) is not None), None)
+
+
+def with_cache(kwargs: dict, name: str, cache) -> dict:
+    """``kwargs`` passing ``cache`` as ``name``, without a None under another cache keyword.
+
+    On 5.24+ a call given both ``cache`` and ``past_key_values`` uses the first, so a
+    stale ``past_key_values=None`` must not sit beside it (nor trigger a warning).
+    """
+    kwargs = {k: v for k, v in kwargs.items() if k not in CACHE_ARGUMENTS}
+    kwargs[name] = cache
+    return kwargs
+
+
+def _release() -> tuple[int, int]:
+    import transformers
+
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int(minor)
 
 
 def extend_mask(mask: torch.Tensor | None, visible: torch.Tensor, queries: bool = False) -> torch.Tensor | None:
@@ -75,11 +123,8 @@ def mask_follows_embeddings(model: nn.Module) -> bool:
     given mask slots at the call); 4.x with SDPA sizes it from the input ids instead
     and would mismatch. 4.x with eager attention uses the 2-D mask as given.
     """
-    import transformers
-
-    major = int(transformers.__version__.split(".")[0])
     implementation = getattr(getattr(model, "config", None), "_attn_implementation", "eager")
-    return major >= 5 or implementation == "eager"
+    return _release()[0] >= 5 or implementation == "eager"
 
 
 def positions_from_mask(mask: torch.Tensor, last: int) -> torch.Tensor:

@@ -146,7 +146,7 @@ LAYOUTS: dict[str, Layout] = {
         # parallel residual: both sublayers read the block's input (post_attention_layernorm's input too)
         "attn_residual": ("input_layernorm", "attention", None),
         "ffn_residual": ("post_attention_layernorm", "mlp", None),
-    }, ("final_layer_norm",), causal=True, attention=AttentionCall(cache="layer_past")),
+    }, ("final_layer_norm",), causal=True),
     "opt": _single("decoder.layers", {
         "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
         "up": "fc1", "down": "fc2", "attn": "self_attn", "ffn": ("fc1", "fc2"),

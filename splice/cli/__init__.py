@@ -14,6 +14,11 @@ function that adds its subparser and sets ``run`` (``args -> exit code``) as its
 default; :data:`COMMANDS` lists the modules, in the order ``splice --help``
 shows them. A new command is one more module and one more name here.
 
+Options every command shares (``-q``) may come before or after the command's
+name. Neither this package nor a command module imports torch or transformers
+at module level (each ``run`` imports what it needs), so ``--help``,
+``--version`` and commands that load no model answer at once.
+
 Errors splice raises on purpose (:class:`splice.SpliceError`) and missing files
 print ``error: <message>`` and exit 2, as argparse does for bad arguments;
 anything else is a bug and keeps its traceback.
@@ -30,6 +35,7 @@ from contextlib import contextmanager
 
 from ..errors import SpliceError
 from ..version import __version__
+from .common import shared_options
 
 COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "serve", "fedavg", "info", "convert", "merge", "hub")
 EXIT_USAGE = 2  # bad input: argparse's code for bad arguments, and ours for every refusal
@@ -41,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adapters for frozen Hugging Face models: train, evaluate, serve, inspect, convert, merge and "
                     "store them.",
         epilog="Run 'splice COMMAND --help' for the options of a command.",
+        parents=[shared_options(top=True)],
     )
     parser.add_argument("--version", action="version", version=f"splice {__version__}",
                         help="print splice's version and exit")
@@ -74,17 +81,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextmanager
 def _progress_bars(enabled: bool) -> Iterator[None]:
-    """With ``enabled`` false, transformers' own progress bars (loading, writing weights) off for one command."""
-    from transformers.utils import logging
+    """With ``enabled`` false, Hugging Face's progress bars (loading, writing weights) off for one command.
 
-    before = logging.is_progress_bar_enabled()
-    if not enabled:
-        logging.disable_progress_bar()
+    transformers copies huggingface_hub's setting when it is imported, so a
+    command that imports it later starts quiet too; a command that never does
+    (``splice hub list``) does not pay for importing it here.
+    """
+    if enabled:
+        yield
+        return
+    from huggingface_hub import utils as hub_utils
+
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    before = not hub_utils.are_progress_bars_disabled()
+    hub_utils.disable_progress_bars()
+    if transformers_logging is not None:
+        transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
+        transformers_logging = sys.modules.get("transformers.utils.logging")
         if before:
-            logging.enable_progress_bar()
+            hub_utils.enable_progress_bars()
+            if transformers_logging is not None:
+                transformers_logging.enable_progress_bar()
 
 
 def _message(error: BaseException) -> str:

@@ -1,4 +1,9 @@
-"""What several commands share: the command parser, loading a local base model, progress lines, formatting."""
+"""What several commands share: the command parser, adapter and base model arguments, progress lines, formatting.
+
+Nothing here imports torch or transformers at module level: every command
+module imports this one when the parser is built, and ``splice --help`` must
+not wait seconds for them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 # --model-class: which Auto class reads the base model folder.
 MODEL_CLASSES = {
@@ -16,17 +22,48 @@ MODEL_CLASSES = {
 }
 
 
-def add_command(commands: argparse._SubParsersAction, name: str, help: str, description: str | None = None,
-                parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
-    """A subparser for ``name``, with the options every command has (``--quiet``) unless ``parents`` give them."""
-    parser = commands.add_parser(name, help=help, description=description or help, parents=list(parents))
-    if not any("--quiet" in parent._option_string_actions for parent in parents):
-        parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
-    parser.set_defaults(quiet=False)
+QUIET_HELP = "print no progress lines on stderr"
+RUN_ADAPTER = "adapter"  # where `splice train --out RUN` writes the trained adapter (splice.train.trainer.ADAPTER_DIR)
+
+
+def shared_options(top: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name: ``splice -q convert`` = ``splice convert -q``.
+
+    Give it as a parent to the top-level parser (``top``: the options carry their
+    defaults) and to every (sub)command (the defaults are suppressed, because
+    argparse copies a subcommand's values over the top level's, so a default there
+    would undo an option given before the command's name).
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help=QUIET_HELP)
     return parser
 
 
-QUIET_HELP = "print no progress lines on stderr"
+def add_command(commands: argparse._SubParsersAction, name: str, help: str, description: str | None = None,
+                parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+    """A subparser for ``name`` with the shared options (:func:`shared_options`) and those of ``parents``."""
+    return commands.add_parser(name, help=help, description=description or help,
+                               parents=[shared_options(top=False), *parents])
+
+
+def adapter_path(source: str) -> str:
+    """``source`` as an adapter folder: a ``splice train`` run folder stands for the adapter it wrote.
+
+    ``splice train --out RUN`` writes the adapter to ``RUN/adapter``, next to
+    metrics and checkpoints; users naturally pass ``RUN``. A folder that is not
+    itself an adapter but holds one in ``adapter/`` gives that one; anything else
+    (an adapter folder, a hub ``name@version``, a path that does not exist) is
+    returned unchanged for the loader to read or refuse.
+    """
+    from ..convert import ADAPTER_CONFIGS  # needs torch; only commands that load adapters get here
+
+    folder, inner = Path(source), Path(source) / RUN_ADAPTER
+
+    def is_adapter(path: Path) -> bool:
+        return any((path / config).is_file() for config in ADAPTER_CONFIGS)
+
+    return str(inner) if folder.is_dir() and not is_adapter(folder) and is_adapter(inner) else source
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -11,13 +11,14 @@ import argparse
 import json
 
 from ..errors import SpliceError
-from .common import Steps, add_command, split_sizes
+from .common import Steps, adapter_path, add_command, split_sizes
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = add_command(commands, "eval", help="evaluate a trained adapter on a dataset",
                          description=__doc__.split("\n\n")[1].replace("\n", " "))
-    parser.add_argument("adapter", metavar="ADAPTER", help="adapter folder (splice train writes OUT/adapter)")
+    parser.add_argument("adapter", metavar="ADAPTER",
+                        help="adapter folder, or the run folder splice train wrote it in (OUT for OUT/adapter)")
     parser.add_argument("--data", metavar="PATH_OR_BUILTIN", help="dataset (default: the one it was trained on)")
     parser.add_argument("--split", choices=["train", "validation", "test", "all"],
                         help="which split (default: test for the training data, all for other data)")
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     steps = Steps(args.quiet)
     with steps(f"loading {args.adapter}"):
-        loaded = load_adapters([args.adapter], args.model)
+        loaded = load_adapters([adapter_path(args.adapter)], args.model)
     training = loaded.training
     data = args.data or training.get("data_source")
     if not data:

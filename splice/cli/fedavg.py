@@ -13,13 +13,14 @@ import argparse
 from pathlib import Path
 
 from ..errors import SpliceError
-from .common import Steps, add_command
+from .common import Steps, adapter_path, add_command
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = add_command(commands, "fedavg", help="average adapters of one config (federated averaging)",
                          description=__doc__.split("\n\n")[1].replace("\n", " "))
-    parser.add_argument("adapters", nargs="+", metavar="ADAPTER", help="adapter folders (two or more)")
+    parser.add_argument("adapters", nargs="+", metavar="ADAPTER",
+                        help="adapter folders or splice train run folders (two or more)")
     parser.add_argument("--weights", metavar="N1,N2,...", help="one weight per adapter, e.g. client example "
                         "counts (normalised to sum 1; default: equal)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the averaged adapter")
@@ -34,11 +35,12 @@ def run(args: argparse.Namespace) -> int:
     if len(args.adapters) < 2:
         raise SpliceError("fedavg needs two or more adapter folders.")
     weights = _weights(args.weights, len(args.adapters))
+    folders = [adapter_path(a) for a in args.adapters]
     with Steps(args.quiet)(f"loading {len(args.adapters)} adapters"):
-        loaded = load_adapters(args.adapters, args.model)
+        loaded = load_adapters(folders, args.model)
     name = "fedavg"
     loaded.model.average(name, loaded.names, weights, mode="parameters")
-    record = {**loaded.training, "fedavg_of": [str(Path(a).resolve()) for a in args.adapters],
+    record = {**loaded.training, "fedavg_of": [str(Path(a).resolve()) for a in folders],
               "fedavg_weights": weights}
     record.pop("metrics", None)  # the clients' metrics do not describe the average
     record.pop("fine_tuned_model", None)

@@ -11,38 +11,39 @@ import json
 from dataclasses import asdict
 
 from ..hub import DEFAULT_ROOT, ENV_VAR, Hub
-from .common import QUIET_HELP, Steps, add_command, describe_base, human_size, table
+from .common import Steps, adapter_path, add_command, describe_base, human_size, shared_options, table
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    # --root and --quiet are accepted on the group and on each subcommand; SUPPRESS keeps a subcommand's
-    # default from hiding a value given to the group.
+    # --root (like the shared options) is accepted on the group and on each subcommand; SUPPRESS keeps a
+    # subcommand's default from hiding a value given to the group.
     root = argparse.ArgumentParser(add_help=False)
     root.add_argument("--root", default=argparse.SUPPRESS,
                       help=f"registry folder (default: ${ENV_VAR}, else {DEFAULT_ROOT})")
-    root.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
+    common = [shared_options(top=False), root]
     group = add_command(commands, "hub", help="push, pull, list and remove adapters in the local registry",
                         description="The local adapter registry: splice adapter folders stored as name@version, "
                                     "content-addressed, every file's sha256 checked on every read.",
                         parents=[root])
     actions = group.add_subparsers(title="subcommands", dest="action", metavar="ACTION", required=True)
 
-    push = actions.add_parser("push", parents=[root], help="store a splice adapter folder as NAME@VERSION")
-    push.add_argument("folder", metavar="FOLDER", help="a splice adapter folder (model.save wrote it)")
+    push = actions.add_parser("push", parents=common, help="store a splice adapter folder as NAME@VERSION")
+    push.add_argument("folder", metavar="FOLDER",
+                      help="a splice adapter folder (model.save wrote it) or a splice train run folder")
     push.add_argument("name", metavar="NAME", help="the adapter's name in the registry")
     push.add_argument("--version", help="a label such as 1.0 (default: the first 12 hex digits of the content hash)")
     push.set_defaults(run=run_push)
 
-    pull = actions.add_parser("pull", parents=[root], help="copy NAME@VERSION to a folder, verifying every byte")
+    pull = actions.add_parser("pull", parents=common, help="copy NAME@VERSION to a folder, verifying every byte")
     pull.add_argument("ref", metavar="REF", help="name@version")
     pull.add_argument("dest", metavar="DEST", help="folder to write (new, empty, or an earlier adapter save)")
     pull.set_defaults(run=run_pull)
 
-    listing = actions.add_parser("list", parents=[root], help="list the stored adapters")
+    listing = actions.add_parser("list", parents=common, help="list the stored adapters")
     listing.add_argument("--json", action="store_true", help="print the list as JSON")
     listing.set_defaults(run=run_list)
 
-    rm = actions.add_parser("rm", parents=[root], help="remove NAME@VERSION from the registry")
+    rm = actions.add_parser("rm", parents=common, help="remove NAME@VERSION from the registry")
     rm.add_argument("ref", metavar="REF", help="name@version")
     rm.set_defaults(run=run_rm)
 
@@ -54,7 +55,7 @@ def _hub(args: argparse.Namespace) -> Hub:
 def run_push(args: argparse.Namespace) -> int:
     hub = _hub(args)
     with Steps(args.quiet)(f"pushing {args.folder} to {hub.root}"):
-        ref = hub.push(args.folder, args.name, args.version)
+        ref = hub.push(adapter_path(args.folder), args.name, args.version)
     print(ref)
     return 0
 

@@ -15,15 +15,12 @@ import math
 import textwrap
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
-
-from ..checkpoint import WEIGHTS_FILE, read_meta
-from ..convert import detect_format
-from ..convert.detect import FOREIGN_CONFIG, HEAD_CONFIG, read_json
-from ..convert.weights import read_weights
 from ..errors import CheckpointError
 from ..hub import Hub, is_reference
-from .common import add_command, describe_base, human_size
+from .common import adapter_path, add_command, describe_base, human_size
+
+# The readers below import splice.checkpoint and splice.convert where they are used: those import torch,
+# which `splice --help` (it builds this command's parser) must not wait for.
 
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 ADAPTERS_WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")
@@ -41,19 +38,22 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Describe an adapter: format, method and options, the base it fits, parameters, size on disk "
                     "and head. Reads splice, peft and AdapterHub folders, or a hub name@version (looked up in "
                     "$SPLICE_HUB, else ~/.cache/splice/hub, its hashes verified).")
-    parser.add_argument("adapter", metavar="ADAPTER_DIR_OR_REF", help="adapter folder, or name@version in the hub")
+    parser.add_argument("adapter", metavar="ADAPTER_DIR_OR_REF",
+                        help="adapter folder (or a splice train run folder), or name@version in the hub")
     parser.add_argument("--json", action="store_true", help="print the description as JSON")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = describe(args.adapter)
+    report = describe(adapter_path(args.adapter))
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
 
 def describe(source: str) -> dict:
     """Facts about the adapter at ``source`` (a folder, or a hub ``name@version``) as plain JSON values."""
+    from ..convert import detect_format
+
     folder, ref = Path(source), None
     if not folder.exists() and is_reference(source):
         folder, ref = Hub().resolve(source), source
@@ -67,6 +67,8 @@ def describe(source: str) -> dict:
 
 
 def _splice(folder: Path) -> dict:
+    from ..checkpoint import WEIGHTS_FILE, read_meta
+
     meta = read_meta(folder)
     config = dict(meta.get("config", {}))
     method = config.pop("method", None)
@@ -85,6 +87,8 @@ def _splice(folder: Path) -> dict:
 
 
 def _peft(folder: Path) -> dict:
+    from ..convert.detect import FOREIGN_CONFIG, read_json
+
     config = read_json(folder / FOREIGN_CONFIG)
     mapping = config.get("auto_mapping") or {}
     base = {
@@ -106,6 +110,8 @@ def _peft(folder: Path) -> dict:
 
 
 def _adapters(folder: Path) -> dict:
+    from ..convert.detect import FOREIGN_CONFIG, HEAD_CONFIG, read_json
+
     meta = read_json(folder / FOREIGN_CONFIG)
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     architecture = config.get("architecture")
@@ -146,6 +152,10 @@ _DESCRIBERS = {"splice": _splice, "peft": _peft, "adapters": _adapters}
 
 def _count(folder: Path, names: tuple[str, ...]) -> int:
     """Elements in the first of ``names`` present in ``folder``: safetensors from its header, .bin weights-only."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..convert.weights import read_weights
+
     path = next((folder / name for name in names if (folder / name).is_file()), None)
     if path is not None and path.suffix == ".safetensors":
         try:

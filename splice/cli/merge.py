@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..checkpoint import write_folder
 from ..errors import SpliceError
-from .common import Steps, add_command, add_model_options, attach_base
+from .common import Steps, adapter_path, add_command, add_model_options, attach_base
+
+if TYPE_CHECKING:
+    import torch
 
 # Files of the base folder that are not the model itself but belong with it (tokenizer, processor).
 COMPANIONS = (
@@ -37,7 +38,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Load ADAPTER (a splice, peft or AdapterHub folder, or a hub name@version) into the base at "
                     "--model, merge it into the weights, and save_pretrained the merged model to --out. Only "
                     "adapters of mergeable methods (LoRA, IA3, BitFit, ...) merge.")
-    parser.add_argument("adapter", metavar="ADAPTER", help="adapter folder, or name@version in the hub")
+    parser.add_argument("adapter", metavar="ADAPTER",
+                        help="adapter folder (or a splice train run folder), or name@version in the hub")
     add_model_options(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the merged model")
     parser.add_argument("--overwrite", action="store_true",
@@ -52,10 +54,12 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise SpliceError(f"{out} already holds files; choose a new folder, or pass --overwrite to replace a model "
                           "saved there.")
+    from ..checkpoint import write_folder
+
     steps = Steps(args.quiet)
     model = attach_base(args, steps)
     with steps(f"reading {args.adapter}"):
-        name = model.load(args.adapter)
+        name = model.load(adapter_path(args.adapter))
     head = model.adapters[name].head_spec()
     if isinstance(head, dict):
         raise SpliceError(
@@ -76,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _copy_head(base: torch.nn.Module, path: str, head: torch.nn.Module, name: str) -> None:
     """Put the adapter's trained copy of the base module ``path`` in place of the original."""
+    import torch
+
     target = base.get_submodule(path)
     own = {id(p) for p in target.parameters()}
     shared = [key for key, p in base.named_parameters(remove_duplicate=False)

@@ -12,7 +12,7 @@ import json
 import sys
 
 from ..errors import SpliceError
-from .common import Steps, add_command
+from .common import Steps, adapter_path, add_command
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,7 +20,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                          description=__doc__.split("\n\n")[1].replace("\n", " "))
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to run ('-' reads standard input)")
     parser.add_argument("--adapter", action="append", required=True, metavar="DIR",
-                        help="adapter folder; give it several times to compare adapters")
+                        help="adapter folder (or a splice train run folder); give it several times to compare "
+                             "adapters")
     parser.add_argument("--file", metavar="PATH", help="read texts from a file (.txt lines, CSV or JSONL 'text')")
     parser.add_argument("--model", metavar="NAME_OR_PATH", help="base model (default: the one it was trained on)")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per input (default 256)")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if not texts:
         raise SpliceError("No texts to predict: give them as arguments, with --file, or on standard input ('-').")
     with Steps(args.quiet)(f"loading {', '.join(args.adapter)}"):
-        loaded = load_adapters(args.adapter, args.model)
+        loaded = load_adapters([adapter_path(a) for a in args.adapter], args.model)
     inputs = texts if args.raw or loaded.task != "causal-lm" else [_as_trained(loaded.training, t) for t in texts]
     results = {folder: predict(loaded, name, inputs, args.max_length, args.max_new_tokens)
                for folder, name in zip(args.adapter, loaded.names)}

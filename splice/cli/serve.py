@@ -48,14 +48,15 @@ def run(args: argparse.Namespace) -> int:
 
     steps = Steps(args.quiet)
     engine, base_name = build_engine(args, steps)
-    hub, found = None, []
+    hub, found = None, {}
     for spec in args.adapters:
         offered, registry = discover(spec)
         hub = hub or registry
         for name, locate in offered:
             try:
                 engine.residency.add_source(name, locate, pinned=name in args.pin)
-                found.append(name)
+                # where it comes from, for the start-up table (a registry entry is verified only when loaded)
+                found[name] = f"{spec} registry" if registry is not None else str(locate())
             except SpliceError as error:
                 steps.say(f"skipping adapter {name!r}: {error}")
     unknown = sorted(set(args.pin) - set(found))
@@ -100,8 +101,12 @@ def _model_class(folder: Path) -> str:
     return "causal-lm" if any(a.endswith(CAUSAL_SUFFIXES) for a in architectures) else "base"
 
 
-def _serve(app, args: argparse.Namespace, engine, base_name: str, found: list[str]) -> None:
-    """Bind the socket (so port 0 resolves), print the URL, the base model and the adapters found, run uvicorn."""
+def _serve(app, args: argparse.Namespace, engine, base_name: str, found: dict[str, str]) -> None:
+    """Bind the socket (so port 0 resolves), print the URL, the base model and the adapters found, run uvicorn.
+
+    Each adapter is listed under the name requests use (``"adapter"`` / ``"model"``), which for a
+    ``splice train`` run is its folder's name, with the folder it is read from.
+    """
     import socket
 
     import uvicorn
@@ -115,9 +120,10 @@ def _serve(app, args: argparse.Namespace, engine, base_name: str, found: list[st
         raise SpliceError(f"Cannot listen on {args.host}:{args.port} ({error.strerror}); "
                           "pick another --port.") from None
     port = sock.getsockname()[1]
-    rows = [(name, engine.residency.entry(name).tier) for name in found]
+    rows = [(name, engine.residency.entry(name).tier, source) for name, source in found.items()]
     print(f"splice serve: http://{args.host}:{port}  (API docs: http://{args.host}:{port}/docs)")
     print(f"base model: {base_name}")
-    print(f"adapters found: {len(found)}" + ("\n" + table(("adapter", "state"), rows) if rows else ""), flush=True)
+    print(f"adapters found: {len(found)}" + ("\n" + table(("adapter", "state", "from"), rows) if rows else ""),
+          flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[sock])

@@ -17,21 +17,49 @@ import sys
 
 from ..errors import ConfigError
 from ..train.config import TrainConfig
-from .common import add_command, human_size, split_sizes
+from .common import Steps, add_command, human_size, split_sizes
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    from ..methods import recipes  # read here, when this command's parser is built: plugins included
+# The --method names are the registry's training recipes, plugins' included. The registry imports the methods'
+# modules (and so torch), so it is read only when a command line names a method or asks for this command's help.
+METHODS_EPILOG = "methods:"  # stands for the list of methods, which _Help writes in its place
 
-    offered = recipes()
+
+def _recipes() -> dict:
+    from ..methods import recipes
+
+    return recipes()
+
+
+class _Methods:
+    """The ``--method`` choices, read from the registry on first use."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in _recipes()
+
+    def __iter__(self):
+        return iter(_recipes())
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Help that ends with the registry's methods, each with its help line and learning rate."""
+
+    def add_text(self, text: str | None) -> None:
+        if text is METHODS_EPILOG:
+            offered = _recipes()
+            width = max(9, *map(len, offered))  # a plugin's longer name keeps the column
+            text = METHODS_EPILOG + "\n" + "\n".join(f"  {name:<{width}} {r.help} (lr {r.learning_rate:g})"
+                                                     for name, r in offered.items())
+        super().add_text(text)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
     parser = add_command(commands, "train", help="train an adapter (or full fine-tuning) with the HF Trainer",
                          description=__doc__.split("\n\n")[1].replace("\n", " "))
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    width = max(9, *map(len, offered))  # a plugin's longer name keeps the column
-    parser.epilog = "methods:\n" + "\n".join(f"  {name:<{width}} {r.help} (lr {r.learning_rate:g})"
-                                              for name, r in offered.items())
+    parser.formatter_class = _Help
+    parser.epilog = METHODS_EPILOG
     parser.argument_default = argparse.SUPPRESS  # only options given on the command line override --config
 
     def option(group, flag: str, help: str, **kwargs) -> None:
@@ -46,7 +74,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     option(group, "--data", "CSV, JSONL, Parquet, folder of <label>/*.txt, CoNLL file, or a built-in set "
            "(tweet-sentiment, bbc-news, wnut16, bbc-headlines)", metavar="PATH_OR_BUILTIN")
     option(group, "--task", "what the data teaches", choices=["classification", "tagging", "causal-lm"])
-    option(group, "--method", "adapter method (see below)", choices=list(offered))
+    option(group, "--method", "adapter method (see below)", choices=_Methods(), metavar="METHOD")
     group.add_argument("--option", dest="options", action="append", metavar="KEY=VALUE",
                       help="a method option, VALUE read as JSON if it parses (e.g. --option reduction_factor=8 "
                            "--option 'targets=[\"q\",\"v\"]'); repeatable")
@@ -97,9 +125,7 @@ def run(args: argparse.Namespace) -> int:
         given["options"] = dict(_option(text) for text in given["options"])
     config_file = getattr(args, "config", None)
     config = TrainConfig.from_file(config_file, **given) if config_file else TrainConfig(**given)
-    command = shlex.join(["splice", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else ""
-    result = train(config, command=command, say=lambda line: None if args.quiet else print(line, flush=True),
-                   progress=not args.quiet)
+    result = train(config, command=command_line(sys.argv[1:]), say=Steps(args.quiet).say, progress=not args.quiet)
     if result.main_process:
         report(result, config.task)
     return 0
@@ -121,6 +147,13 @@ def report(result, task: str) -> None:
     print(f"adapter: {result.adapter} ({human_size(int(metrics['adapter_mb'] * 1e6))} on disk)")
     print(f"training curves: {result.curves or 'not drawn (pip install matplotlib)'}")
     print(f"metrics: {result.out / 'metrics.json'}")
+
+
+def command_line(argv: list[str]) -> str:
+    """The command to record in the model card: ``argv`` if it is a ``splice train`` command line (``train``
+    may follow the shared options, as in ``splice -q train``), else nothing (``main([...])`` called from code)."""
+    before = argv[:argv.index("train")] if "train" in argv else None
+    return shlex.join(["splice", *argv]) if before is not None and all(a.startswith("-") for a in before) else ""
 
 
 def _option(text: str) -> tuple[str, object]:

@@ -43,6 +43,7 @@ from ..errors import AdapterError, AnatomyError, CheckpointError
 from . import prompts
 from .detect import FOREIGN_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces, rows_of
+from .peft_heads import TaskHead, task_head
 from .weights import read_weights
 
 if TYPE_CHECKING:
@@ -244,7 +245,10 @@ def _head(model: AdaptedModel, config: dict, rest: dict[str, torch.Tensor], sour
 def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
     """Write adapter ``name`` (LoRA, IA³, prompt or prefix tuning) for ``peft.PeftModel.from_pretrained``.
 
-    A copied base head is written as ``modules_to_save``. Fused sites (GPT-2
+    A copied base head is written as ``modules_to_save``; so is a splice head, as
+    the task model's own classifier, where that computes the same
+    (:mod:`.peft_heads`; then every module path is the task model's, and
+    ``task_type`` says which Auto class to load the base with). Fused sites (GPT-2
     ``c_attn``) become one peft LoRA over the fused module: with the same rank
     when the roles share ``A``, else with their ranks stacked (exact either way).
     Prompt and prefix adapters get the ``task_type`` of the base model's class
@@ -252,25 +256,28 @@ def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
     """
     adapter = model._get(name)
     check_materialised(adapter, name)
-    writers: dict[str, Callable] = {"lora": _lora_export, "ia3": _ia3_export, "prompt": prompts.export,
-                                    "prefix": prompts.export}
+    writers: dict[str, Callable] = {"lora": _lora_export, "ia3": _ia3_export, "prompt": _prompt_export,
+                                    "prefix": _prompt_export}
     if adapter.config.method not in writers:
+        headed = "" if adapter.task_head is None else (
+            " (with a head, as splice train's classification and tagging runs have: LoRA or IA3; train with "
+            "splice train --method lora or --method ia3 for a run peft can read)")
         raise AdapterError(
             f"peft has no format for splice's {adapter.config.method!r} adapters; format='peft' writes LoRA, IA3, "
-            "prompt and prefix tuning. Save it with format='splice'."
+            f"prompt and prefix tuning{headed}. Save it with format='splice'."
         )
-    if adapter.task_head is not None:
-        raise AdapterError(
-            f"Adapter {name!r} has a splice head, which peft cannot represent; save it with format='splice'."
-        )
-    config, tensors = writers[adapter.config.method](model, adapter)
+    head = task_head(model, adapter, name) if adapter.task_head is not None else None
+    config, tensors = writers[adapter.config.method](model, adapter, head)
     head_path = model.anatomy.module_path(adapter.head_site.module) if adapter.head_site is not None else None
+    saved = head.modules_to_save if head is not None else [head_path] if head_path is not None else None
     if head_path is not None:
         prefix = prompts.HEAD_PREFIX if config["peft_type"] in prompts.KINDS else PREFIX
         tensors.update({f"{prefix}{head_path}.{key}": t for key, t in adapter.head.state_dict().items()})
+    if head is not None:
+        tensors.update({f"{PREFIX}{path}": t for path, t in head.tensors.items()})
     config.update(
-        modules_to_save=[head_path] if head_path is not None else None,
-        task_type=config.get("task_type"),
+        modules_to_save=saved,
+        task_type=head.task_type if head is not None else config.get("task_type"),
         base_model_name_or_path=getattr(getattr(model.base, "config", None), "_name_or_path", None) or None,
         inference_mode=True,
     )
@@ -283,10 +290,13 @@ def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
     return write_folder(path, fill, marker=FOREIGN_CONFIG)
 
 
-def _by_module(model: AdaptedModel, adapter: Adapter) -> dict[str, list[tuple[Site, Any]]]:
+def _by_module(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -> dict[str, list[tuple[Site, Any]]]:
+    """The adapter's deltas by the path of their module in the model peft loads: the base, or ``head``'s task
+    model (where the base sits under a prefix)."""
+    prefix = head.base_prefix if head is not None else ""
     grouped: dict[str, list[tuple[Site, Any]]] = {}
     for site, delta in adapter.items():
-        grouped.setdefault(model.anatomy.module_path(site.module), []).append((site, delta))
+        grouped.setdefault(prefix + model.anatomy.module_path(site.module), []).append((site, delta))
     return grouped
 
 
@@ -295,10 +305,10 @@ def _rows(site: Site) -> torch.Tensor:
     return torch.arange(linear_shape(site.module)[1])[site.columns if site.columns is not None else slice(None)]
 
 
-def _lora_export(model: AdaptedModel, adapter: Adapter) -> tuple[dict, dict[str, torch.Tensor]]:
+def _lora_export(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
     config = adapter.config
     tensors, ranks, alphas = {}, {}, {}
-    for path, items in _by_module(model, adapter).items():
+    for path, items in _by_module(model, adapter, head).items():
         sites = [site for site, _ in items]
         out_rows = linear_shape(sites[0].module)[1]
         As = [delta.lora_A.weight.detach().cpu() for _, delta in items]
@@ -321,7 +331,7 @@ def _lora_export(model: AdaptedModel, adapter: Adapter) -> tuple[dict, dict[str,
         tensors[f"{PREFIX}{path}.lora_A.weight"] = A
         tensors[f"{PREFIX}{path}.lora_B.weight"] = B
         ranks[path], alphas[path] = rank, alpha
-    targets, _ = _peft_names(model, set(ranks), set())
+    targets, _ = _peft_names(model, head, set(ranks), set())
     return {
         "peft_type": "LORA",
         "r": config.r,
@@ -332,14 +342,14 @@ def _lora_export(model: AdaptedModel, adapter: Adapter) -> tuple[dict, dict[str,
         "rank_pattern": {re.escape(p): v for p, v in ranks.items() if v != config.r},
         "alpha_pattern": {re.escape(p): v for p, v in alphas.items() if v != config.alpha},
         "bias": "none",
-        "fan_in_fan_out": _has_conv1d(model, ranks),
+        "fan_in_fan_out": _has_conv1d(adapter),
         "init_lora_weights": True,
     }, tensors
 
 
-def _ia3_export(model: AdaptedModel, adapter: Adapter) -> tuple[dict, dict[str, torch.Tensor]]:
+def _ia3_export(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
     tensors, inputs = {}, set()
-    for path, items in _by_module(model, adapter).items():
+    for path, items in _by_module(model, adapter, head).items():
         (site, delta), *_ = items
         scale = delta.scale.detach().cpu()
         if delta.stage == "input":
@@ -356,26 +366,33 @@ def _ia3_export(model: AdaptedModel, adapter: Adapter) -> tuple[dict, dict[str, 
                 vector.index_copy_(0, _rows(part_site), part.scale.detach().cpu())
             tensors[f"{PREFIX}{path}.ia3_l"] = vector.reshape(-1, 1)
     paths = {key.removeprefix(PREFIX).removesuffix(".ia3_l") for key in tensors}
-    targets, feedforward = _peft_names(model, paths, inputs)
+    targets, feedforward = _peft_names(model, head, paths, inputs)
     return {
         "peft_type": "IA3",
         "target_modules": targets,
         "feedforward_modules": feedforward,
-        "fan_in_fan_out": _has_conv1d(model, paths),
+        "fan_in_fan_out": _has_conv1d(adapter),
     }, tensors
 
 
-def _has_conv1d(model: AdaptedModel, paths) -> bool:
-    return any(type(model.base.get_submodule(path)).__name__ == "Conv1D" for path in paths)
+def _prompt_export(model: AdaptedModel, adapter: Adapter, head: None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """:func:`prompts.export`; ``head`` is None (:func:`.peft_heads.task_head` refuses prompts with a splice head)."""
+    return prompts.export(model, adapter)
 
 
-def _peft_names(model: AdaptedModel, targets: set[str], inputs: set[str]) -> tuple[Any, Any]:
+def _has_conv1d(adapter: Adapter) -> bool:
+    return any(type(site.module).__name__ == "Conv1D" for site, _ in adapter.items())
+
+
+def _peft_names(model: AdaptedModel, head: TaskHead | None, targets: set[str], inputs: set[str]) -> tuple[Any, Any]:
     """``target_modules`` (and IA3's ``feedforward_modules``) that make peft pick exactly these modules.
 
     The shortest module-name suffixes that do (``["q_proj", "v_proj"]``), as users
-    write them; a full-match regular expression where no suffixes are exact.
+    write them; a full-match regular expression where no suffixes are exact. The
+    paths are those of the model peft loads: the base, or ``head``'s task model.
     """
-    every = [name for name, _ in model.base.named_modules() if name]
+    prefix = head.base_prefix if head is not None else ""
+    every = [prefix + name for name, _ in model.base.named_modules() if name] + list(head.modules if head else ())
     longest = max(len(path.split(".")) for path in targets)
     for depth in range(1, longest + 1):
         names = sorted({".".join(p.split(".")[-depth:]) for p in targets})

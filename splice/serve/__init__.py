@@ -10,7 +10,8 @@ routing) on one worker thread; :mod:`.residency` keeps the adapters in use on th
 model and the rest in memory or on disk; :mod:`.aliases` splits traffic for A/B
 tests; :mod:`.metrics` writes Prometheus text; :mod:`.app` is the FastAPI app.
 
-This package needs the ``serve`` extra (FastAPI, uvicorn); ``import splice`` does not import it.
+This package needs the ``serve`` extra (FastAPI, uvicorn, fastapi-offline for a ``/docs`` page that works
+without internet); ``import splice`` does not import it.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from ..errors import SpliceError
 
 try:
     import fastapi  # noqa: F401
+    import fastapi_offline  # noqa: F401
     import uvicorn  # noqa: F401
 except ImportError as missing:  # pragma: no cover - depends on the environment
     raise SpliceError(
-        f"splice serve needs FastAPI and uvicorn ({missing.name} is not installed): pip install 'splice[serve]'"
+        f"splice serve needs FastAPI, fastapi-offline and uvicorn ({missing.name} is not installed): "
+        "pip install 'splice[serve]'"
     ) from missing
 
 from .aliases import Alias, AliasTable
 from .app import create_app
 from .engine import Engine
-from .errors import BadRequest, Conflict, NotFound, Overloaded, PayloadTooLarge, ServeError, ShuttingDown
+from .errors import BadRequest, Conflict, NotFound, Overloaded, PayloadTooLarge, ServeError, ShuttingDown, TimedOut
 from .jobs import EncodeJob, GenerateJob, Limits
 from .metrics import Metrics
 from .residency import Residency
@@ -49,5 +52,6 @@ __all__ = [
     "Residency",
     "ServeError",
     "ShuttingDown",
+    "TimedOut",
     "create_app",
 ]

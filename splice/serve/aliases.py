@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, NotFound, shown
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class AliasTable:
     def get(self, name: str) -> Alias:
         alias = self._aliases.get(name)
         if alias is None:
-            raise NotFound(f"No alias named {name!r}; create it with PUT /v1/aliases/{name}.")
+            raise NotFound(f"No alias named {shown(name)}; create it with PUT /v1/aliases/<name>.")
         return alias
 
     def set(self, alias: Alias) -> Alias | None:
@@ -93,7 +93,7 @@ class AliasTable:
     def remove(self, name: str) -> Alias:
         with self._lock:
             if name not in self._aliases:
-                raise NotFound(f"No alias named {name!r}.")
+                raise NotFound(f"No alias named {shown(name)}.")
             return self._aliases.pop(name)
 
     def pointing_at(self, target: str) -> list[str]:

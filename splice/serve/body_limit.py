@@ -11,17 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import PayloadTooLarge
+from .errors import PayloadTooLarge, refusal
 
 
 class BodyLimit:
-    """ASGI middleware: answer bodies over ``max_bytes`` with ``refuse(PayloadTooLarge(...))``, unread."""
+    """ASGI middleware: answer bodies over ``max_bytes`` with a 413 in the API's error shape, unread."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, refuse: Callable[[PayloadTooLarge], Response]):
-        self.app, self.max_bytes, self.refuse = app, max_bytes, refuse
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,7 +48,8 @@ class BodyLimit:
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
         error = PayloadTooLarge(f"The request body is {size}; this server takes at most {self.max_bytes} "
                                 "(Limits.max_body_bytes). Send fewer or shorter texts per request.")
-        await self.refuse(error)(scope, receive, send)
+        status, body = refusal(error)
+        await JSONResponse(body, status_code=status)(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:

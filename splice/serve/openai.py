@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+from .errors import TimedOut, refusal
 from .jobs import GenerateJob
 
 
@@ -93,13 +94,14 @@ async def events(job: GenerateJob, pieces: asyncio.Queue, model: str, chat: bool
             getter.cancel()
             if not finished:  # the deadline passed
                 job.cancel.set()
-                yield f"data: {json.dumps({'error': {'message': 'timed out', 'type': 'timeout'}})}\n\n"
+                late = TimedOut(f"The request did not finish within {timeout:.0f} s.")
+                yield f"data: {json.dumps(refusal(late)[1])}\n\n"
                 return
         while not pieces.empty():  # pieces sent before the answer was set are all queued by now
             yield chunk(*pieces.get_nowait())
         error = done.exception()
         if error is not None:
-            yield f"data: {json.dumps({'error': {'message': str(error), 'type': type(error).__name__}})}\n\n"
+            yield f"data: {json.dumps(refusal(error)[1])}\n\n"  # the shape of every other refusal
         else:
             for choice, answer in enumerate(done.result()):
                 yield chunk(choice, None if chat else "", finish=answer["finish_reason"])

@@ -31,18 +31,30 @@ import torch
 from ..adapter import BASE_NAME, Adapter, check_name
 from ..errors import SpliceError
 from ..hub import Hub, check_version, is_reference, parse_reference
-from .errors import BadRequest, Conflict, NotFound
+from .errors import BadRequest, Conflict, NotFound, shown
 
 if TYPE_CHECKING:
     from ..model import AdaptedModel
 
 ON_MODEL, IN_MEMORY, ON_DISK, FAILED = "device", "memory", "disk", "failed"
+LONGEST_NAME = 128 + 1 + 64  # an adapter name (check_name), '@', a registry version (check_version)
+UNREADABLE_SOURCE = ("Cannot load an adapter from the given source. Pass an adapter folder the server can read, or "
+                     "a registry name@version; the server's log says what was wrong with it.")
+
+
+def check_name_length(name: str, what: str = "adapter") -> str:
+    """Refuse a name too long to be valid before any message quotes it whole."""
+    if len(name) > LONGEST_NAME:
+        raise BadRequest(f"The {what} name {shown(name)} is too long: names have at most 128 characters "
+                         "(a registry reference adds '@' and a version of at most 64).")
+    return name
 
 
 def check_public_name(name: str) -> str:
     """``name`` or ``name@version``, as the registry spells them."""
     if not isinstance(name, str):
-        raise BadRequest(f"An adapter name must be a string, got {name!r}.")
+        raise BadRequest(f"An adapter name must be a string, got {type(name).__name__}.")
+    check_name_length(name)
     try:
         if is_reference(name):
             plain, version = parse_reference(name)
@@ -125,7 +137,7 @@ class Residency:
 
     def not_found(self, public: str) -> NotFound:
         known = ", ".join(self.names()) or "none"
-        return NotFound(f"No adapter named {public!r} is served (adapters: {known}). Load it with "
+        return NotFound(f"No adapter named {shown(public)} is served (adapters: {known}). Load it with "
                         "POST /v1/adapters, or use \"\" for the base model.")
 
     def counts(self) -> dict[str, int]:
@@ -157,7 +169,7 @@ class Residency:
             def locate() -> Path:
                 return registry.resolve(source)
         else:
-            raise BadRequest(f"No adapter folder at {source!r}, and it is not a registry name@version.")
+            raise BadRequest(UNREADABLE_SOURCE)  # the same words whether the path exists or not: no probing
         check_public_name(public)
         with self._lock:
             if public in self._retiring:

@@ -1,6 +1,8 @@
 """Request bodies of the HTTP API (pydantic models, so FastAPI documents them at ``/docs``).
 
-Types are strict: a number where text is expected is refused, not converted.
+Types are strict: a number where text is expected is refused, not converted. An
+integer field takes what JSON Schema calls an integer, ``1.0`` included: the
+schema at ``/openapi.json`` says ``integer``, and a client that computed the number as a float sends ``1.0``.
 Fields OpenAI clients send that splice does not implement are refused (HTTP 400,
 naming the field) when they ask for something (``n=2``, ``logprobs``, penalties,
 ``tools``, ``response_format`` other than text, ``echo``...), never silently
@@ -11,12 +13,20 @@ a request (``metadata``, ``store``).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from .errors import BadRequest
 
+
+def _whole(value: object) -> object:
+    """A float with no fractional part as the int it is (``1.0`` -> ``1``); anything else unchanged, for the
+    strict check after it (``1.5`` and ``"1"`` stay refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[StrictInt, BeforeValidator(_whole)]
 Number = StrictInt | StrictFloat
 Texts = StrictStr | list[StrictStr]
 # Sampling runs in float32: a smaller non-zero number is subnormal or rounds to 0 there (top_p=1e-46 became a
@@ -39,7 +49,7 @@ class EmbeddingsRequest(_Body):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: each vector as little-endian float32 bytes, base64-encoded (the openai "
                              "client's default)")
-    dimensions: StrictInt | None = Field(None, description="not supported: vectors have the model's hidden size")
+    dimensions: Integer | None = Field(None, description="not supported: vectors have the model's hidden size")
 
     def check(self) -> None:
         if self.dimensions is not None:
@@ -53,8 +63,8 @@ class StreamOptions(_Body):
 
 class _Sampling(_Body):
     model: StrictStr = Field("", description="adapter name or alias; \"\" or \"base\" for the base model")
-    max_tokens: StrictInt = Field(16, description="tokens to generate at most")
-    max_completion_tokens: StrictInt | None = Field(None, description="the newer name of max_tokens")
+    max_tokens: Integer = Field(16, description="tokens to generate at most")
+    max_completion_tokens: Integer | None = Field(None, description="the newer name of max_tokens")
     temperature: Number = Field(1.0, description="0 decodes greedily")
     top_p: Number = 1.0
     stop: StrictStr | list[StrictStr] | None = None
@@ -63,12 +73,12 @@ class _Sampling(_Body):
     user: StrictStr | None = Field(None, description="a stable id: the same user always gets the same "
                                                            "side of an alias's split")
     # asked for by OpenAI clients, not implemented: refused unless left at what means "not asked"
-    n: StrictInt = Field(1, description="not supported beyond 1")
-    logprobs: StrictBool | StrictInt | None = Field(None, description="not supported")
+    n: Integer = Field(1, description="not supported beyond 1")
+    logprobs: StrictBool | Integer | None = Field(None, description="not supported")
     presence_penalty: Number = Field(0.0, description="not supported beyond 0")
     frequency_penalty: Number = Field(0.0, description="not supported beyond 0")
     logit_bias: dict[StrictStr, Number] | None = Field(None, description="not supported")
-    seed: StrictInt | None = Field(None, description="not supported")
+    seed: Integer | None = Field(None, description="not supported")
 
     def refusals(self) -> list[str]:
         """The fields of this request asking for what splice does not implement."""
@@ -129,7 +139,7 @@ def _check_sampling(field: str, value: float, in_range: bool, allowed: str) -> N
 class CompletionRequest(_Sampling):
     prompt: Texts
     echo: StrictBool = Field(False, description="not supported")
-    best_of: StrictInt | None = Field(None, description="not supported beyond 1")
+    best_of: Integer | None = Field(None, description="not supported beyond 1")
     suffix: StrictStr | None = Field(None, description="not supported")
 
     def refusals(self) -> list[str]:
@@ -173,7 +183,7 @@ class ChatRequest(_Sampling):
     tool_choice: StrictStr | dict[str, Any] | None = Field(None, description="only \"none\"")
     functions: list[dict[str, Any]] | None = Field(None, description="not supported")
     function_call: StrictStr | dict[str, Any] | None = Field(None, description="only \"none\"")
-    top_logprobs: StrictInt | None = Field(None, description="not supported")
+    top_logprobs: Integer | None = Field(None, description="not supported")
 
     def refusals(self) -> list[str]:
         wrong = super().refusals()

@@ -17,7 +17,9 @@ import json
 import math
 import os
 import re
+import sys
 import time
+from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +52,9 @@ class TrainResult:
 def train(config: TrainConfig, command: str | None = None, say=print, progress: bool = True) -> TrainResult:
     """Train ``config``'s adapter (or full fine-tuning) and write the files listed in this module's doc.
 
-    ``say`` receives the run's report lines; ``progress`` shows the Trainer's progress bars and logs.
+    ``say`` receives the run's report lines; ``progress`` shows the Trainer's progress bars and logs. Both
+    the bars and the log lines go to stderr (the Trainer prints its log lines to stdout, which we redirect),
+    so that stdout holds only what the caller prints: ``splice train > results.txt`` keeps just the results.
     """
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
@@ -120,17 +124,18 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    before = None
-    if config.task == "causal-lm" and resume_from is None:
-        model.disable()
-        before = trainer.evaluate(datasets["test"], metric_key_prefix="test")["test_loss"]
-        model.train_adapter(name)
-    trainer.train(resume_from_checkpoint=resume_from)
-    model.eval()
-    metrics = {
-        "validation": full_metrics(trainer, datasets["validation"], config.task, splits.labels, "validation"),
-        "test": full_metrics(trainer, datasets["test"], config.task, splits.labels, "test"),
-    }
+    with redirect_stdout(sys.stderr):  # the Trainer's log lines (loss, eval metrics) are progress, not results
+        before = None
+        if config.task == "causal-lm" and resume_from is None:
+            model.disable()
+            before = trainer.evaluate(datasets["test"], metric_key_prefix="test")["test_loss"]
+            model.train_adapter(name)
+        trainer.train(resume_from_checkpoint=resume_from)
+        model.eval()
+        metrics = {
+            "validation": full_metrics(trainer, datasets["validation"], config.task, splits.labels, "validation"),
+            "test": full_metrics(trainer, datasets["test"], config.task, splits.labels, "test"),
+        }
     if before is not None:
         metrics["test"]["perplexity_before"] = math.exp(before)
     summary = {
