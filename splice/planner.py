@@ -133,7 +133,7 @@ class Planner:
         return setup
 
     def check(self, setup: Setup) -> None:
-        """Every name exists; fusions resolve; Parallel sits at the top."""
+        """Every name exists; fusions resolve (the blocks themselves refuse nestings they do not allow)."""
         if not isinstance(setup, (str, Block)):
             raise AdapterError(
                 f"A setup is an adapter name or a composition block (splice.Stack, Fuse, ...), got {setup!r}."
@@ -142,16 +142,15 @@ class Planner:
         for name in names:
             self.model._get(name)
         if isinstance(setup, Block):
-            self._check_nested(setup, top=True)
+            self._check_fusions(setup)
 
-    def _check_nested(self, block: Block, top: bool) -> None:
-        if isinstance(block, Parallel) and not top:
-            raise AdapterError("Parallel replicates the batch, so it must be the whole setup, not nested.")
+    def _check_fusions(self, block: Block) -> None:
+        """Every Fuse in ``block`` has its fusion."""
         if isinstance(block, Fuse):
             self._fusion_over(block.children)
         for child in block.children:
             if isinstance(child, Block):
-                self._check_nested(child, top=False)
+                self._check_fusions(child)
 
     def without(self, setup: Setup | None, name: str) -> Setup | None:
         """The setup once adapter ``name`` is gone: dropped from a plain stack, else the base alone."""

@@ -397,10 +397,6 @@ class LeafGroup:
             self._fill(kind, table)
         return table
 
-    def tensors(self) -> list[torch.Tensor]:
-        """The lookups built so far (a routed forward reads them in place)."""
-        return list(self._lookups.values())
-
     def _refill(self) -> None:
         for (kind, _), table in self._lookups.items():
             self._fill(kind, table)

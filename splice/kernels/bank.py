@@ -78,10 +78,6 @@ class Bank:
         return next(iter(self.tensors.values())).shape[0] - 1
 
     @property
-    def used(self) -> int:
-        return self.capacity - len(self._free)
-
-    @property
     def free(self) -> int:
         """Slots a newcomer can take without the bank growing."""
         return len(self._free)
@@ -181,10 +177,6 @@ class Banks:
             mark_static(*bank.tensors.values())  # a new or grown bank: new tensors
         return bank, slots
 
-    def bank_of(self, delta: nn.Module) -> Bank | None:
-        """The bank a delta of this layout goes to (None until one was made)."""
-        return self._banks.get(layout(delta))
-
     def refresh(self, deltas: Iterable[nn.Module]) -> int:
         """Rewrite the slots of ``deltas`` whose tensors changed since they were written; returns how many."""
         count = 0
@@ -215,10 +207,6 @@ class Banks:
 
     def __len__(self) -> int:
         return len(self._records)
-
-    def nbytes(self) -> int:
-        """Bytes the banks hold on their devices."""
-        return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def tensors(self) -> list[torch.Tensor]:
         """Every bank tensor (a routed forward reads them in place)."""
