@@ -1,9 +1,10 @@
 """Adapter folders: ``adapter.json`` + ``adapter.safetensors`` + a generated ``README.md``.
 
 Writes are atomic (a temporary folder renamed into place), so an interrupted
-save never leaves a half-written adapter. Loads check the base fingerprint and
-every tensor's name and shape before touching the model, so a bad file raises
-a clear error and leaves the model as it was.
+save never leaves a half-written adapter. Loads read ``adapter.json`` through
+:func:`splice.files.read_json` (bounded, never blocking), and check the base
+fingerprint and every tensor's name and shape before touching the model, so a
+bad or hostile folder raises a clear error and leaves the model as it was.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 
 from .adapter import Adapter, check_name
 from .errors import AnatomyError, CheckpointError, ConfigError
+from .files import exists, is_folder, read_json
 from .heads import head_from_dict
 from .methods import MethodConfig, config_from_dict
 from .version import __version__
@@ -104,8 +106,6 @@ def load_adapter(model: "AdaptedModel", path: str | os.PathLike, name: str | Non
     meta = read_meta(folder)
     name = claim_name(model, name or meta.get("name") or folder.name, folder)
     check_fingerprint(meta.get("base", {}), model.anatomy.fingerprint(), folder)
-    if "config" not in meta:
-        raise CheckpointError(f"{folder / CONFIG_FILE} has no \"config\" entry: the method config is missing.")
     try:
         config = config_from_dict(meta["config"])
     except (ConfigError, TypeError) as error:
@@ -148,28 +148,45 @@ def checkpoint_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
     return {key.removeprefix("deltas."): value for key, value in adapter.state_dict(keep_vars=True).items()}
 
 
+# The entries read_meta checks: JSON type(s), and how a message names them.
+_META_TYPES = {"config": (dict, "an object"), "base": (dict, "an object"), "name": (str, "a string"),
+               "head": ((dict, str, type(None)), "an object, a string or null")}
+
+
 def read_meta(folder: Path) -> dict:
-    if not folder.is_dir():
-        raise CheckpointError(f"No adapter folder at {folder}.")
+    """The ``adapter.json`` of the splice adapter in ``folder``, its entries of the right JSON types."""
+    require_folder(folder)
     config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
+    if not exists(config_path):
         hint = ""
-        if (folder / "adapter_config.json").is_file():
+        if exists(folder / "adapter_config.json"):
             hint = " It holds adapter_config.json (a peft or AdapterHub adapter): load it with model.load(folder)."
         raise CheckpointError(f"{folder} is not a splice adapter: {CONFIG_FILE} is missing.{hint}")
-    try:
-        meta = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{config_path} is not valid JSON ({error}); the file is corrupted.") from error
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    meta = read_json(config_path)
+    if meta.get("format") != FORMAT:
         raise CheckpointError(f"{config_path} is not a splice adapter config (no \"format\": \"{FORMAT}\").")
+    if "config" not in meta:
+        raise CheckpointError(f"{config_path} has no \"config\" entry: the method config is missing.")
+    for key, (types, expected) in _META_TYPES.items():
+        if key in meta and not isinstance(meta[key], types):
+            raise CheckpointError(f"{config_path}: \"{key}\" must be {expected}, got {_short(meta[key])}. The "
+                                  "file was not written by splice, or was edited by hand; save the adapter again.")
     return meta
+
+
+def require_folder(folder: Path) -> None:
+    """Refuse a ``folder`` that is not there (or that the OS cannot look up, e.g. a name over 255 bytes)."""
+    if not is_folder(folder):
+        raise CheckpointError(f"No adapter folder at {folder}.")
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_fingerprint(saved: dict, current: dict, folder: Path) -> None:
     """Refuse an adapter trained on a base of another shape, naming every difference."""
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{folder / CONFIG_FILE}: \"base\" must be an object of base-model facts, got {saved!r}.")
     diffs = [f"{key}: adapter expects {saved[key]!r}, model has {current.get(key)!r}"
              for key in saved if saved[key] != current.get(key)]
     if diffs:
@@ -179,15 +196,34 @@ def check_fingerprint(saved: dict, current: dict, folder: Path) -> None:
         )
 
 
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the safetensors file ``path``, from its header alone (no data read).
+
+    safetensors checks that the header is whole and that its tensors cover the file
+    exactly, so a truncated or corrupted file is refused here, with a clear error.
+    """
+    return _read_safetensors(path, lambda handle, keys: {key: tuple(handle.get_slice(key).get_shape()) for key in keys})
+
+
 def read_tensors(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Read ``path``, checking names and shapes against ``expected`` before returning anything."""
-    if not path.is_file():
+
+    def read(handle, keys: list[str]) -> dict[str, torch.Tensor]:
+        check_layout({key: handle.get_slice(key).get_shape() for key in keys}, expected, path)
+        return {key: handle.get_tensor(key) for key in keys}
+
+    return _read_safetensors(path, read)
+
+
+def _read_safetensors(path: Path, read):
+    """``read(handle, keys)`` on the opened safetensors file ``path``, with every failure a CheckpointError."""
+    if not exists(path):
         raise CheckpointError(f"{path} is missing: the adapter folder is incomplete.")
+    if not os.path.isfile(path):  # a FIFO would block the reader, a device never end
+        raise CheckpointError(f"{path} is not a regular file; an adapter's files must be ordinary files.")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            keys = list(handle.keys())
-            check_layout({key: handle.get_slice(key).get_shape() for key in keys}, expected, path)
-            return {key: handle.get_tensor(key) for key in keys}
+            return read(handle, list(handle.keys()))
     except (SafetensorError, OSError, ValueError) as error:
         if isinstance(error, CheckpointError):
             raise

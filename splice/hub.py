@@ -31,6 +31,7 @@ from pathlib import Path
 from .adapter import check_name
 from .checkpoint import read_meta, write_folder
 from .errors import AdapterError, CheckpointError
+from .files import exists, read_json
 
 ENV_VAR = "SPLICE_HUB"
 DEFAULT_ROOT = "~/.cache/splice/hub"
@@ -38,6 +39,7 @@ INDEX_FORMAT = "splice-hub"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 _REFERENCE = re.compile(r"^(?P<name>[^@/\\]+)@(?P<version>[^@/\\]+)$")
 _CHUNK = 1 << 20
+_INDEX_LIMIT = 256 << 20  # index.json: a few hundred bytes per stored version
 
 
 def is_reference(text: str) -> bool:
@@ -222,13 +224,10 @@ class Hub:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _read_index(self) -> dict:
-        if not self.index_path.is_file():
+        if not exists(self.index_path):
             return {"format": INDEX_FORMAT, "adapters": {}}
-        try:
-            index = json.loads(self.index_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"The hub index {self.index_path} is not valid JSON ({error}).") from error
-        if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+        index = read_json(self.index_path, _INDEX_LIMIT)
+        if index.get("format") != INDEX_FORMAT:
             raise CheckpointError(f"{self.index_path} is not a splice hub index (no \"format\": \"{INDEX_FORMAT}\").")
         return index
 

@@ -1,20 +1,29 @@
-"""Adapter files built to hurt, and the clear refusals they get. Here: NaN, infinite and absurd numbers in
-method options and head sizes, refused when a config or head is made (ConfigError), and so when an
-adapter.json holding them is loaded (CheckpointError), with the model untouched."""
+"""Adapter folders built to hurt: a FIFO or /dev/zero as adapter.json, huge or deeply nested JSON, entries
+of the wrong type, NaN and absurd options, over-long paths. Each is refused with one clear error, in Python
+(CheckpointError / ConfigError), in the CLI (``error:`` line, exit code 2) and in the server (4xx), quickly,
+without blocking, and with the model untouched."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 import splice
 from splice import Bottleneck, CheckpointError, ConfigError, LoRA, heads
+from splice.cli import main
+from splice.serve.residency import folder_name
 
+from serving import encoder_app
 from tiny_models import tiny_model
+
+LONG = "x" * 300  # one path component longer than any file system allows (255 bytes): ENAMETOOLONG
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +56,88 @@ def refused_load(folder, *words: str) -> str:
     for word in words:
         assert word in str(info.value), str(info.value)
     return str(info.value)
+
+
+def within(seconds: float, call):
+    """``call()``'s result, failing (instead of hanging the suite) if it takes longer than ``seconds``."""
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = call()
+        except BaseException as error:  # noqa: BLE001 - handed to the test below
+            result["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds} s"
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+@pytest.fixture
+def fifo_folder(good, tmp_path):
+    """An adapter folder whose adapter.json is a FIFO; a reader blocked on it is released at the end."""
+    folder = copy(good, tmp_path)
+    (folder / "adapter.json").unlink()
+    os.mkfifo(folder / "adapter.json")
+    yield folder
+    try:  # a reader still waiting on the FIFO (a failing test) gets end-of-file instead of hanging forever
+        os.close(os.open(folder / "adapter.json", os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass  # no reader waiting
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv] + ["-q"])
+    return code, capsys.readouterr().err
+
+
+def cli_refused(capsys, *argv, words: tuple[str, ...] = ()) -> None:
+    code, err = cli(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+# -- what sits at adapter.json ---------------------------------------------------------------------------------
+
+
+def test_a_fifo_is_refused_without_blocking(fifo_folder, capsys):
+    within(30, lambda: refused_load(fifo_folder, "adapter.json", "FIFO"))
+    assert within(30, lambda: folder_name(fifo_folder)) == fifo_folder.name
+    within(30, lambda: cli_refused(capsys, "info", fifo_folder, words=("FIFO",)))
+
+
+def test_dev_zero_is_refused_without_reading(good, tmp_path, capsys):
+    folder = copy(good, tmp_path)
+    (folder / "adapter.json").rename(folder / "saved.json")
+    (folder / "adapter.json").symlink_to("/dev/zero")
+    within(30, lambda: refused_load(folder, "character device"))
+    (folder / "adapter.json").unlink()
+    (folder / "saved.json").rename(folder / "adapter.json")
+    (folder / "adapter.safetensors").unlink()
+    (folder / "adapter.safetensors").symlink_to("/dev/zero")
+    within(30, lambda: refused_load(folder, "adapter.safetensors", "not a regular file"))
+
+
+def test_a_huge_adapter_json_is_refused_unread(good, tmp_path):
+    folder = copy(good, tmp_path)
+    os.truncate(folder / "adapter.json", 1 << 30)  # 1 GiB (sparse: costs no disk)
+    refused_load(folder, "1,073,741,824 bytes")
+
+
+def test_deep_nesting_is_refused_before_parsing(good, tmp_path, capsys):
+    folder = copy(good, tmp_path)
+    (folder / "adapter.json").write_text("[" * 100_000 + "]" * 100_000)
+    refused_load(folder, "100,000 levels deep")
+    cli_refused(capsys, "info", folder, words=("levels deep",))
+    brackets_in_strings = copy(good, tmp_path / "strings", lambda meta: meta.update(note="[[[[{{{{" * 1000))
+    assert splice.attach(tiny_model("bert")).load(brackets_in_strings) == "good"
 
 
 # -- what adapter.json says -------------------------------------------------------------------------------------
@@ -83,3 +174,72 @@ def test_every_method_refuses_non_finite_and_absurd_numbers(make):
 def test_heads_of_absurd_size_are_refused_by_name(make, field):
     with pytest.raises(ConfigError, match=field):
         make()
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda meta: meta.update(config=[1, 2]), ('"config" must be an object',)),
+    (lambda meta: meta.update(head=[1]), ('"head" must be',)),
+    (lambda meta: meta.update(name=7), ('"name" must be a string',)),
+])
+def test_entries_of_the_wrong_json_type(good, tmp_path, capsys, edit, words):
+    folder = copy(good, tmp_path, edit)
+    refused_load(folder, *words)
+    cli_refused(capsys, "info", folder, words=words)
+
+
+def test_a_list_instead_of_an_object(good, tmp_path, capsys):
+    folder = copy(good, tmp_path)
+    (folder / "adapter.json").write_text("[1, 2]")
+    refused_load(folder, "must hold a JSON object")
+    cli_refused(capsys, "info", folder, words=("must hold a JSON object",))
+
+
+# -- paths and weights -------------------------------------------------------------------------------------------
+
+
+def test_an_over_long_path_component_is_a_clear_refusal(tmp_path, capsys):
+    refused_load(tmp_path / LONG, "No adapter folder")
+    refused_load(LONG, "No adapter folder")
+    cli_refused(capsys, "info", tmp_path / LONG, words=("No adapter folder",))
+    cli_refused(capsys, "info", LONG, words=("No adapter folder",))
+
+
+# -- the server --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(tmp_path):
+    app, _ = encoder_app(tmp_path / "served", max_wait_ms=1)
+    with TestClient(app) as client:
+        yield client
+
+
+def still_serving(client) -> None:
+    response = within(30, lambda: client.post("/v1/classify", json={"adapter": "a0", "inputs": ["fine"]}))
+    assert response.status_code == 200, response.text
+
+
+def test_server_refuses_a_fifo_without_freezing(client, fifo_folder):
+    """It used to block the event loop reading the FIFO: every later request hung."""
+    response = within(60, lambda: client.post("/v1/adapters", json={"source": str(fifo_folder)}))
+    assert 400 <= response.status_code < 500, response.text
+    still_serving(client)
+
+
+def test_server_refuses_dev_zero_and_over_long_paths(client, good, tmp_path):
+    zero = copy(good, tmp_path)
+    (zero / "adapter.json").unlink()
+    (zero / "adapter.json").symlink_to("/dev/zero")
+    for source in (str(zero), str(tmp_path / LONG), LONG):
+        response = within(60, lambda source=source: client.post("/v1/adapters", json={"source": source}))
+        assert 400 <= response.status_code < 500, response.text
+    still_serving(client)
+
+
+def test_server_refuses_a_nan_scale_at_load(client, good, tmp_path):
+    """It used to load, then answer 500 to the first request that used it."""
+    folder = copy(good, tmp_path, lambda meta: meta["config"].update(scale=math.nan))
+    response = client.post("/v1/adapters", json={"source": str(folder), "name": "nan"})
+    assert 400 <= response.status_code < 500, response.text
+    assert client.post("/v1/classify", json={"adapter": "nan", "inputs": ["x"]}).status_code == 404
+    still_serving(client)

@@ -15,13 +15,11 @@ import math
 import textwrap
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
-
-from ..checkpoint import WEIGHTS_FILE, read_meta
+from ..checkpoint import WEIGHTS_FILE, read_meta, tensor_shapes
 from ..convert import detect_format
 from ..convert.detect import FOREIGN_CONFIG, HEAD_CONFIG, read_json
 from ..convert.weights import read_weights
-from ..errors import CheckpointError
+from ..files import exists
 from ..hub import Hub, is_reference
 from .common import add_command, describe_base, human_size
 
@@ -55,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 def describe(source: str) -> dict:
     """Facts about the adapter at ``source`` (a folder, or a hub ``name@version``) as plain JSON values."""
     folder, ref = Path(source), None
-    if not folder.exists() and is_reference(source):
+    if not exists(folder) and is_reference(source):
         folder, ref = Hub().resolve(source), source
     kind = detect_format(folder)  # also refuses a missing folder, or one no library wrote
     report = {"path": str(folder), "ref": ref, "format": kind}
@@ -68,10 +66,10 @@ def describe(source: str) -> dict:
 
 def _splice(folder: Path) -> dict:
     meta = read_meta(folder)
-    config = dict(meta.get("config", {}))
+    config = dict(meta["config"])
     method = config.pop("method", None)
     parameters = meta.get("parameters")
-    if parameters is None and (folder / WEIGHTS_FILE).is_file():
+    if parameters is None and exists(folder / WEIGHTS_FILE):
         parameters = _count(folder, (WEIGHTS_FILE,))
     return {
         "written_by": f"splice {meta.get('splice_version', '?')}",
@@ -146,14 +144,9 @@ _DESCRIBERS = {"splice": _splice, "peft": _peft, "adapters": _adapters}
 
 def _count(folder: Path, names: tuple[str, ...]) -> int:
     """Elements in the first of ``names`` present in ``folder``: safetensors from its header, .bin weights-only."""
-    path = next((folder / name for name in names if (folder / name).is_file()), None)
+    path = next((folder / name for name in names if exists(folder / name)), None)
     if path is not None and path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                keys = list(handle.keys())
-                return sum(math.prod(handle.get_slice(key).get_shape()) for key in keys)
-        except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"{path} is corrupted or truncated ({error}).") from error
+        return sum(math.prod(shape) for shape in tensor_shapes(path).values())
     _, tensors = read_weights(folder, names)  # a clear error when no file is there; .bin read weights-only
     return sum(t.numel() for t in tensors.values())
 

@@ -200,7 +200,8 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         """Load an adapter from a folder or the registry; it is served once fully read."""
         if body.name is not None and body.name in aliases:
             raise Conflict(f"{body.name!r} is an alias; pick another name for the adapter.")
-        future = residency.load(body.source, body.name, body.pin, hub)
+        # Looking at the folder touches the file system (its adapter.json names it): off the event loop.
+        future = await asyncio.to_thread(residency.load, body.source, body.name, body.pin, hub)
         try:
             name = await asyncio.wait_for(asyncio.wrap_future(future), load_timeout)
         except asyncio.TimeoutError:

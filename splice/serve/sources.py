@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..convert import ADAPTER_CONFIGS
 from ..errors import SpliceError
+from ..files import exists, is_folder
 from ..hub import Hub
 from .residency import folder_name
 
@@ -17,7 +18,7 @@ RUN_ADAPTER = "adapter"  # where `splice train --out RUN` puts the trained adapt
 
 
 def is_adapter_folder(folder: Path) -> bool:
-    return folder.is_dir() and any((folder / name).is_file() for name in ADAPTER_CONFIGS)
+    return is_folder(folder) and any(exists(folder / name) for name in ADAPTER_CONFIGS)
 
 
 def discover(spec: str) -> tuple[list[Found], Hub | None]:
@@ -31,10 +32,10 @@ def discover(spec: str) -> tuple[list[Found], Hub | None]:
     if spec in REGISTRY_WORDS:
         return _registry(Hub())
     folder = Path(spec).expanduser()
-    if not folder.is_dir():
+    if not is_folder(folder):
         raise SpliceError(f"--adapters {spec!r} is not a folder; pass a folder of adapter folders, one adapter "
                           "folder, a registry folder, or 'hub' for the default registry.")
-    if (folder / "index.json").is_file() and (folder / "objects").is_dir():
+    if exists(folder / "index.json") and is_folder(folder / "objects"):
         return _registry(Hub(folder))
     if is_adapter_folder(folder):
         return [(folder_name(folder), lambda: folder)], None
