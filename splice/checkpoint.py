@@ -3,8 +3,9 @@
 Writes are atomic (a temporary folder renamed into place), so an interrupted
 save never leaves a half-written adapter. Loads read ``adapter.json`` through
 :func:`splice.files.read_json` (bounded, never blocking), and check the base
-fingerprint and every tensor's name and shape before touching the model, so a
-bad or hostile folder raises a clear error and leaves the model as it was.
+fingerprint and every tensor's name and shape against the file's header before
+allocating anything or touching the model, so a bad or hostile folder raises a
+clear error and leaves the model as it was.
 """
 
 from __future__ import annotations
@@ -110,9 +111,9 @@ def load_adapter(model: "AdaptedModel", path: str | os.PathLike, name: str | Non
         config = config_from_dict(meta["config"])
     except (ConfigError, TypeError) as error:
         raise CheckpointError(f"{folder / CONFIG_FILE} holds an invalid method config: {error}") from error
-    head = meta.get("head")
-    adapter = build_adapter(model, config, head_from_dict(head) if isinstance(head, dict) else head, folder)
-    install(model, name, adapter, read_tensors(folder / WEIGHTS_FILE, expected=checkpoint_tensors(adapter)))
+    weights = folder / WEIGHTS_FILE
+    adapter = build_adapter(model, config, meta.get("head"), folder, tensor_shapes(weights), weights)
+    install(model, name, adapter, read_tensors(weights, expected=checkpoint_tensors(adapter)))
     return name
 
 
@@ -127,10 +128,24 @@ def claim_name(model: "AdaptedModel", name: str, folder: Path) -> str:
     return name
 
 
-def build_adapter(model: "AdaptedModel", config: MethodConfig, head, folder: Path) -> Adapter:
-    """A fresh adapter of ``config`` (and ``head``) for ``model``, or a clear error if it does not fit."""
+def build_adapter(model: "AdaptedModel", config: MethodConfig, head: dict | str | None, folder: Path,
+                  found: Mapping[str, Sequence[int]], source: Path) -> Adapter:
+    """A fresh adapter of ``config`` and ``head`` for ``model`` whose tensors are exactly ``found``.
+
+    ``head`` is a splice head's ``to_dict()`` form, the path of a base head module, or
+    None; ``found`` maps tensor names to the shapes ``source`` holds. The adapter is
+    first built on the meta device (shapes, no memory) and checked against ``found``,
+    so a small config that implies huge tensors (``r`` or ``num_labels`` of 10**8) is
+    refused before anything is allocated; only a match is built for real.
+    """
+    with torch.device("meta"):
+        check_layout(found, checkpoint_tensors(_build(model, config, head, folder)), source)
+    return _build(model, config, head, folder)
+
+
+def _build(model: "AdaptedModel", config: MethodConfig, head: dict | str | None, folder: Path) -> Adapter:
     try:
-        return Adapter(config, model.anatomy, head)
+        return Adapter(config, model.anatomy, head_from_dict(head) if isinstance(head, dict) else head)
     except (AnatomyError, ConfigError, TypeError) as error:
         raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
 
@@ -241,8 +256,8 @@ def check_layout(found: Mapping[str, Sequence[int]], expected: Mapping[str, torc
     for key in sorted(found):
         if tuple(found[key]) != tuple(expected[key].shape):
             raise CheckpointError(
-                f"{source}: tensor {key} has shape {list(found[key])}, but this model needs "
-                f"{list(expected[key].shape)}."
+                f"{source}: tensor {key} has shape {list(found[key])}, but the adapter's config on this model "
+                f"needs {list(expected[key].shape)}."
             )
 
 

@@ -12,6 +12,7 @@ versions to manifests. Every read of a stored adapter re-hashes its files and
 refuses one that changed. Writers take an exclusive ``flock`` on
 ``index.lock`` and replace ``index.json`` atomically, so concurrent pushes
 never lose or corrupt entries; readers need no lock. (``fcntl``: POSIX only.)
+A push refuses an adapter whose weights file is truncated or corrupted.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .adapter import check_name
-from .checkpoint import read_meta, write_folder
+from .checkpoint import WEIGHTS_FILE, read_meta, tensor_shapes, write_folder
 from .errors import AdapterError, CheckpointError
 from .files import exists, read_json
 
@@ -108,6 +109,7 @@ class Hub:
         staging = Path(tempfile.mkdtemp(prefix=".push-", dir=self.objects))
         try:
             manifest = {path.name: _copy_hashed(path, staging / path.name) for path in files}
+            tensor_shapes(staging / WEIGHTS_FILE)  # refuses a truncated or corrupted copy before it is stored
             digest = _digest(manifest)
             version = version or digest[:12]
             with self._locked():

@@ -1,7 +1,7 @@
-"""Adapter folders built to hurt: a FIFO or /dev/zero as adapter.json, huge or deeply nested JSON, entries
-of the wrong type, NaN and absurd options, over-long paths. Each is refused with one clear error, in Python
-(CheckpointError / ConfigError), in the CLI (``error:`` line, exit code 2) and in the server (4xx), quickly,
-without blocking, and with the model untouched."""
+"""Adapter folders built to hurt: a FIFO or /dev/zero as adapter.json, huge or deeply nested JSON, NaN and
+absurd options, configs that imply gigabytes, over-long paths, truncated weights. Each is refused with one
+clear error, in Python (CheckpointError / ConfigError), in the CLI (``error:`` line, exit code 2) and in
+the server (4xx), quickly, without blocking, without allocating, and with the model untouched."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 import splice
 from splice import Bottleneck, CheckpointError, ConfigError, LoRA, heads
 from splice.cli import main
+from splice.hub import Hub
 from splice.serve.residency import folder_name
 
 from serving import encoder_app
@@ -123,6 +125,7 @@ def test_dev_zero_is_refused_without_reading(good, tmp_path, capsys):
     (folder / "adapter.safetensors").unlink()
     (folder / "adapter.safetensors").symlink_to("/dev/zero")
     within(30, lambda: refused_load(folder, "adapter.safetensors", "not a regular file"))
+    within(30, lambda: cli_refused(capsys, "info", folder, words=("not a regular file",)))
 
 
 def test_a_huge_adapter_json_is_refused_unread(good, tmp_path):
@@ -176,6 +179,27 @@ def test_heads_of_absurd_size_are_refused_by_name(make, field):
         make()
 
 
+def test_a_huge_head_in_adapter_json_is_refused(good, tmp_path):
+    folder = copy(good, tmp_path, lambda meta: meta["head"].update(num_labels=10**8))
+    refused_load(folder, "num_labels")
+
+
+def test_shapes_are_checked_against_the_file_before_anything_is_allocated(good, tmp_path, monkeypatch):
+    """adapter.json says r=100000 (legal, but the file holds r=4 tensors): refused with the shapes named,
+    and no adapter is ever built on a real device (it would have taken gigabytes on a real model)."""
+    folder = copy(good, tmp_path, lambda meta: meta["config"].update(r=100_000))
+    built_on = []
+    real_adapter = splice.checkpoint.Adapter
+
+    def recording(*args, **kwargs):
+        built_on.append(torch.empty(0).device.type)
+        return real_adapter(*args, **kwargs)
+
+    monkeypatch.setattr(splice.checkpoint, "Adapter", recording)
+    refused_load(folder, "shape", "[100000")
+    assert built_on == ["meta"]
+
+
 @pytest.mark.parametrize("edit, words", [
     (lambda meta: meta.update(config=[1, 2]), ('"config" must be an object',)),
     (lambda meta: meta.update(head=[1]), ('"head" must be',)),
@@ -202,6 +226,26 @@ def test_an_over_long_path_component_is_a_clear_refusal(tmp_path, capsys):
     refused_load(LONG, "No adapter folder")
     cli_refused(capsys, "info", tmp_path / LONG, words=("No adapter folder",))
     cli_refused(capsys, "info", LONG, words=("No adapter folder",))
+
+
+def test_info_refuses_a_truncated_adapter(good, tmp_path, capsys):
+    """`splice info` used to describe it from adapter.json alone and exit 0."""
+    folder = copy(good, tmp_path)
+    os.truncate(folder / "adapter.safetensors", os.path.getsize(folder / "adapter.safetensors") - 100)
+    cli_refused(capsys, "info", folder, words=("adapter.safetensors", "truncated"))
+    (folder / "adapter.safetensors").unlink()
+    cli_refused(capsys, "info", folder, words=("adapter.safetensors",))
+    assert cli(capsys, "info", good)[0] == 0
+
+
+def test_hub_push_refuses_a_truncated_adapter(good, tmp_path):
+    folder = copy(good, tmp_path)
+    os.truncate(folder / "adapter.safetensors", os.path.getsize(folder / "adapter.safetensors") // 2)
+    hub = Hub(tmp_path / "hub")
+    with pytest.raises(CheckpointError, match="truncated"):
+        hub.push(folder, "cut", "1.0")
+    assert hub.list() == []
+    assert os.listdir(tmp_path / "hub" / "objects") == []
 
 
 # -- the server --------------------------------------------------------------------------------------------------

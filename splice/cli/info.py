@@ -68,9 +68,7 @@ def _splice(folder: Path) -> dict:
     meta = read_meta(folder)
     config = dict(meta["config"])
     method = config.pop("method", None)
-    parameters = meta.get("parameters")
-    if parameters is None and exists(folder / WEIGHTS_FILE):
-        parameters = _count(folder, (WEIGHTS_FILE,))
+    parameters = _count(folder, (WEIGHTS_FILE,))  # from the file, whose header is checked: a truncated one fails
     return {
         "written_by": f"splice {meta.get('splice_version', '?')}",
         "name": meta.get("name"),
