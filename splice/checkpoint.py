@@ -1,20 +1,18 @@
 """Adapter folders: ``adapter.json`` + ``adapter.safetensors`` + a generated ``README.md``.
 
-Writes are atomic (a temporary folder renamed into place), so an interrupted
-save never leaves a half-written adapter. Loads read ``adapter.json`` through
-:func:`splice.files.read_json` (bounded, never blocking), and check the base
-fingerprint and every tensor's name and shape against the file's header before
-allocating anything or touching the model, so a bad or hostile folder raises a
-clear error and leaves the model as it was.
+Writes are atomic and crash-safe (:mod:`splice.folders`: a staging folder swapped
+into place), so an interrupted save never leaves a half-written adapter, nor a
+moment without one. Loads read ``adapter.json`` through :func:`splice.files.read_json`
+(bounded, never blocking), and check the base fingerprint and every tensor's name
+and shape against the file's header before allocating anything or touching the
+model, so a bad or hostile folder raises a clear error and leaves the model as it was.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +22,8 @@ from safetensors.torch import save_file
 
 from .adapter import Adapter, check_name
 from .errors import AnatomyError, CheckpointError, ConfigError
-from .files import exists, is_folder, read_json
+from .files import exists, read_json
+from .folders import recover, write_folder
 from .heads import head_from_dict
 from .methods import MethodConfig, config_from_dict
 from .version import __version__
@@ -65,7 +64,7 @@ def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike, trai
         (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         (staging / CARD_FILE).write_text(model_card(meta, os.path.getsize(staging / WEIGHTS_FILE)))
 
-    return write_folder(path, fill)
+    return write_folder(path, fill, CONFIG_FILE)
 
 
 def check_materialised(adapter: Adapter, name: str) -> None:
@@ -75,30 +74,6 @@ def check_materialised(adapter: Adapter, name: str) -> None:
             f"Adapter {name!r} lives on the meta device (shapes only, no values) and cannot be saved. "
             "Build the model on a real device, or materialise it with model.to_empty(device='cpu') first."
         )
-
-
-def write_folder(path: str | os.PathLike, fill: Callable[[Path], None], marker: str = CONFIG_FILE) -> Path:
-    """Atomically (re)place the folder ``path`` with what ``fill`` writes into a fresh staging folder.
-
-    A folder that holds files but no ``marker`` is not an adapter saved earlier, so it is
-    refused rather than overwritten: nothing of the user's is ever replaced.
-    """
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise CheckpointError(f"Cannot save adapter to {target}: a file of that name exists. Choose a folder path.")
-    if target.is_dir() and any(target.iterdir()) and not (target / marker).exists():
-        raise CheckpointError(
-            f"Cannot save adapter to {target}: the folder holds other files and no {marker}. "
-            "Choose an empty or new folder so nothing of yours is overwritten."
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        fill(staging)
-        _replace_dir(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def load_adapter(model: "AdaptedModel", path: str | os.PathLike, name: str | None = None) -> str:
@@ -190,8 +165,8 @@ def read_meta(folder: Path) -> dict:
 
 
 def require_folder(folder: Path) -> None:
-    """Refuse a ``folder`` that is not there (or that the OS cannot look up, e.g. a name over 255 bytes)."""
-    if not is_folder(folder):
+    """Refuse a ``folder`` that is not there (after putting back a version a killed save had moved aside)."""
+    if not recover(folder):
         raise CheckpointError(f"No adapter folder at {folder}.")
 
 
@@ -259,21 +234,6 @@ def check_layout(found: Mapping[str, Sequence[int]], expected: Mapping[str, torc
                 f"{source}: tensor {key} has shape {list(found[key])}, but the adapter's config on this model "
                 f"needs {list(expected[key].shape)}."
             )
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an old ``target`` is swapped out, then removed."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            os.replace(old, target)  # put the previous version back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
 
 
 def model_card(meta: dict, size: int) -> str:

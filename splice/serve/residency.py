@@ -31,7 +31,8 @@ import torch
 from ..adapter import BASE_NAME, Adapter, check_name
 from ..checkpoint import CONFIG_FILE
 from ..errors import CheckpointError, SpliceError
-from ..files import is_folder, read_json
+from ..files import read_json
+from ..folders import recover
 from ..hub import Hub, check_version, is_reference, parse_reference
 from .errors import BadRequest, Conflict, NotFound
 
@@ -147,7 +148,7 @@ class Residency:
         name visible from then on), or a :class:`SpliceError` saying why it could not be read.
         """
         folder = Path(source)
-        if is_folder(folder):
+        if recover(folder):
             public = name or folder_name(folder)
             def locate() -> Path:
                 return folder

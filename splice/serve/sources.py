@@ -8,6 +8,7 @@ from pathlib import Path
 from ..convert import ADAPTER_CONFIGS
 from ..errors import SpliceError
 from ..files import exists, is_folder
+from ..folders import clean_up
 from ..hub import Hub
 from .residency import folder_name
 
@@ -28,6 +29,8 @@ def discover(spec: str) -> tuple[list[Found], Hub | None]:
     name, else the folder's name) or ``splice train`` runs (``RUN/adapter``, served
     as ``RUN``), one adapter folder, a registry root (a folder with the hub's
     ``index.json``: every ``name@version`` in it), or ``hub`` for the default registry.
+    Hidden sub-folders (``.name``) are skipped: they hold no adapter of the user's,
+    but e.g. the staging folder of a save that was killed (which is cleaned up here).
     """
     if spec in REGISTRY_WORDS:
         return _registry(Hub())
@@ -39,8 +42,9 @@ def discover(spec: str) -> tuple[list[Found], Hub | None]:
         return _registry(Hub(folder))
     if is_adapter_folder(folder):
         return [(folder_name(folder), lambda: folder)], None
+    clean_up(folder)
     found: list[Found] = []
-    for sub in sorted(folder.iterdir()):
+    for sub in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
         if is_adapter_folder(sub):
             found.append((folder_name(sub), (lambda sub=sub: sub)))
         elif is_adapter_folder(sub / RUN_ADAPTER):  # a `splice train` run: served under the run's folder name
