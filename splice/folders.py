@@ -59,7 +59,7 @@ def write_folder(path: str | os.PathLike, fill: Callable[[Path], None], marker: 
     clean_up(target.parent)  # also puts back a version a killed writer had moved aside
     if exists(target) and not is_folder(target):
         raise CheckpointError(f"Cannot save to {target}: a file of that name exists. Choose a folder path.")
-    if is_folder(target) and any(os.scandir(target)) and not exists(target / marker):
+    if is_folder(target) and os.listdir(target) and not exists(target / marker):
         raise CheckpointError(
             f"Cannot save to {target}: the folder holds other files and no {marker}. "
             "Choose an empty or new folder so nothing of yours is overwritten."
