@@ -73,7 +73,7 @@ __all__ = [
     "attach", "AdaptedModel", "Adapter", "Anatomy", "Site", "BASE_NAME",
     "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "PromptTuning", "PrefixTuning", "Union", "HeadOnly", "presets",
     "MethodConfig", "METHODS",
-    "Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit", "heads",
+    "Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit", "heads", "assets",
     "SpliceError", "ConfigError", "AnatomyError", "AdapterError", "CheckpointError", "DataError",
     "__version__",
 ]

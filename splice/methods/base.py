@@ -36,7 +36,9 @@ the last slot the identity, ``bank_identity`` naming fills other than 0) and
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -47,6 +49,9 @@ from ..anatomy import Anatomy, Site, linear_weight
 from ..errors import AdapterError, ConfigError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+# No option of any method needs a number larger than this (ranks, lengths, scales, token ids): a rank of
+# 10**8 or a scale of 1e300 is a typo or a hostile file, and would fail later as an allocation error or NaNs.
+MAX_MAGNITUDE = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +59,9 @@ class MethodConfig:
     """Base of every method config: frozen, validated on construction, JSON round-trippable.
 
     ``layers`` restricts the method to those block indices (``None``: every block).
+    Every number in every option (also inside lists and mappings) must be finite and
+    at most ``MAX_MAGNITUDE`` in size, checked here once for all methods; each
+    method's ``validate`` then checks what its own options mean.
     """
 
     method: ClassVar[str] = ""
@@ -73,6 +81,11 @@ class MethodConfig:
             and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)
         ):
             raise ConfigError(f"{type(self).__name__}.layers must be non-negative block indices, got {self.layers!r}.")
+        for f in dataclasses.fields(self):
+            for number in _numbers(getattr(self, f.name)):
+                if (isinstance(number, float) and not math.isfinite(number)) or abs(number) > MAX_MAGNITUDE:
+                    raise ConfigError(f"{type(self).__name__}.{f.name} holds {number!r}; options must be finite "
+                                      f"numbers no larger than {MAX_MAGNITUDE:,} in size.")
         self.validate()
 
     def validate(self) -> None:
@@ -131,6 +144,18 @@ class MethodConfig:
 
     def _sites_for_roles(self, anatomy: Anatomy, roles: typing.Iterable[str]) -> list[Site]:
         return [site for role in roles for site in anatomy.require(role, self.layers)]
+
+
+def _numbers(value: Any) -> Iterator[int | float]:
+    """The numbers in an option value: itself, or those in its items (lists, tuples, mapping values)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _numbers(item)
 
 
 def expand_targets(targets: tuple[str, ...], anatomy: Anatomy) -> tuple[str, ...]:
