@@ -1,18 +1,18 @@
 """Adapter folders: ``adapter.json`` + ``adapter.safetensors`` + a generated ``README.md``.
 
-Writes are atomic (a temporary folder renamed into place), so an interrupted
-save never leaves a half-written adapter. Loads check the base fingerprint and
-every tensor's name and shape before touching the model, so a bad file raises
-a clear error and leaves the model as it was.
+Writes are atomic and crash-safe (:mod:`splice.folders`: a staging folder swapped
+into place), so an interrupted save never leaves a half-written adapter, nor a
+moment without one. Loads read ``adapter.json`` through :func:`splice.files.read_json`
+(bounded, never blocking), and check the base fingerprint and every tensor's name
+and shape against the file's header before allocating anything or touching the
+model, so a bad or hostile folder raises a clear error and leaves the model as it was.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,8 @@ from safetensors.torch import save_file
 
 from .adapter import Adapter, check_name
 from .errors import AnatomyError, CheckpointError, ConfigError
+from .files import exists, read_json
+from .folders import recover, write_folder
 from .heads import head_from_dict
 from .methods import MethodConfig, config_from_dict
 from .version import __version__
@@ -62,7 +64,7 @@ def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike, trai
         (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         (staging / CARD_FILE).write_text(model_card(meta, os.path.getsize(staging / WEIGHTS_FILE)))
 
-    return write_folder(path, fill)
+    return write_folder(path, fill, CONFIG_FILE)
 
 
 def check_materialised(adapter: Adapter, name: str) -> None:
@@ -74,45 +76,19 @@ def check_materialised(adapter: Adapter, name: str) -> None:
         )
 
 
-def write_folder(path: str | os.PathLike, fill: Callable[[Path], None], marker: str = CONFIG_FILE) -> Path:
-    """Atomically (re)place the folder ``path`` with what ``fill`` writes into a fresh staging folder.
-
-    A folder that holds files but no ``marker`` is not an adapter saved earlier, so it is
-    refused rather than overwritten: nothing of the user's is ever replaced.
-    """
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise CheckpointError(f"Cannot save adapter to {target}: a file of that name exists. Choose a folder path.")
-    if target.is_dir() and any(target.iterdir()) and not (target / marker).exists():
-        raise CheckpointError(
-            f"Cannot save adapter to {target}: the folder holds other files and no {marker}. "
-            "Choose an empty or new folder so nothing of yours is overwritten."
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        fill(staging)
-        _replace_dir(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def load_adapter(model: "AdaptedModel", path: str | os.PathLike, name: str | None = None) -> str:
     """Add the adapter saved in folder ``path`` to ``model``; returns its name."""
     folder = Path(path)
     meta = read_meta(folder)
     name = claim_name(model, name or meta.get("name") or folder.name, folder)
     check_fingerprint(meta.get("base", {}), model.anatomy.fingerprint(), folder)
-    if "config" not in meta:
-        raise CheckpointError(f"{folder / CONFIG_FILE} has no \"config\" entry: the method config is missing.")
     try:
         config = config_from_dict(meta["config"])
     except (ConfigError, TypeError) as error:
         raise CheckpointError(f"{folder / CONFIG_FILE} holds an invalid method config: {error}") from error
-    head = meta.get("head")
-    adapter = build_adapter(model, config, head_from_dict(head) if isinstance(head, dict) else head, folder)
-    install(model, name, adapter, read_tensors(folder / WEIGHTS_FILE, expected=checkpoint_tensors(adapter)))
+    weights = folder / WEIGHTS_FILE
+    adapter = build_adapter(model, config, meta.get("head"), folder, tensor_shapes(weights), weights)
+    install(model, name, adapter, read_tensors(weights, expected=checkpoint_tensors(adapter)))
     return name
 
 
@@ -127,10 +103,24 @@ def claim_name(model: "AdaptedModel", name: str, folder: Path) -> str:
     return name
 
 
-def build_adapter(model: "AdaptedModel", config: MethodConfig, head, folder: Path) -> Adapter:
-    """A fresh adapter of ``config`` (and ``head``) for ``model``, or a clear error if it does not fit."""
+def build_adapter(model: "AdaptedModel", config: MethodConfig, head: dict | str | None, folder: Path,
+                  found: Mapping[str, Sequence[int]], source: Path) -> Adapter:
+    """A fresh adapter of ``config`` and ``head`` for ``model`` whose tensors are exactly ``found``.
+
+    ``head`` is a splice head's ``to_dict()`` form, the path of a base head module, or
+    None; ``found`` maps tensor names to the shapes ``source`` holds. The adapter is
+    first built on the meta device (shapes, no memory) and checked against ``found``,
+    so a small config that implies huge tensors (``r`` or ``num_labels`` of 10**8) is
+    refused before anything is allocated; only a match is built for real.
+    """
+    with torch.device("meta"):
+        check_layout(found, checkpoint_tensors(_build(model, config, head, folder)), source)
+    return _build(model, config, head, folder)
+
+
+def _build(model: "AdaptedModel", config: MethodConfig, head: dict | str | None, folder: Path) -> Adapter:
     try:
-        return Adapter(config, model.anatomy, head)
+        return Adapter(config, model.anatomy, head_from_dict(head) if isinstance(head, dict) else head)
     except (AnatomyError, ConfigError, TypeError) as error:
         raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
 
@@ -148,28 +138,45 @@ def checkpoint_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
     return {key.removeprefix("deltas."): value for key, value in adapter.state_dict(keep_vars=True).items()}
 
 
+# The entries read_meta checks: JSON type(s), and how a message names them.
+_META_TYPES = {"config": (dict, "an object"), "base": (dict, "an object"), "name": (str, "a string"),
+               "head": ((dict, str, type(None)), "an object, a string or null")}
+
+
 def read_meta(folder: Path) -> dict:
-    if not folder.is_dir():
-        raise CheckpointError(f"No adapter folder at {folder}.")
+    """The ``adapter.json`` of the splice adapter in ``folder``, its entries of the right JSON types."""
+    require_folder(folder)
     config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
+    if not exists(config_path):
         hint = ""
-        if (folder / "adapter_config.json").is_file():
+        if exists(folder / "adapter_config.json"):
             hint = " It holds adapter_config.json (a peft or AdapterHub adapter): load it with model.load(folder)."
         raise CheckpointError(f"{folder} is not a splice adapter: {CONFIG_FILE} is missing.{hint}")
-    try:
-        meta = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{config_path} is not valid JSON ({error}); the file is corrupted.") from error
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    meta = read_json(config_path)
+    if meta.get("format") != FORMAT:
         raise CheckpointError(f"{config_path} is not a splice adapter config (no \"format\": \"{FORMAT}\").")
+    if "config" not in meta:
+        raise CheckpointError(f"{config_path} has no \"config\" entry: the method config is missing.")
+    for key, (types, expected) in _META_TYPES.items():
+        if key in meta and not isinstance(meta[key], types):
+            raise CheckpointError(f"{config_path}: \"{key}\" must be {expected}, got {_short(meta[key])}. The "
+                                  "file was not written by splice, or was edited by hand; save the adapter again.")
     return meta
+
+
+def require_folder(folder: Path) -> None:
+    """Refuse a ``folder`` that is not there (after putting back a version a killed save had moved aside)."""
+    if not recover(folder):
+        raise CheckpointError(f"No adapter folder at {folder}.")
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_fingerprint(saved: dict, current: dict, folder: Path) -> None:
     """Refuse an adapter trained on a base of another shape, naming every difference."""
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{folder / CONFIG_FILE}: \"base\" must be an object of base-model facts, got {saved!r}.")
     diffs = [f"{key}: adapter expects {saved[key]!r}, model has {current.get(key)!r}"
              for key in saved if saved[key] != current.get(key)]
     if diffs:
@@ -179,15 +186,34 @@ def check_fingerprint(saved: dict, current: dict, folder: Path) -> None:
         )
 
 
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the safetensors file ``path``, from its header alone (no data read).
+
+    safetensors checks that the header is whole and that its tensors cover the file
+    exactly, so a truncated or corrupted file is refused here, with a clear error.
+    """
+    return _read_safetensors(path, lambda handle, keys: {key: tuple(handle.get_slice(key).get_shape()) for key in keys})
+
+
 def read_tensors(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Read ``path``, checking names and shapes against ``expected`` before returning anything."""
-    if not path.is_file():
+
+    def read(handle, keys: list[str]) -> dict[str, torch.Tensor]:
+        check_layout({key: handle.get_slice(key).get_shape() for key in keys}, expected, path)
+        return {key: handle.get_tensor(key) for key in keys}
+
+    return _read_safetensors(path, read)
+
+
+def _read_safetensors(path: Path, read):
+    """``read(handle, keys)`` on the opened safetensors file ``path``, with every failure a CheckpointError."""
+    if not exists(path):
         raise CheckpointError(f"{path} is missing: the adapter folder is incomplete.")
+    if not os.path.isfile(path):  # a FIFO would block the reader, a device never end
+        raise CheckpointError(f"{path} is not a regular file; an adapter's files must be ordinary files.")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            keys = list(handle.keys())
-            check_layout({key: handle.get_slice(key).get_shape() for key in keys}, expected, path)
-            return {key: handle.get_tensor(key) for key in keys}
+            return read(handle, list(handle.keys()))
     except (SafetensorError, OSError, ValueError) as error:
         if isinstance(error, CheckpointError):
             raise
@@ -205,24 +231,9 @@ def check_layout(found: Mapping[str, Sequence[int]], expected: Mapping[str, torc
     for key in sorted(found):
         if tuple(found[key]) != tuple(expected[key].shape):
             raise CheckpointError(
-                f"{source}: tensor {key} has shape {list(found[key])}, but this model needs "
-                f"{list(expected[key].shape)}."
+                f"{source}: tensor {key} has shape {list(found[key])}, but the adapter's config on this model "
+                f"needs {list(expected[key].shape)}."
             )
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an old ``target`` is swapped out, then removed."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            os.replace(old, target)  # put the previous version back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
 
 
 def model_card(meta: dict, size: int) -> str:

@@ -12,6 +12,12 @@ versions to manifests. Every read of a stored adapter re-hashes its files and
 refuses one that changed. Writers take an exclusive ``flock`` on
 ``index.lock`` and replace ``index.json`` atomically, so concurrent pushes
 never lose or corrupt entries; readers need no lock. (``fcntl``: POSIX only.)
+
+A push refuses an adapter whose weights file is truncated or corrupted. What a
+killed writer leaves behind (a push's staging folder, an index being written, an
+object stored but never indexed) is removed by the next push or ``rm``, under the
+lock, by the rule of :mod:`splice.folders`: only splice's own entries, and only
+those whose writer is gone.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import AdapterError, CheckpointError
+from .files import exists, read_json
+from .folders import clean_up, staging_folder, staging_name, write_folder
 
 # The helpers this module takes from .adapter and .checkpoint are imported where they are used: those
 # modules import torch (seconds), and listing the hub (`splice hub list`) needs none of it.
@@ -39,6 +46,8 @@ INDEX_FORMAT = "splice-hub"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 _REFERENCE = re.compile(r"^(?P<name>[^@/\\]+)@(?P<version>[^@/\\]+)$")
 _CHUNK = 1 << 20
+_INDEX_LIMIT = 256 << 20  # index.json: a few hundred bytes per stored version
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")  # the names of objects/ folders
 
 
 def is_reference(text: str) -> bool:
@@ -100,7 +109,7 @@ class Hub:
         (pushing the same content again is a no-op).
         """
         from .adapter import check_name
-        from .checkpoint import read_meta
+        from .checkpoint import WEIGHTS_FILE, read_meta, tensor_shapes
 
         check_name(name)
         if version is not None:
@@ -109,13 +118,15 @@ class Hub:
         meta = read_meta(source)
         files = _adapter_files(source)
         self.objects.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".push-", dir=self.objects))
+        staging = staging_folder(self.objects / "push")
         try:
             manifest = {path.name: _copy_hashed(path, staging / path.name) for path in files}
+            tensor_shapes(staging / WEIGHTS_FILE)  # refuses a truncated or corrupted copy before it is stored
             digest = _digest(manifest)
             version = version or digest[:12]
             with self._locked():
                 index = self._read_index()
+                self._clean_up(index)
                 versions = index["adapters"].setdefault(name, {})
                 if version in versions:
                     if versions[version]["digest"] != digest:
@@ -149,7 +160,7 @@ class Hub:
 
     def pull(self, ref: str, dest: str | os.PathLike) -> Path:
         """Copy the adapter ``ref`` to the folder ``dest`` (atomically), verifying every byte copied."""
-        from .checkpoint import write_folder
+        from .checkpoint import CONFIG_FILE
 
         record = self._record(ref)
         folder = self.objects / record["digest"]
@@ -159,7 +170,7 @@ class Hub:
             for file, expected in record["files"].items():
                 _check_hash(ref, folder / file, _copy_hashed(folder / file, staging / file), expected)
 
-        return write_folder(dest, fill)
+        return write_folder(dest, fill, CONFIG_FILE)
 
     def list(self) -> list[HubEntry]:
         """Every stored adapter: name, version, method, base fingerprint, size in bytes, creation time (UTC)."""
@@ -182,9 +193,7 @@ class Hub:
             if not index["adapters"][name]:
                 del index["adapters"][name]
             self._write_index(index)
-            still_used = any(r["digest"] == record["digest"] for v in index["adapters"].values() for r in v.values())
-            if not still_used:
-                shutil.rmtree(self.objects / record["digest"], ignore_errors=True)
+            self._clean_up(index)  # removes the object too, unless another reference has the same content
 
     # -- internals -------------------------------------------------------------------------------
     def _record(self, ref: str) -> dict:
@@ -216,6 +225,19 @@ class Hub:
             shutil.rmtree(target)
         os.replace(staging, target)
 
+    def _clean_up(self, index: dict) -> None:
+        """With the lock held: remove what killed writers left, and objects no index entry refers to."""
+        clean_up(self.root)
+        clean_up(self.objects)
+        used = {record["digest"] for versions in index["adapters"].values() for record in versions.values()}
+        try:
+            stored = [name for name in os.listdir(self.objects) if _DIGEST.match(name)]
+        except OSError:
+            return
+        for digest in stored:
+            if digest not in used:
+                shutil.rmtree(self.objects / digest, ignore_errors=True)
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the hub's exclusive write lock (an ``flock`` on ``index.lock``)."""
@@ -230,19 +252,17 @@ class Hub:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _read_index(self) -> dict:
-        if not self.index_path.is_file():
+        if not exists(self.index_path):
             return {"format": INDEX_FORMAT, "adapters": {}}
-        try:
-            index = json.loads(self.index_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"The hub index {self.index_path} is not valid JSON ({error}).") from error
-        if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+        index = read_json(self.index_path, _INDEX_LIMIT)
+        if index.get("format") != INDEX_FORMAT:
             raise CheckpointError(f"{self.index_path} is not a splice hub index (no \"format\": \"{INDEX_FORMAT}\").")
         return index
 
     def _write_index(self, index: dict) -> None:
         """Replace ``index.json`` atomically: write a temporary file, flush it to disk, rename it over."""
-        handle, temp = tempfile.mkstemp(prefix=".index-", dir=self.root)
+        temp = staging_name(self.index_path)
+        handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
         try:
             with os.fdopen(handle, "w") as out:
                 json.dump(index, out, indent=1, sort_keys=True)

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
 
 # Checkpoints written by the real peft and AdapterHub libraries (tests/fixtures/peers/README.md).
 PEERS = Path(__file__).parent / "fixtures" / "peers"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_module(script: str, name: str) -> Iterator[ModuleType]:
+    """``benchmarks/<script>`` imported as module ``name`` (the benchmarks are scripts, not a package), for a
+    fixture to ``yield from``; it is registered in ``sys.modules`` meanwhile, where dataclasses look it up."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[name]
 
 
 def perturb(module: nn.Module, seed: int = 0, std: float = 0.1) -> None:

@@ -294,8 +294,8 @@ def test_crash_while_writing_keeps_old_version(tmp_path, monkeypatch):
 
 
 def test_failed_swap_restores_old_version(tmp_path, monkeypatch):
-    """If moving the new folder into place fails after the old one was moved aside, the old
-    one must be put back (not left in a hidden '.name.old-PID' folder with the target gone)."""
+    """Where folders cannot be exchanged in one step (macOS, NFS), the old one is moved aside first: if moving
+    the new one into place then fails, the old one must be put back (not left hidden with the target gone)."""
     model = splice.attach(tiny_model("bert"))
     model.add("old", LoRA(r=4))
     model.add("new", LoRA(r=2))
@@ -312,7 +312,8 @@ def test_failed_swap_restores_old_version(tmp_path, monkeypatch):
             raise OSError("simulated failure renaming the new folder into place")
         return real_replace(src, dst)
 
-    monkeypatch.setattr("splice.checkpoint.os.replace", flaky_replace)
+    monkeypatch.setattr("splice.folders._exchange", lambda first, second: False)
+    monkeypatch.setattr("splice.folders.os.replace", flaky_replace)
     with pytest.raises(OSError, match="simulated failure"):
         model.save("new", target)
     monkeypatch.undo()

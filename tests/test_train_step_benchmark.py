@@ -4,26 +4,18 @@ same tensors from the same start and agree on the losses; no timing is asserted.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import transformers
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
+from helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from benchmark_module("train_step.py", "train_step_benchmark")
 
 
 def lora_qv_count(shape: dict) -> int:

@@ -323,9 +323,11 @@ class Anatomy:
             q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
             return [slice(0, q), slice(q, q + kv), slice(q + kv, q + 2 * kv)][part]
         if scheme == "qkv_per_head":  # per head [q | k | v] (GPT-NeoX)
+            # The index is cached with the site and moved to each output's device when used: made on the CPU
+            # even while a load builds an adapter on the meta device to check its shapes.
             head = total // (3 * self.num_heads)
-            starts = torch.arange(self.num_heads) * 3 * head + part * head
-            return (starts[:, None] + torch.arange(head)[None, :]).reshape(-1)
+            starts = torch.arange(self.num_heads, device="cpu") * 3 * head + part * head
+            return (starts[:, None] + torch.arange(head, device="cpu")[None, :]).reshape(-1)
         raise AnatomyError(f"Unknown fused-column scheme {scheme!r}; use qkv, halves, qkv_gqa or qkv_per_head.")
 
 

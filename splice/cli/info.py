@@ -15,7 +15,7 @@ import math
 import textwrap
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..files import exists
 from ..hub import Hub, is_reference
 from .common import adapter_path, add_command, describe_base, human_size
 
@@ -55,7 +55,7 @@ def describe(source: str) -> dict:
     from ..convert import detect_format
 
     folder, ref = Path(source), None
-    if not folder.exists() and is_reference(source):
+    if not exists(folder) and is_reference(source):
         folder, ref = Hub().resolve(source), source
     kind = detect_format(folder)  # also refuses a missing folder, or one no library wrote
     report = {"path": str(folder), "ref": ref, "format": kind}
@@ -70,11 +70,9 @@ def _splice(folder: Path) -> dict:
     from ..checkpoint import WEIGHTS_FILE, read_meta
 
     meta = read_meta(folder)
-    config = dict(meta.get("config", {}))
+    config = dict(meta["config"])
     method = config.pop("method", None)
-    parameters = meta.get("parameters")
-    if parameters is None and (folder / WEIGHTS_FILE).is_file():
-        parameters = _count(folder, (WEIGHTS_FILE,))
+    parameters = _count(folder, (WEIGHTS_FILE,))  # from the file, whose header is checked: a truncated one fails
     return {
         "written_by": f"splice {meta.get('splice_version', '?')}",
         "name": meta.get("name"),
@@ -152,18 +150,12 @@ _DESCRIBERS = {"splice": _splice, "peft": _peft, "adapters": _adapters}
 
 def _count(folder: Path, names: tuple[str, ...]) -> int:
     """Elements in the first of ``names`` present in ``folder``: safetensors from its header, .bin weights-only."""
-    from safetensors import SafetensorError, safe_open
-
+    from ..checkpoint import tensor_shapes
     from ..convert.weights import read_weights
 
-    path = next((folder / name for name in names if (folder / name).is_file()), None)
+    path = next((folder / name for name in names if exists(folder / name)), None)
     if path is not None and path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                keys = list(handle.keys())
-                return sum(math.prod(handle.get_slice(key).get_shape()) for key in keys)
-        except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"{path} is corrupted or truncated ({error}).") from error
+        return sum(math.prod(shape) for shape in tensor_shapes(path).values())
     _, tensors = read_weights(folder, names)  # a clear error when no file is there; .bin read weights-only
     return sum(t.numel() for t in tensors.values())
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..checkpoint import CONFIG_FILE, load_adapter, save_adapter
 from ..errors import AdapterError
+from ..files import exists, is_folder
 from ..hub import Hub, is_reference
 from .adapters import load_adapters
 from .bottleneck import save_adapters
@@ -37,9 +38,9 @@ def load_any(model: AdaptedModel, path: str | os.PathLike, name: str | None = No
     Returns its name.
     """
     folder = Path(path)
-    if not folder.exists() and is_reference(str(path)):
+    if not exists(folder) and is_reference(str(path)):
         folder = Hub().resolve(str(path))
-    if folder.is_dir() and is_fusion_folder(folder) and not any((folder / f).is_file() for f in ADAPTER_CONFIGS):
+    if is_folder(folder) and is_fusion_folder(folder) and not any(exists(folder / f) for f in ADAPTER_CONFIGS):
         return load_fusion(model, folder, name)  # an AdapterHub AdapterFusion (its fused adapters loaded first)
     return READERS[detect_format(folder)](model, folder, name)
 

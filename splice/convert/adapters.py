@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..anatomy import Site
-from ..checkpoint import build_adapter, check_fingerprint, check_layout, checkpoint_tensors, claim_name, install
+from ..checkpoint import build_adapter, check_fingerprint, claim_name, install
 from ..errors import CheckpointError
 from . import adapters_soft
 from .bottleneck import bottleneck_from, is_bottleneck
@@ -91,9 +91,8 @@ def load_adapters(model: AdaptedModel, folder: Path, name: str | None = None) ->
         else:
             method, state = _lora(model, modules, options, options.get("r", 8), alpha, weights_path)
     head, head_tensors = _head(model, folder)
-    adapter = build_adapter(model, method, head, folder)
     state.update(head_tensors)
-    check_layout({key: t.shape for key, t in state.items()}, checkpoint_tensors(adapter), weights_path)
+    adapter = build_adapter(model, method, head, folder, {key: t.shape for key, t in state.items()}, weights_path)
     install(model, name, adapter, state)
     return name
 

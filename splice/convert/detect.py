@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
-from ..checkpoint import CONFIG_FILE
+from ..checkpoint import CONFIG_FILE, require_folder
 from ..errors import CheckpointError
+from ..files import exists, read_json
 
 FOREIGN_CONFIG = "adapter_config.json"  # the config file of both peft and AdapterHub adapters
 FUSION_CONFIG = "adapter_fusion_config.json"
@@ -24,17 +24,16 @@ def detect_format(folder: str | Path) -> Format:
     ``"version": "adapters.…"`` (AdapterHub).
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"No adapter folder at {folder}.")
-    if (folder / CONFIG_FILE).is_file():
+    require_folder(folder)
+    if exists(folder / CONFIG_FILE):  # not yet whether it is readable: the reader says what is wrong with it
         return "splice"
-    if not (folder / FOREIGN_CONFIG).is_file():
-        if (folder / FUSION_CONFIG).is_file():
+    if not exists(folder / FOREIGN_CONFIG):
+        if exists(folder / FUSION_CONFIG):
             raise CheckpointError(
                 f"{folder} holds an AdapterHub AdapterFusion layer ({FUSION_CONFIG}), not an adapter: load the "
                 "fused adapters first, then the fusion with model.load(folder)."
             )
-        if (folder / HEAD_CONFIG).is_file():
+        if exists(folder / HEAD_CONFIG):
             raise CheckpointError(
                 f"{folder} holds only an AdapterHub prediction head ({HEAD_CONFIG}), no adapter; point "
                 "splice at the folder that has adapter_config.json."
@@ -52,14 +51,3 @@ def detect_format(folder: str | Path) -> Format:
         f"{folder / FOREIGN_CONFIG} is neither a peft config (no \"peft_type\") nor an AdapterHub config "
         "(no \"version\": \"adapters.…\"); splice cannot tell which library wrote it."
     )
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``, or a clear error if the file is not one."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}); the file is corrupted.") from error
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}.")
-    return data

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..checkpoint import build_adapter, check_fingerprint, check_layout, checkpoint_tensors, claim_name, install
+from ..checkpoint import build_adapter, check_fingerprint, claim_name, install
 from ..errors import CheckpointError
 from ..methods import Bottleneck, Fusion
 from .detect import FUSION_CONFIG, read_json
@@ -110,8 +110,7 @@ def load_fusion(model: AdaptedModel, folder: Path, name: str | None = None) -> s
         attend="outputs" if options.get("residual_before") else "deltas",
         layers=None if sorted(layers) == list(range(count)) else tuple(sorted(layers)),
     )
-    adapter = build_adapter(model, config, None, folder)
-    check_layout({key: t.shape for key, t in state.items()}, checkpoint_tensors(adapter), weights_path)
+    adapter = build_adapter(model, config, None, folder, {key: t.shape for key, t in state.items()}, weights_path)
     install(model, name, adapter, state)
     return name
 

@@ -32,9 +32,7 @@ from ..anatomy import Site
 from ..anatomy.linear import linear_shape
 from ..checkpoint import (
     build_adapter,
-    check_layout,
     check_materialised,
-    checkpoint_tensors,
     claim_name,
     install,
     write_folder,
@@ -105,9 +103,8 @@ def load_peft(model: AdaptedModel, folder: Path, name: str | None = None) -> str
     except AnatomyError as error:  # e.g. a prompt for a model that takes no token ids
         raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
     head, head_tensors = _head(model, config, rest, weights_path)
-    adapter = build_adapter(model, method, head, folder)
     state.update(head_tensors)
-    check_layout({key: t.shape for key, t in state.items()}, checkpoint_tensors(adapter), weights_path)
+    adapter = build_adapter(model, method, head, folder, {key: t.shape for key, t in state.items()}, weights_path)
     install(model, name, adapter, state)
     return name
 

@@ -8,10 +8,14 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, SpliceError
-from ..methods.base import ACTIVATIONS
+from ..methods.base import ACTIVATIONS, MAX_MAGNITUDE
 from .contract import Head, register
 
 POOLINGS = ("auto", "cls", "mean", "last")
+# Bounds on a head's size, so that a typo or a hostile adapter.json (num_labels 10**8) is refused by name
+# instead of failing as an allocation of hundreds of gigabytes: counts (classes, scores, choices, width) as
+# for method options, and the MLP's depth (heads use 1 or 2 layers).
+MAX_LAYERS = 16
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -56,11 +60,11 @@ def _mlp(width: int, out: int, layers: int, dropout: float, activation: str) -> 
     return nn.Sequential(*parts)
 
 
-def _int(owner: str, name: str, value: Any, low: int = 1, none_ok: bool = False) -> None:
+def _int(owner: str, name: str, value: Any, high: int, low: int = 1, none_ok: bool = False) -> None:
     if value is None and none_ok:
         return
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{owner}.{name} must be an integer >= {low}, got {value!r}.")
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{owner}.{name} must be an integer >= {low} and <= {high:,}, got {value!r}.")
 
 
 def _choice(owner: str, name: str, value: Any, allowed) -> None:
@@ -104,10 +108,10 @@ class MLPHead(Head):
     def __init__(self, *, layers: int, dropout: float, activation: str, hidden_size: int | None) -> None:
         super().__init__()
         name = type(self).__name__
-        _int(name, "layers", layers)
+        _int(name, "layers", layers, MAX_LAYERS)
         _probability(name, "dropout", dropout)
         _choice(name, "activation", activation, tuple(ACTIVATIONS))
-        _int(name, "hidden_size", hidden_size, none_ok=True)
+        _int(name, "hidden_size", hidden_size, MAX_MAGNITUDE, none_ok=True)
         self.layers, self.dropout, self.activation = layers, float(dropout), activation
         self.hidden_size: int | None = None
         self.mlp: nn.Sequential | None = None
@@ -115,7 +119,7 @@ class MLPHead(Head):
             self.build(hidden_size)
 
     def build(self, hidden_size: int) -> None:
-        _int(type(self).__name__, "hidden_size", hidden_size)
+        _int(type(self).__name__, "hidden_size", hidden_size, MAX_MAGNITUDE)
         if self.hidden_size is not None:
             if hidden_size != self.hidden_size:
                 raise ConfigError(
@@ -197,7 +201,7 @@ class Classification(PooledHead):
     def __init__(self, num_labels: int, labels: list[str] | None = None, multi_label: bool = False,
                  pooling: str = "auto", layers: int = 2, dropout: float = 0.1, activation: str = "tanh",
                  causal: bool | None = None, hidden_size: int | None = None) -> None:
-        _int("Classification", "num_labels", num_labels)
+        _int("Classification", "num_labels", num_labels, MAX_MAGNITUDE)
         if not isinstance(multi_label, bool):
             raise ConfigError(f"Classification.multi_label must be True or False, got {multi_label!r}.")
         if num_labels < 2 and not multi_label:
@@ -234,7 +238,7 @@ class Regression(PooledHead):
 
     def __init__(self, num_outputs: int = 1, pooling: str = "auto", layers: int = 2, dropout: float = 0.1,
                  activation: str = "tanh", causal: bool | None = None, hidden_size: int | None = None) -> None:
-        _int("Regression", "num_outputs", num_outputs)
+        _int("Regression", "num_outputs", num_outputs, MAX_MAGNITUDE)
         self.num_outputs = self.out_features = num_outputs
         super().__init__(pooling=pooling, causal=causal, layers=layers, dropout=dropout, activation=activation,
                          hidden_size=hidden_size)
@@ -258,7 +262,7 @@ class TokenClassification(MLPHead):
 
     def __init__(self, num_labels: int, labels: list[str] | None = None, dropout: float = 0.1, layers: int = 1,
                  activation: str = "tanh", hidden_size: int | None = None) -> None:
-        _int("TokenClassification", "num_labels", num_labels, low=2)
+        _int("TokenClassification", "num_labels", num_labels, MAX_MAGNITUDE, low=2)
         self.num_labels = self.out_features = num_labels
         self.labels = _labels("TokenClassification", labels, num_labels)
         super().__init__(layers=layers, dropout=dropout, activation=activation, hidden_size=hidden_size)
@@ -295,7 +299,7 @@ class MultipleChoice(PooledHead):
     def __init__(self, num_choices: int | None = None, pooling: str = "auto", layers: int = 2,
                  dropout: float = 0.1, activation: str = "tanh", causal: bool | None = None,
                  hidden_size: int | None = None) -> None:
-        _int("MultipleChoice", "num_choices", num_choices, low=2, none_ok=True)
+        _int("MultipleChoice", "num_choices", num_choices, MAX_MAGNITUDE, low=2, none_ok=True)
         self.num_choices = num_choices
         self._seen_choices: int | None = None  # from the last prepare_inputs, consumed by forward
         super().__init__(pooling=pooling, causal=causal, layers=layers, dropout=dropout, activation=activation,

@@ -10,8 +10,9 @@ CLI read: nothing outside a method asks what a method is. A :class:`Recipe` is a
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,6 +24,9 @@ from ..errors import AdapterError, ConfigError
 
 STAGES = ("output", "input", "soft", "composite")  # how the hooks run a delta: see Delta
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+# No option of any method needs a number larger than this (ranks, lengths, scales, token ids): a rank of
+# 10**8 or a scale of 1e300 is a typo or a hostile file, and would fail later as an allocation error or NaNs.
+MAX_MAGNITUDE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class MethodConfig:
     """Base of every method config: frozen, validated on construction, JSON round-trippable.
 
     ``layers`` restricts the method to those block indices (``None``: every block).
+    Every number in every option (also inside lists and mappings) must be finite and
+    at most ``MAX_MAGNITUDE`` in size, checked here once for all methods; each
+    method's ``validate`` then checks what its own options mean.
 
     Subclasses declare ``method`` (the name the registry and saved adapters know them by) and their
     capabilities as class attributes, read by the model, averaging and the converters:
@@ -87,6 +94,11 @@ class MethodConfig:
             and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)
         ):
             raise ConfigError(f"{type(self).__name__}.layers must be non-negative block indices, got {self.layers!r}.")
+        for f in dataclasses.fields(self):
+            for number in _numbers(getattr(self, f.name)):
+                if (isinstance(number, float) and not math.isfinite(number)) or abs(number) > MAX_MAGNITUDE:
+                    raise ConfigError(f"{type(self).__name__}.{f.name} holds {number!r}; options must be finite "
+                                      f"numbers no larger than {MAX_MAGNITUDE:,} in size.")
         self.validate()
 
     def validate(self) -> None:
@@ -275,6 +287,18 @@ class Delta(nn.Module):
     def adapter_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """What this delta reads at its site (``fusable`` deltas)."""
         raise NotImplementedError(f"{type(self).__name__} is not fusable.")
+
+
+def _numbers(value: Any) -> Iterator[int | float]:
+    """The numbers in an option value: itself, or those in its items (lists, tuples, mapping values)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _numbers(item)
 
 
 def expand_targets(targets: tuple[str, ...], anatomy: Anatomy) -> tuple[str, ...]:

@@ -275,7 +275,8 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
             if body.name in aliases:
                 raise Conflict(f"{shown(body.name)} is an alias; pick another name for the adapter.")
         try:
-            future = residency.load(body.source, body.name, body.pin, hub)
+            # Looking at the folder touches the file system (its adapter.json names it): off the event loop.
+            future = await asyncio.to_thread(residency.load, body.source, body.name, body.pin, hub)
             name = await asyncio.wait_for(asyncio.wrap_future(future), load_timeout)
         except asyncio.TimeoutError:
             raise TimedOut(f"Loading {shown(body.source)} took longer than {load_timeout:.0f} s.") from None

@@ -29,7 +29,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..adapter import BASE_NAME, Adapter, check_name
-from ..errors import SpliceError
+from ..checkpoint import CONFIG_FILE
+from ..errors import CheckpointError, SpliceError
+from ..files import read_json
+from ..folders import recover
 from ..hub import Hub, check_version, is_reference, parse_reference
 from .errors import BadRequest, Conflict, NotFound, shown
 
@@ -159,7 +162,7 @@ class Residency:
         name visible from then on), or a :class:`SpliceError` saying why it could not be read.
         """
         folder = Path(source)
-        if folder.is_dir():
+        if recover(folder):
             public = name or folder_name(folder)
             def locate() -> Path:
                 return folder
@@ -401,12 +404,14 @@ class Residency:
 
 
 def folder_name(folder: Path) -> str:
-    """The name an adapter folder was saved under (splice's adapter.json), else the folder's name."""
-    import json
+    """The name an adapter folder was saved under (splice's adapter.json), else the folder's name.
 
+    An unreadable adapter.json (missing, a FIFO, too big, not JSON) gives the folder's
+    name: loading the folder then says what is wrong with it.
+    """
     try:
-        saved = json.loads((folder / "adapter.json").read_text()).get("name")
-    except (OSError, ValueError, AttributeError):
+        saved = read_json(folder / CONFIG_FILE).get("name")
+    except CheckpointError:
         saved = None
     return saved if isinstance(saved, str) and saved else folder.name
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..convert import ADAPTER_CONFIGS
 from ..errors import SpliceError
+from ..files import exists, is_folder
+from ..folders import clean_up
 from ..hub import Hub
 from .residency import folder_name
 
@@ -17,7 +19,7 @@ RUN_ADAPTER = "adapter"  # where `splice train --out RUN` puts the trained adapt
 
 
 def is_adapter_folder(folder: Path) -> bool:
-    return folder.is_dir() and any((folder / name).is_file() for name in ADAPTER_CONFIGS)
+    return is_folder(folder) and any(exists(folder / name) for name in ADAPTER_CONFIGS)
 
 
 def discover(spec: str) -> tuple[list[Found], Hub | None]:
@@ -27,19 +29,22 @@ def discover(spec: str) -> tuple[list[Found], Hub | None]:
     name, else the folder's name) or ``splice train`` runs (``RUN/adapter``, served
     as ``RUN``), one adapter folder, a registry root (a folder with the hub's
     ``index.json``: every ``name@version`` in it), or ``hub`` for the default registry.
+    Hidden sub-folders (``.name``) are skipped: they hold no adapter of the user's,
+    but e.g. the staging folder of a save that was killed (which is cleaned up here).
     """
     if spec in REGISTRY_WORDS:
         return _registry(Hub())
     folder = Path(spec).expanduser()
-    if not folder.is_dir():
+    if not is_folder(folder):
         raise SpliceError(f"--adapters {spec!r} is not a folder; pass a folder of adapter folders, one adapter "
                           "folder, a registry folder, or 'hub' for the default registry.")
-    if (folder / "index.json").is_file() and (folder / "objects").is_dir():
+    if exists(folder / "index.json") and is_folder(folder / "objects"):
         return _registry(Hub(folder))
     if is_adapter_folder(folder):
         return [(folder_name(folder), lambda: folder)], None
+    clean_up(folder)
     found: list[Found] = []
-    for sub in sorted(folder.iterdir()):
+    for sub in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
         if is_adapter_folder(sub):
             found.append((folder_name(sub), (lambda sub=sub: sub)))
         elif is_adapter_folder(sub / RUN_ADAPTER):  # a `splice train` run: served under the run's folder name
