@@ -8,11 +8,14 @@ not wait seconds for them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from ..files import is_folder
 
 # --model-class: which Auto class reads the base model folder.
 MODEL_CLASSES = {
@@ -61,9 +64,9 @@ def adapter_path(source: str) -> str:
     folder, inner = Path(source), Path(source) / RUN_ADAPTER
 
     def is_adapter(path: Path) -> bool:
-        return any((path / config).is_file() for config in ADAPTER_CONFIGS)
+        return any(os.path.isfile(path / config) for config in ADAPTER_CONFIGS)  # never raises, unlike Path's
 
-    return str(inner) if folder.is_dir() and not is_adapter(folder) and is_adapter(inner) else source
+    return str(inner) if is_folder(folder) and not is_adapter(folder) and is_adapter(inner) else source
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
