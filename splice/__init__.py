@@ -16,6 +16,9 @@ answers ``--help``, ``--version`` and commands that touch no model without
 them.
 """
 
+# ruff: noqa: F401 -- every import here is a re-export; __all__ is computed on first use (it adds the registry's
+# method configs), so ruff cannot see it.
+
 from __future__ import annotations
 
 import importlib
@@ -30,12 +33,13 @@ _LAZY = {
     "Adapter": "adapter", "BASE_NAME": "adapter",
     "Anatomy": "anatomy", "Site": "anatomy",
     **dict.fromkeys(("Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit"), "compose"),
-    **dict.fromkeys(("Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "PromptTuning", "PrefixTuning", "Union",
-                     "HeadOnly", "MethodConfig", "METHODS"), "methods"),
+    "MethodConfig": "methods", "METHODS": "methods",
     "assets": "assets", "heads": "heads", "presets": "presets",
 }
 
-if TYPE_CHECKING:  # what static tools and IDEs see; at run time __getattr__ imports the same names
+# What static tools and IDEs see. At run time __getattr__ imports the same names, and every method config the
+# registry has from splice/methods/ (splice.LoRA, ...): a new method file needs no line here to be splice.<Name>.
+if TYPE_CHECKING:
     from . import assets, heads, presets
     from .adapter import BASE_NAME, Adapter
     from .anatomy import Anatomy, Site
@@ -57,23 +61,31 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time __getattr__ imp
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        value = module if _LAZY[name] == name else getattr(module, name)
+    elif name == "__all__" or not name.startswith("_"):  # the method configs: from the registry
+        methods = importlib.import_module(".methods", __name__).BUILT_IN
+        if name == "__all__":
+            value = [*_NAMES, *methods]
+        elif name in methods:
+            value = methods[name]
+        else:
+            raise AttributeError(f"module 'splice' has no attribute {name!r}")
+    else:
         raise AttributeError(f"module 'splice' has no attribute {name!r}")
-    module = importlib.import_module(f".{_LAZY[name]}", __name__)
-    value = module if _LAZY[name] == name else getattr(module, name)
     globals()[name] = value  # the next access is a plain lookup
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(__getattr__("__all__")))
 
 
-__all__ = [
-    "attach", "AdaptedModel", "Adapter", "Anatomy", "Site", "BASE_NAME",
-    "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "PromptTuning", "PrefixTuning", "Union", "HeadOnly", "presets",
-    "MethodConfig", "METHODS",
-    "Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit", "heads", "assets",
+# Exported besides the method configs, which ``__all__`` (computed on first use) adds from the registry.
+_NAMES = [
+    "attach", "AdaptedModel", "Adapter", "Anatomy", "Site", "BASE_NAME", "presets", "assets", "MethodConfig", "METHODS",
+    "Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit", "heads",
     "SpliceError", "ConfigError", "AnatomyError", "AdapterError", "CheckpointError", "DataError",
     "__version__",
 ]

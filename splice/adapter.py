@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from .anatomy import Anatomy, Site
-from .errors import AdapterError
+from .errors import AdapterError, ConfigError
 from .heads import Head
-from .methods.base import MethodConfig
+from .methods.base import STAGES, Delta, MethodConfig
 
 BASE_NAME = "__base__"  # reserved: "no adapter" in per-row routing
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
@@ -50,7 +50,7 @@ class Adapter(nn.Module):
                 if part not in table:
                     table[part] = nn.ModuleDict()
                 table = table[part]
-            table[leaf] = config.build(site, anatomy)
+            table[leaf] = _checked(config.build(site, anatomy), config)
         self.head_path: str | None = None
         self.head_site: Site | None = None
         self.head: nn.Module | None = None
@@ -79,7 +79,7 @@ class Adapter(nn.Module):
         """How adapter.json records the head: a base module path, a head's options, or nothing."""
         return self.task_head.to_dict() if self.task_head is not None else self.head_path
 
-    def delta(self, key: str) -> nn.Module:
+    def delta(self, key: str) -> Delta:
         module = self.deltas
         for part in _path(self.sites[key]):
             module = module[part]
@@ -96,8 +96,7 @@ class Adapter(nn.Module):
         tensors = {}
         for key, site in self.sites.items():
             delta, name = self.delta(key), ".".join(_path(site))
-            state = delta.folded_state() if hasattr(delta, "folded_state") else delta.state_dict(keep_vars=True)
-            tensors.update({f"{name}.{k}": v for k, v in state.items()})
+            tensors.update({f"{name}.{k}": v for k, v in delta.folded_state().items()})
         if self.head is not None:
             tensors.update({f"head.{k}": v for k, v in self.head.state_dict(keep_vars=True).items()})
         return self.config.folded(), tensors
@@ -110,19 +109,30 @@ class Adapter(nn.Module):
         return sum(t.numel() * t.element_size() for t in self.export()[1].values())
 
 
+def _checked(delta: Delta, config: MethodConfig) -> Delta:
+    """A delta that follows the contract, or an error telling the method's author what is wrong."""
+    if not isinstance(delta, Delta) or delta.stage not in STAGES:
+        raise ConfigError(
+            f"{type(config).__name__}.build returned {type(delta).__name__}, which is not a splice.methods.Delta "
+            f"with a stage in {STAGES}: subclass Delta and declare its stage (see splice.methods.base)."
+        )
+    return delta
+
+
 def _path(site: Site) -> tuple[str, ...]:
     """Where a site's delta sits in ``deltas``: stack, layer, role (a model-level site: its role alone)."""
     return (site.role,) if site.layer < 0 else (site.stack, str(site.layer), site.role)
 
 
-class HeadSwap:
+class HeadSwap(Delta):
     """A plan entry that replaces a base head's output with the adapter's own head."""
 
     stage = "output"
     reads_input = True
 
     def __init__(self, head: nn.Module):
+        super().__init__()
         self.head = head
 
-    def __call__(self, x, y):
+    def forward(self, x, y):
         return self.head(x)

@@ -4,15 +4,16 @@ Two modes:
 
 - ``"exact"``: the new adapter's update is the weighted average of the others'
   updates, so it computes what ``Average(a, b, weights=...)`` computes, at the cost
-  of one adapter. LoRA stacks the ranks (``B = [w_1 s_1 B_1 | w_2 s_2 B_2]``,
-  ``A = [A_1; A_2]``); IA³ and BitFit average their vectors, which is exact
-  because the model is linear in each of them at its site.
+  of one adapter. Methods that can do this say so (``averages_exactly``) and say how:
+  the config of the average (:meth:`~splice.methods.MethodConfig.averaged`) and its
+  tensors (:meth:`~splice.methods.Delta.average_of`). LoRA stacks the ranks; IA³ and
+  BitFit average their vectors, which is exact because the model is linear in each
+  of them at its site.
 - ``"parameters"``: every tensor averaged as is (FedAvg); configs must be identical.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -20,7 +21,7 @@ import torch
 from .adapter import Adapter
 from .errors import AdapterError
 from .heads import head_from_dict
-from .methods import IA3, BitFit, LoRA
+from .methods import METHODS
 
 if TYPE_CHECKING:
     from .model import AdaptedModel
@@ -39,40 +40,28 @@ def average_adapters(model: "AdaptedModel", name: str, adapters: Sequence[str],
     heads = {repr(s.head_spec()) for s in sources}
     if len(heads) > 1:
         raise AdapterError(f"{list(adapters)} have different heads; only adapters with the same head average.")
-    if mode == "parameters" or not isinstance(configs[0], LoRA):
+    if mode == "parameters":
         if any(c != configs[0] for c in configs):
             raise AdapterError(
                 f"{list(adapters)} have different configs; averaging parameters needs identical ones "
-                "(exact averaging of LoRA adapters of different ranks works with mode='exact')."
-            )
-        if mode == "exact" and not isinstance(configs[0], (IA3, BitFit)):
-            raise AdapterError(
-                f"Exact weight averaging exists for LoRA, IA3 and BitFit; {type(configs[0]).__name__} is not linear "
-                "in its weights. Use the Average composition, or mode='parameters' (an approximation)."
+                "(mode='exact' averages adapters of different shapes where the method can, e.g. LoRA ranks)."
             )
         target = model.add(name, configs[0], _head_like(sources[0]))
         with torch.no_grad():
             for key, tensor in target.state_dict(keep_vars=True).items():
                 tensor.copy_(sum(w * s.state_dict()[key] for w, s in zip(weights, sources)))
         return target
-    return _stack_loras(model, name, sources, weights)
-
-
-def _stack_loras(model: "AdaptedModel", name: str, sources: list[Adapter], weights: list[float]) -> Adapter:
-    configs = [s.config for s in sources]
-    shape = [dataclasses.replace(c, r=1, alpha=1.0, rank_pattern=(), alpha_pattern=()) for c in configs]
-    if any(c != shape[0] for c in shape) or any(c.rank_pattern or c.alpha_pattern for c in configs):
-        raise AdapterError("Exact LoRA averaging needs the same targets, layers and options (ranks may differ; "
-                           "rank/alpha patterns are not supported).")
-    rank = sum(c.r for c in configs)
-    # alpha = r (or sqrt(r) with rsLoRA) makes the new scaling 1: the sources' scalings go into B.
-    alpha = float(rank ** 0.5) if configs[0].use_rslora else float(rank)
-    target = model.add(name, dataclasses.replace(configs[0], r=rank, alpha=alpha), _head_like(sources[0]))
-    with torch.no_grad():
-        for key, delta in ((k, target.delta(k)) for k in target.sites):
-            parts = [s.delta(key) for s in sources]
-            delta.lora_A.weight.copy_(torch.cat([p.lora_A.weight for p in parts], 0))
-            delta.lora_B.weight.copy_(torch.cat([w * p.scaling * p.lora_B.weight for w, p in zip(weights, parts)], 1))
+    if not configs[0].averages_exactly:
+        exact = ", ".join(cls.__name__ for cls in METHODS.values() if cls.averages_exactly)
+        raise AdapterError(
+            f"Exact weight averaging exists for {exact}; {type(configs[0]).__name__} is not linear in its weights. "
+            "Use the Average composition, or mode='parameters' (an approximation)."
+        )
+    if any(type(c) is not type(configs[0]) for c in configs):
+        raise AdapterError(f"{list(adapters)} are adapters of different methods; only one method's adapters average.")
+    target = model.add(name, configs[0].averaged(configs), _head_like(sources[0]))
+    for key in target.sites:
+        target.delta(key).average_of([s.delta(key) for s in sources], weights)
     _average_heads(target, sources, weights)
     return target
 

@@ -178,10 +178,10 @@ class Fused(Program):
     def __init__(self, children: list[Program], layer: nn.Module):
         if any(c.has_pre for c in children):
             raise AdapterError("Fuse works over adapters that change a sublayer's output (bottleneck adapters).")
-        self.deltas = getattr(layer, "attend", "outputs") == "deltas"
-        self.query_input = getattr(layer, "query_from", "output") == "adapter_input"
+        self.deltas = layer.attend == "deltas"
+        self.query_input = layer.query_from == "adapter_input"
         if (self.deltas or self.query_input) and not all(
-            type(c) is Program or (isinstance(c, Leaf) and hasattr(c.delta, "change")) for c in children
+            type(c) is Program or (isinstance(c, Leaf) and c.delta.fusable) for c in children
         ):
             raise AdapterError("A fusion with attend='deltas' or query_from='adapter_input' fuses bottleneck "
                                "adapters, whose change and input it reads.")

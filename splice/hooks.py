@@ -27,7 +27,7 @@ class HookSet:
 
     def __init__(self, anatomy: Anatomy) -> None:
         self.plan: dict[str, Program] = {}
-        self.soft = SoftTokens(anatomy, self)
+        self.soft = SoftTokens(anatomy, lambda: self.plan)
         self.skip_layers: frozenset[int] = frozenset()
         self._sites_at: dict[nn.Module, list[Site]] = {}  # module -> sites whose output it produces
         self._inputs_at: dict[nn.Module, list[Site]] = {}  # module -> sites whose input it receives
@@ -69,7 +69,7 @@ class HookSet:
         self._inputs_at.clear()
         self._stash.clear()
         self.plan = {}
-        self.soft = SoftTokens(self.soft.anatomy, self)
+        self.soft = SoftTokens(self.soft.anatomy, lambda: self.plan)
 
     # -- the hot path -----------------------------------------------------------------
     def _before(self, module: nn.Module, args: tuple, kwargs: dict):

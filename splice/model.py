@@ -23,8 +23,8 @@ from .compose import BatchSplit, Parallel, Setup
 from .errors import AdapterError
 from .heads import HEADS, Head, apply_heads
 from .hooks import HookSet
+from .methods import METHODS
 from .methods.base import MethodConfig
-from .methods.bottleneck import Bottleneck
 from .methods.fusion import Fusion
 from .planner import HeadGroups, Planner
 
@@ -199,7 +199,7 @@ class AdaptedModel(GraphCapture, nn.Module):
     def delete(self, name: str) -> None:
         """Remove an adapter (unmerging it first if it is merged)."""
         self._get(name)
-        users = [n for n, a in self.adapters.items() if name in getattr(a.config, "adapters", ())]
+        users = [n for n, a in self.adapters.items() if name in a.config.fused_adapters]
         if users:
             raise AdapterError(f"Fusion(s) {', '.join(users)} fuse {name!r}; delete them first.")
         if name in self._merged:
@@ -234,7 +234,8 @@ class AdaptedModel(GraphCapture, nn.Module):
         ``query_from="adapter_input", attend="deltas"`` computes AdapterHub's AdapterFusion (see
         :class:`splice.methods.Fusion`)."""
         fused = [self._get(a) for a in adapters]
-        wrong = [a for a, adapter in zip(adapters, fused) if not isinstance(adapter.config, Bottleneck)]
+        wrong = [a for a, adapter in zip(adapters, fused)
+                 if not adapter.sites or not all(delta.fusable for _, delta in adapter.items())]
         if wrong:
             raise AdapterError(
                 f"Fuse works over bottleneck adapters (it attends over sublayer outputs); {wrong} are not. "
@@ -247,7 +248,7 @@ class AdaptedModel(GraphCapture, nn.Module):
 
     def train_fusion(self, name: str) -> None:
         """Train only the fusion ``name`` (and its head); the fused adapters and the base stay frozen."""
-        if self._get(name).config.method != "fusion":
+        if not self._get(name).config.fused_adapters:
             raise AdapterError(f"{name!r} is not a fusion; add one with model.add_fusion(name, adapters).")
         self.train_adapter(name)
 
@@ -264,19 +265,18 @@ class AdaptedModel(GraphCapture, nn.Module):
 
     # -- merging -------------------------------------------------------------------------
     def merge(self, name: str) -> None:
-        """Fold a mergeable adapter (LoRA, IA³, BitFit) into the base weights: zero cost at inference."""
+        """Fold a mergeable adapter (LoRA, IA³, BitFit, ...) into the base weights: zero cost at inference."""
         adapter = self._get(name)
         if not adapter.config.mergeable:
+            mergeable = ", ".join(cls.__name__ for cls in METHODS.values() if cls.mergeable)
             raise AdapterError(
                 f"{name!r} is a {type(adapter.config).__name__} adapter, which cannot be merged: it has no "
-                "equivalent change of the base weights. Keep it active instead; mergeable methods are "
-                "LoRA, IA3, BitFit."
+                f"equivalent change of the base weights. Keep it active instead; mergeable methods are {mergeable}."
             )
         if name in self._merged:
             raise AdapterError(f"{name!r} is already merged.")
         for site, delta in adapter.items():  # refuse before writing anything
-            if hasattr(delta, "check_merge"):
-                delta.check_merge(site)
+            delta.check_merge(site)
         done = []
         try:
             for site, delta in adapter.items():
@@ -295,10 +295,11 @@ class AdaptedModel(GraphCapture, nn.Module):
         if name not in self._merged:
             raise AdapterError(f"{name!r} is not merged.")
         later = self._merged[self._merged.index(name) + 1 :]
-        blocking = [n for n in later + [name] if self.adapters[n].config.method == "ia3"]
-        if later and blocking:
+        rescaling = [type(self.adapters[n].config).__name__ for n in later + [name]
+                     if not self.adapters[n].config.merges_commute]
+        if later and rescaling:
             raise AdapterError(
-                f"Unmerge {', '.join(reversed(later))} before {name!r}: IA3 rescales weights, so merges "
+                f"Unmerge {', '.join(reversed(later))} before {name!r}: {rescaling[0]} rescales weights, so merges "
                 "only undo exactly in reverse order."
             )
         for site, delta in reversed(list(adapter.items())):

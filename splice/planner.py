@@ -93,12 +93,11 @@ class Planner:
         return adapter.delta(key)
 
     def _fused_by(self, name: str) -> tuple[str, ...] | None:
-        config = self.model.adapters[name].config
-        return config.adapters if config.method == "fusion" else None
+        return self.model.adapters[name].config.fused_adapters or None
 
     def _fusion_over(self, children: tuple) -> str:
         matches = [n for n, a in self.model.adapters.items()
-                   if a.config.method == "fusion" and a.config.adapters == tuple(children)]
+                   if a.config.fused_adapters and a.config.fused_adapters == tuple(children)]
         if len(matches) != 1:
             found = "none" if not matches else f"several ({', '.join(matches)}): activate one by name"
             raise AdapterError(
@@ -134,7 +133,7 @@ class Planner:
         return setup
 
     def check(self, setup: Setup) -> None:
-        """Every name exists; fusions resolve; Parallel sits at the top."""
+        """Every name exists; fusions resolve (the blocks themselves refuse nestings they do not allow)."""
         if not isinstance(setup, (str, Block)):
             raise AdapterError(
                 f"A setup is an adapter name or a composition block (splice.Stack, Fuse, ...), got {setup!r}."
@@ -143,16 +142,15 @@ class Planner:
         for name in names:
             self.model._get(name)
         if isinstance(setup, Block):
-            self._check_nested(setup, top=True)
+            self._check_fusions(setup)
 
-    def _check_nested(self, block: Block, top: bool) -> None:
-        if isinstance(block, Parallel) and not top:
-            raise AdapterError("Parallel replicates the batch, so it must be the whole setup, not nested.")
+    def _check_fusions(self, block: Block) -> None:
+        """Every Fuse in ``block`` has its fusion."""
         if isinstance(block, Fuse):
             self._fusion_over(block.children)
         for child in block.children:
             if isinstance(child, Block):
-                self._check_nested(child, top=False)
+                self._check_fusions(child)
 
     def without(self, setup: Setup | None, name: str) -> Setup | None:
         """The setup once adapter ``name`` is gone: dropped from a plain stack, else the base alone."""
@@ -356,5 +354,5 @@ class Planner:
 
 
 def _bankable(program: Program) -> bool:
-    """One delta whose class keeps its tensors in banks (LoRA, bottleneck, IA³, BitFit)."""
-    return isinstance(program, Leaf) and hasattr(type(program.delta), "bank_sources")
+    """One delta that keeps its tensors in banks (LoRA, bottleneck, IA³, BitFit: ``banked`` deltas)."""
+    return isinstance(program, Leaf) and program.delta.banked

@@ -103,7 +103,7 @@ def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
 
 def as_program(delta) -> Program:
     """The program of one adapter's delta at a site: a Leaf, or what a composite delta compiles to (Union)."""
-    return delta.program() if hasattr(delta, "program") else Leaf(delta)
+    return delta.program() if delta.stage == "composite" else Leaf(delta)
 
 
 class RowIndex:
@@ -299,7 +299,7 @@ class _Stage:
         if isinstance(child, Leaf):
             if child.delta.stage != self.name:
                 return
-            if hasattr(type(child.delta), "bank_sources"):
+            if child.delta.banked:
                 key = layout(child.delta)
                 if key not in self.groups:
                     self.groups[key] = LeafGroup(self.banks)
@@ -396,10 +396,6 @@ class LeafGroup:
                 mark_static(table)
             self._fill(kind, table)
         return table
-
-    def tensors(self) -> list[torch.Tensor]:
-        """The lookups built so far (a routed forward reads them in place)."""
-        return list(self._lookups.values())
 
     def _refill(self) -> None:
         for (kind, _), table in self._lookups.items():

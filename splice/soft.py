@@ -39,8 +39,7 @@ were added when the cache was started.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -58,10 +57,7 @@ from .anatomy.calls import (
     with_cache,
 )
 from .errors import AdapterError, AnatomyError
-from .routing import Soft, first_input
-
-if TYPE_CHECKING:
-    from .hooks import HookSet
+from .routing import Program, Soft, first_input
 
 PROMPT_KEY = "prompt"
 EMBEDDED_KEY = "embedded_prompt"  # PromptTuning(insert="embedded"): after the embedding block
@@ -69,10 +65,14 @@ Handler = Callable[..., object]
 
 
 class SoftTokens:
-    """The call-level handlers of one model, run by its :class:`~splice.hooks.HookSet`."""
+    """The call-level handlers of one model, run by its :class:`~splice.hooks.HookSet`.
 
-    def __init__(self, anatomy: Anatomy, hooks: HookSet):
-        self.anatomy, self.hooks = anatomy, hooks
+    ``plan`` gives the plan the hooks dispatch to now (it changes with every setup): the handlers read their
+    programs from it, and need nothing else of the hooks.
+    """
+
+    def __init__(self, anatomy: Anatomy, plan: Callable[[], Mapping[str, Program]]):
+        self.anatomy, self._plan = anatomy, plan
         self.cache_name = cache_argument(anatomy.model)  # the keyword the model's forward and generate take
         self.before: dict[nn.Module, list[Handler]] = {}  # (args, kwargs) -> (args, kwargs) | None
         self.strip: dict[nn.Module, Handler] = {}  # output -> output, before the module's site deltas
@@ -131,7 +131,7 @@ class SoftTokens:
         handlers.insert(0, handler) if first else handlers.append(handler)
 
     def _program(self, key: str):
-        program = self.hooks.plan.get(key)
+        program = self._plan().get(key)
         return program if program is not None and program.has_soft else None
 
     # -- prompt -------------------------------------------------------------------------------------

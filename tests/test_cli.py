@@ -301,7 +301,7 @@ def test_merge_refusals(capsys, bert_dir, lora_dir, tmp_path):
     model.add("bn", Bottleneck())
     model.save("bn", tmp_path / "bn")
     refused(capsys, "merge", tmp_path / "bn", "--model", bert_dir, "--out", tmp_path / "m",
-            words=("cannot be merged", "LoRA, IA3, BitFit"))
+            words=("cannot be merged", "BitFit, IA3, LoRA"))
     model.add("headed", LoRA(r=2), head=splice.heads.Classification(num_labels=2))
     model.save("headed", tmp_path / "headed")
     refused(capsys, "merge", tmp_path / "headed", "--model", bert_dir, "--out", tmp_path / "m",

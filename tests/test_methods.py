@@ -1,27 +1,50 @@
 """Every architecture of the anatomy table × every method of the core.
 
+The methods come from the registry: every training recipe of splice's own methods
+whose deltas change a site's input or output (soft tokens, whose positions start
+random, have their contract in test_prefix_prompt.py; a head alone has no site).
+A new method file joins this matrix by itself.
+
 Each case attaches a tiny random model, adds an adapter and checks the contract:
 a fresh adapter leaves outputs unchanged; training moves only adapter tensors;
 save -> load into a fresh model reproduces outputs; merge/unmerge round-trips;
 gradient checkpointing gives the same gradients.
 """
 
+import functools
+
 import pytest
 import torch
 
 import splice
+from splice.methods import BUILT_IN
 
 from helpers import assert_same_state, descend, perturb, state_copy
 from tiny_models import ARCHITECTURES, DECODERS, tiny_inputs, tiny_model
 
-METHODS = {
-    "pfeiffer": lambda: splice.Bottleneck(r=4),
-    "houlsby": lambda: splice.Bottleneck(placement="houlsby", r=4, non_linearity="swish"),
-    "parallel": lambda: splice.Bottleneck(placement="parallel", r=4, scale=2.0, ln_before=True),
-    "lora": lambda: splice.LoRA(r=4, alpha=8, targets="all-linear"),
-    "ia3": lambda: splice.IA3(),
-    "bitfit": lambda: splice.BitFit(),
+# Options the matrix adds to some recipes' defaults, to cover more of a method than the CLI's defaults do.
+COVERAGE = {
+    "houlsby": {"non_linearity": "swish"},
+    "parallel": {"scale": 2.0, "ln_before": True},
+    "lora": {"r": 4, "alpha": 8, "targets": "all-linear", "dropout": 0.0},
 }
+
+
+def site_methods() -> dict:
+    """Recipe name -> config factory, for every recipe of splice's methods whose deltas act at sites."""
+    anatomy = splice.Anatomy(tiny_model("bert"))
+    found = {}
+    for cls in BUILT_IN.values():
+        for name, recipe in cls.training_recipes().items():
+            make = functools.partial(recipe.config, COVERAGE.get(name, {}))
+            config = make()
+            deltas = [config.build(site, anatomy) for site in config.sites(anatomy)]
+            if deltas and all(delta.stage in ("input", "output") for delta in deltas):
+                found[name] = make
+    return found
+
+
+METHODS = site_methods()
 CASES = [(arch, method) for arch in ARCHITECTURES for method in METHODS]
 
 

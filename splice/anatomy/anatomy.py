@@ -221,9 +221,6 @@ class Anatomy:
         }
 
     # -- sites ------------------------------------------------------------------
-    def available_roles(self) -> list[str]:
-        return [role for role in ALL_ROLES if self.sites(role)]
-
     def sites(self, role: str) -> list[Site]:
         """Every site of ``role`` across all blocks (empty if the model lacks it)."""
         if role not in self._sites:
@@ -265,9 +262,6 @@ class Anatomy:
     def linear_roles(self) -> list[str]:
         """Projection roles this model has: what ``"all-linear"`` expands to."""
         return [role for role in PROJECTION_ROLES if self.sites(role)]
-
-    def final_norms(self) -> list[nn.Module]:
-        return [m for path in self.layout.final_norm if (m := get_module(self.model, path, suffix=True)) is not None]
 
     def head(self, path: str) -> nn.Module:
         """The prediction-head module at ``path`` ("auto": the usual classifier/score/lm_head name)."""

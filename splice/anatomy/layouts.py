@@ -38,7 +38,6 @@ class Layout:
 
     stacks: Mapping[str, str | tuple[str, ...]]  # stack name -> path suffix(es) of the ModuleList of blocks
     roles: Mapping[str, Mapping[str, RoleSpec]]  # stack name -> role -> spec
-    final_norm: tuple[str, ...] = ()
     causal: bool = False  # decoder-only: each position sees only earlier ones
     # How the model is called, for prompt and prefix tuning (see calls.py):
     attention: AttentionCall = AttentionCall()  # noqa: RUF009 (frozen, so one shared default is safe)
@@ -93,18 +92,17 @@ def _t5_stack(cross: bool) -> dict:
     return roles
 
 
-def _single(blocks: str | tuple[str, ...], roles: dict, final_norm: tuple[str, ...] = (),
-            causal: bool = False, **calls) -> Layout:
+def _single(blocks: str | tuple[str, ...], roles: dict, causal: bool = False, **calls) -> Layout:
     if causal:  # decoder-only: the one stack runs with a cache; rotary/learned positions follow the mask
         calls = {"cached_stacks": ("layers",), "positions": "explicit", **calls}
-    return Layout({"layers": blocks}, {"layers": roles}, final_norm, causal, **calls)
+    return Layout({"layers": blocks}, {"layers": roles}, causal, **calls)
 
 
 _BERT = _single("encoder.layer", _bert_like("attention.self.query", "attention.self.key", "attention.self.value"),
                 positions="explicit", embeddings="embeddings")
 # RoBERTa offsets its positions by pad_token_id + 1 and numbers them from input_ids itself.
 _ROBERTA = dataclasses.replace(_BERT, positions="fixed")
-_LLAMA = _single("layers", _LLAMA_LIKE, ("norm",), causal=True)
+_LLAMA = _single("layers", _LLAMA_LIKE, causal=True)
 
 LAYOUTS: dict[str, Layout] = {
     "bert": _BERT,
@@ -125,7 +123,7 @@ LAYOUTS: dict[str, Layout] = {
         "o": ["attention.o_proj", "attention.output.dense"],
         "up": ["mlp.fc1", "intermediate.dense"], "down": ["mlp.fc2", "output.dense"],
         "attn": "attention", "ffn": ["mlp", ("intermediate", "output.dense")],
-    }, ("layernorm",)),
+    }),
     "distilbert": _single("transformer.layer", {
         "q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin", "o": "attention.out_lin",
         "up": "ffn.lin1", "down": "ffn.lin2", "attn": "attention", "ffn": "ffn",
@@ -136,7 +134,7 @@ LAYOUTS: dict[str, Layout] = {
         "q": "attn.c_attn[qkv:0]", "k": "attn.c_attn[qkv:1]", "v": "attn.c_attn[qkv:2]",
         "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj", "attn": "attn", "ffn": "mlp",
         "attn_residual": ("ln_1", "attn", None), "ffn_residual": ("ln_2", "mlp", None),
-    }, ("ln_f",), causal=True),
+    }, causal=True),
     "gpt_neox": _single("layers", {
         "q": "attention.query_key_value[qkv_per_head:0]",
         "k": "attention.query_key_value[qkv_per_head:1]",
@@ -146,13 +144,13 @@ LAYOUTS: dict[str, Layout] = {
         # parallel residual: both sublayers read the block's input (post_attention_layernorm's input too)
         "attn_residual": ("input_layernorm", "attention", None),
         "ffn_residual": ("post_attention_layernorm", "mlp", None),
-    }, ("final_layer_norm",), causal=True),
+    }, causal=True),
     "opt": _single("decoder.layers", {
         "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",
         "up": "fc1", "down": "fc2", "attn": "self_attn", "ffn": ("fc1", "fc2"),
         "attn_residual": ("self_attn_layer_norm", "self_attn", None),
         "ffn_residual": ("final_layer_norm", "fc2", None),
-    }, ("decoder.final_layer_norm",), causal=True, positions="derived"),
+    }, causal=True, positions="derived"),
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -166,11 +164,10 @@ LAYOUTS: dict[str, Layout] = {
         "down": "mlp.down_proj", "attn": "self_attn", "ffn": "mlp",
         "attn_residual": ("input_layernorm", "self_attn", None),
         "ffn_residual": ("post_attention_layernorm", "mlp", None),
-    }, ("norm",), causal=True),
+    }, causal=True),
     "t5": Layout(
         {"encoder": "encoder.block", "decoder": "decoder.block"},
         {"encoder": _t5_stack(cross=False), "decoder": _t5_stack(cross=True)},
-        ("encoder.final_layer_norm", "decoder.final_layer_norm"),
         # 4.57 computes the encoder's relative bias from cache_position = arange(T).
         attention=AttentionCall(positions=("cache_position",)),
         positions="relative",

@@ -1,7 +1,7 @@
 """``splice merge ADAPTER --model MODEL_PATH --out DIR``: fold an adapter into the base and save that model.
 
-The adapter (LoRA, IA3, BitFit) is loaded and merged with ``model.merge``, the
-hooks are removed with ``model.detach()``, and the merged base is written with
+The adapter (of a mergeable method: LoRA, IA3, BitFit, ...) is loaded and merged
+with ``model.merge``, the hooks are removed with ``model.detach()``, and the merged base is written with
 ``save_pretrained`` into a temporary folder that is then renamed to DIR, so an
 interrupted merge leaves nothing half-written. An adapter's own copy of a base
 head (``head="classifier"``, peft's ``modules_to_save``) replaces that head in
@@ -33,10 +33,11 @@ MODEL_MARKER = "config.json"
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = add_command(
-        commands, "merge", help="fold a LoRA / IA3 / BitFit adapter into the base and save the merged model",
+        commands, "merge",
+        help="fold a mergeable adapter (LoRA, IA3, BitFit, ...) into the base and save the merged model",
         description="Load ADAPTER (a splice, peft or AdapterHub folder, or a hub name@version) into the base at "
                     "--model, merge it into the weights, and save_pretrained the merged model to --out. Only "
-                    "LoRA, IA3 and BitFit adapters merge.")
+                    "adapters of mergeable methods (LoRA, IA3, BitFit, ...) merge.")
     parser.add_argument("adapter", metavar="ADAPTER",
                         help="adapter folder (or a splice train run folder), or name@version in the hub")
     add_model_options(parser)

@@ -22,14 +22,44 @@ from .common import Steps, add_command, human_size, split_sizes
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    from ..train.recipes import RECIPES
+# The --method names are the registry's training recipes, plugins' included. The registry imports the methods'
+# modules (and so torch), so it is read only when a command line names a method or asks for this command's help.
+METHODS_EPILOG = "methods:"  # stands for the list of methods, which _Help writes in its place
 
+
+def _recipes() -> dict:
+    from ..methods import recipes
+
+    return recipes()
+
+
+class _Methods:
+    """The ``--method`` choices, read from the registry on first use."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in _recipes()
+
+    def __iter__(self):
+        return iter(_recipes())
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Help that ends with the registry's methods, each with its help line and learning rate."""
+
+    def add_text(self, text: str | None) -> None:
+        if text is METHODS_EPILOG:
+            offered = _recipes()
+            width = max(9, *map(len, offered))  # a plugin's longer name keeps the column
+            text = METHODS_EPILOG + "\n" + "\n".join(f"  {name:<{width}} {r.help} (lr {r.learning_rate:g})"
+                                                     for name, r in offered.items())
+        super().add_text(text)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
     parser = add_command(commands, "train", help="train an adapter (or full fine-tuning) with the HF Trainer",
                          description=__doc__.split("\n\n")[1].replace("\n", " "))
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "methods:\n" + "\n".join(f"  {name:<9} {r.help} (lr {r.learning_rate:g})"
-                                              for name, r in RECIPES.items())
+    parser.formatter_class = _Help
+    parser.epilog = METHODS_EPILOG
     parser.argument_default = argparse.SUPPRESS  # only options given on the command line override --config
 
     def option(group, flag: str, help: str, **kwargs) -> None:
@@ -44,7 +74,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     option(group, "--data", "CSV, JSONL, Parquet, folder of <label>/*.txt, CoNLL file, or a built-in set "
            "(tweet-sentiment, bbc-news, wnut16, bbc-headlines)", metavar="PATH_OR_BUILTIN")
     option(group, "--task", "what the data teaches", choices=["classification", "tagging", "causal-lm"])
-    option(group, "--method", "adapter method (see below)", choices=list(RECIPES))
+    option(group, "--method", "adapter method (see below)", choices=_Methods(), metavar="METHOD")
     group.add_argument("--option", dest="options", action="append", metavar="KEY=VALUE",
                       help="a method option, VALUE read as JSON if it parses (e.g. --option reduction_factor=8 "
                            "--option 'targets=[\"q\",\"v\"]'); repeatable")

@@ -35,7 +35,7 @@ def bank_sources(delta: nn.Module) -> dict[str, torch.Tensor | float]:
 def layout(delta: nn.Module) -> tuple:
     """Deltas with equal layouts share a bank: same class, routing options and tensor shapes and dtypes."""
     cls = type(delta)
-    options = cls.route_key(delta) if hasattr(cls, "route_key") else None
+    options = cls.route_key(delta)
     shapes = tuple((name, tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else (name,)
                    for name, v in bank_sources(delta).items())
     return cls, options, shapes
@@ -45,7 +45,7 @@ def stacked(cls: type, deltas: list[nn.Module]) -> dict[str, torch.Tensor]:
     """``{name: [S + 1, ...]}``: the deltas' own tensors stacked (differentiable), then the identity slot."""
     sources = [cls.bank_sources(d) for d in deltas]
     reference = _first_tensor(sources[0])
-    identity = getattr(cls, "bank_identity", {})
+    identity = cls.bank_identity
     table = {}
     for name in sources[0]:
         values = [s[name] if isinstance(s[name], torch.Tensor) else reference.new_tensor(s[name]) for s in sources]
@@ -76,10 +76,6 @@ class Bank:
     @property
     def capacity(self) -> int:
         return next(iter(self.tensors.values())).shape[0] - 1
-
-    @property
-    def used(self) -> int:
-        return self.capacity - len(self._free)
 
     @property
     def free(self) -> int:
@@ -169,7 +165,7 @@ class Banks:
                                 else f"{len(new)} more slot(s) in a bank of {bank.capacity}, {bank.free} free")
         if bank is None:
             cls = type(deltas[0])
-            bank = self._banks[key] = Bank(bank_sources(deltas[0]), getattr(cls, "bank_identity", {}), self.capacity)
+            bank = self._banks[key] = Bank(bank_sources(deltas[0]), cls.bank_identity, self.capacity)
         slots = []
         for delta in deltas:
             record = self._records.get(id(delta))
@@ -180,10 +176,6 @@ class Banks:
         if self.static and new:
             mark_static(*bank.tensors.values())  # a new or grown bank: new tensors
         return bank, slots
-
-    def bank_of(self, delta: nn.Module) -> Bank | None:
-        """The bank a delta of this layout goes to (None until one was made)."""
-        return self._banks.get(layout(delta))
 
     def refresh(self, deltas: Iterable[nn.Module]) -> int:
         """Rewrite the slots of ``deltas`` whose tensors changed since they were written; returns how many."""
@@ -215,10 +207,6 @@ class Banks:
 
     def __len__(self) -> int:
         return len(self._records)
-
-    def nbytes(self) -> int:
-        """Bytes the banks hold on their devices."""
-        return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def tensors(self) -> list[torch.Tensor]:
         """Every bank tensor (a routed forward reads them in place)."""

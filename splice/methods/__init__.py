@@ -1,35 +1,30 @@
-"""Methods: one file each, and this registry. Adding a method = one file + one line here."""
+"""Methods: one file each, registered by its ``@register`` decorator.
+
+This package imports every module in it, so adding a method is adding its file:
+the registry (:mod:`.registry`) then gives it to the model, saved adapters, the
+CLI's ``splice train --method`` and the tests. The config classes of the files
+here are also this package's (and ``splice``'s) public names: ``splice.LoRA``, ...
+The contract a method follows is in :mod:`.base`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import pkgutil
 
-from ..errors import ConfigError
-from .base import MethodConfig
-from .bitfit import BitFit
-from .bottleneck import Bottleneck
-from .fusion import Fusion
-from .head_only import HeadOnly
-from .ia3 import IA3
-from .lora import LoRA
-from .prefix import PrefixTuning
-from .prompt import PromptTuning
-from .union import Union
+from .base import Delta, MethodConfig, Recipe
+from .registry import METHODS, config_from_dict, recipe, recipes, register
 
-METHODS: dict[str, type[MethodConfig]] = {
-    cls.method: cls for cls in (Bottleneck, LoRA, IA3, BitFit, Fusion, PromptTuning, PrefixTuning, Union, HeadOnly)
+_CONTRACT = {"base", "registry"}  # the modules that define methods, rather than being one
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _CONTRACT:
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+# The config classes defined in this package, by class name (plugins' stay in their own packages).
+BUILT_IN: dict[str, type[MethodConfig]] = {
+    cls.__name__: cls for cls in METHODS.registered() if cls.__module__.startswith(f"{__name__}.")
 }
+globals().update(BUILT_IN)
 
-
-def config_from_dict(data: dict[str, Any]) -> MethodConfig:
-    """Rebuild a method config from its ``to_dict()`` form, with a clear error for unknown methods."""
-    if not isinstance(data, dict) or "method" not in data:
-        raise ConfigError(f"A method config must be a JSON object with a 'method' key, got {data!r}.")
-    cls = METHODS.get(data["method"])
-    if cls is None:
-        raise ConfigError(f"Unknown method {data['method']!r}; splice knows {', '.join(sorted(METHODS))}.")
-    return cls.from_dict(data)
-
-
-__all__ = ["METHODS", "MethodConfig", "Bottleneck", "LoRA", "IA3", "BitFit", "Fusion", "PromptTuning",
-           "PrefixTuning", "Union", "HeadOnly", "config_from_dict"]
+__all__ = ["METHODS", "BUILT_IN", "Delta", "MethodConfig", "Recipe", "config_from_dict", "recipe", "recipes",
+           "register", *BUILT_IN]

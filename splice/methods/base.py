@@ -1,36 +1,10 @@
-"""The method contract: a frozen config that says *where* a method acts, and a
-small module per site that says *what* it does there.
-
-A site delta is an ``nn.Module`` with one of two stages:
-
-- ``stage = "output"``: ``forward(x, y) -> y'`` gets the site's input ``x`` and
-  output ``y`` (only this role's columns of a fused projection) and returns the
-  new output: ``y + f(y)`` (sequential bottleneck), ``y + f(x)`` (parallel
-  bottleneck, LoRA, bias delta), ``y * l`` (IA³ on an output);
-- ``stage = "input"``: ``forward(x) -> x'`` changes the site's input before the
-  module runs (IA³ on the FFN's inner activation).
-
-- ``stage = "soft"``: ``soft() -> tuple of [S, ...]`` gives positions the
-  method adds to the call (prompt embeddings; prefix keys and values), put in
-  by :mod:`splice.soft`.
-
-``reads_input`` says whether an output-stage delta needs ``x`` (hooks stash it
-only then). A delta that trains through a reparameterisation implements
-``folded_state()`` (the plain tensors a save writes) with the config's
-``folded()``. A composite delta (Union) implements ``program()`` instead of a
-stage. Mergeable deltas also implement ``merge(site)`` / ``unmerge(site)``,
-folding themselves into, and back out of, the base weight in place, and may
-implement ``check_merge(site)``, which raises before any weight is written
-when a site cannot take the merge.
-
-A delta class that can run a mixed batch in one call (per-row routing)
-implements two static methods: ``bank_sources(delta)`` — the tensors (and
-per-adapter constants) one adapter puts in a bank slot — and ``routed(first,
-table, rows, x, y)`` (``routed(first, table, rows, x)`` for an input stage),
-which computes every row at once from ``table`` (``{name: [slots + 1, ...]}``,
-the last slot the identity, ``bank_identity`` naming fills other than 0) and
-``rows`` (a :class:`splice.kernels.RowSlots`), through :mod:`splice.kernels`.
-``route_key(delta)`` names options that must match to share a call.
+"""The method contract, written down: a frozen config that says *where* a method acts
+(:class:`MethodConfig`), and a small module per site that says *what* it does there
+(:class:`Delta`). Both declare what the method can do — merge, average, run many
+adapters in one routed call, be fused, add soft positions — as class attributes
+and methods with defaults here, which the model, planner, routing, averaging and
+CLI read: nothing outside a method asks what a method is. A :class:`Recipe` is a
+``splice train --method`` entry. Methods register with :func:`splice.methods.register`.
 """
 
 from __future__ import annotations
@@ -38,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -48,10 +22,35 @@ from torch import nn
 from ..anatomy import Anatomy, Site, linear_weight
 from ..errors import AdapterError, ConfigError
 
+STAGES = ("output", "input", "soft", "composite")  # how the hooks run a delta: see Delta
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 # No option of any method needs a number larger than this (ranks, lengths, scales, token ids): a rank of
 # 10**8 or a scale of 1e300 is a typo or a hostile file, and would fail later as an allocation error or NaNs.
 MAX_MAGNITUDE = 1_000_000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One ``splice train --method NAME`` entry a method offers: option defaults, a learning rate, a line of help.
+
+    ``build`` makes the config from the options (default: the config class the recipe is declared on, see
+    :meth:`MethodConfig.training_recipes`); ``trains_base``: full fine-tuning, where the base's weights train too.
+    """
+
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    learning_rate: float = 1e-3
+    help: str = ""
+    trains_base: bool = False
+    build: Callable[..., MethodConfig] | None = None
+
+    def config(self, options: Mapping[str, Any]) -> MethodConfig:
+        """The config for the user's ``options`` over this recipe's defaults."""
+        if self.build is None:
+            raise ConfigError("This recipe is not bound to a method yet: take it from splice.methods.recipes().")
+        try:
+            return self.build(**{**self.defaults, **options})
+        except TypeError as error:  # an option the config does not take
+            raise ConfigError(f"Bad method option: {error}. Options with defaults: {dict(self.defaults)}.") from error
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,10 +61,24 @@ class MethodConfig:
     Every number in every option (also inside lists and mappings) must be finite and
     at most ``MAX_MAGNITUDE`` in size, checked here once for all methods; each
     method's ``validate`` then checks what its own options mean.
+
+    Subclasses declare ``method`` (the name the registry and saved adapters know them by) and their
+    capabilities as class attributes, read by the model, averaging and the converters:
+
+    - ``mergeable``: its deltas fold into the base weights (:meth:`Delta.merge`);
+    - ``merges_commute``: merges of it undo in any order (additive updates); False (rescaling, IA³): adapters
+      merged after one of it must be unmerged first;
+    - ``averages_exactly``: :meth:`averaged` gives one adapter computing a weighted average of several;
+    - ``recipes``: its ``splice train --method`` entries (see :meth:`training_recipes`);
+
+    and, as a property, ``fused_adapters``: the adapters a fusion-like config attends over.
     """
 
     method: ClassVar[str] = ""
     mergeable: ClassVar[bool] = False
+    merges_commute: ClassVar[bool] = True
+    averages_exactly: ClassVar[bool] = False
+    recipes: ClassVar[Mapping[str, Recipe] | None] = None
 
     layers: tuple[int, ...] | None = None
 
@@ -95,13 +108,47 @@ class MethodConfig:
         """The sites this method acts on in ``anatomy``'s model."""
         raise NotImplementedError
 
-    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
-        """A fresh delta module for ``site``; a fresh adapter must not change the model's output."""
+    def build(self, site: Site, anatomy: Anatomy) -> Delta:
+        """A fresh delta module for ``site``; a fresh adapter must not change the model's output (soft
+        positions, which start random, excepted)."""
         raise NotImplementedError
 
     def folded(self) -> "MethodConfig":
         """The config a save writes (a delta's ``folded_state`` gives the matching tensors); usually itself."""
         return self
+
+    @property
+    def fused_adapters(self) -> tuple[str, ...]:
+        """The other adapters this one attends over at run time (a fusion's); empty for ordinary methods."""
+        return ()
+
+    def averaged(self, configs: Sequence["MethodConfig"]) -> "MethodConfig":
+        """The config of one adapter that computes the weighted average of what adapters of ``configs``
+        compute (``self`` is the first), for ``model.average(mode="exact")``; :meth:`Delta.average_of` fills it.
+
+        Only asked where ``averages_exactly``. This default suits methods linear in each tensor at its
+        site (IA³, BitFit): adapters of identical configs average tensor by tensor.
+        """
+        if any(config != self for config in configs):
+            raise AdapterError(
+                f"Exact averaging of {type(self).__name__} adapters averages their tensors, so it needs identical "
+                f"configs; these differ: {list(configs)}."
+            )
+        return self
+
+    @classmethod
+    def training_recipes(cls) -> dict[str, Recipe]:
+        """The ``splice train --method`` entries of this class, each with its ``build`` and ``help`` set.
+
+        The class's own ``recipes`` (not inherited ones: a subclass is another method); without them,
+        one recipe named after the method, with the class's defaults and a learning rate of 1e-3.
+        """
+        own = cls.__dict__.get("recipes")
+        if own is None:
+            own = {cls.method: Recipe()}
+        summary = (cls.__doc__ or "").strip().split("\n")[0]
+        return {name: dataclasses.replace(recipe, build=recipe.build or cls, help=recipe.help or summary)
+                for name, recipe in own.items()}
 
     def to_dict(self) -> dict[str, Any]:
         data = {"method": self.method}
@@ -142,8 +189,104 @@ class MethodConfig:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ConfigError(f"{type(self).__name__}.{field} must be a number in [0, 1), got {value!r}.")
 
-    def _sites_for_roles(self, anatomy: Anatomy, roles: typing.Iterable[str]) -> list[Site]:
+    def sites_for(self, anatomy: Anatomy, roles: typing.Iterable[str]) -> list[Site]:
+        """Every site of ``roles`` in this config's ``layers``, role by role (what most methods' :meth:`sites`
+        return), or a clear error naming a role the model lacks."""
         return [site for role in roles for site in anatomy.require(role, self.layers)]
+
+
+class Delta(nn.Module):
+    """What a method adds at one site: the contract every delta module follows.
+
+    Its ``stage`` says how the hooks run it:
+
+    - ``"output"``: ``forward(x, y) -> y'`` gets the site's input ``x`` and output ``y`` (only this role's
+      columns of a fused projection) and returns the new output: ``y + f(y)`` (sequential bottleneck),
+      ``y + f(x)`` (parallel bottleneck, LoRA, bias delta), ``y * l`` (IA³ on an output). ``reads_input``
+      says whether it needs ``x`` (the hooks stash it only then);
+    - ``"input"``: ``forward(x) -> x'`` changes the site's input before the module runs (IA³ on the FFN's
+      inner activation);
+    - ``"soft"``: ``soft() -> tuple of [S, ...]`` gives positions the method adds to the call: prompt
+      embeddings at the ``prompt`` site, prefix keys and values at ``prefix`` sites (put in by :mod:`splice.soft`);
+    - ``"composite"``: ``program()`` compiles several deltas at one site into one program (Union).
+
+    Its optional capabilities each have a default here, so nothing outside a method asks whether a delta has one:
+
+    - saving: ``folded_state()``, the tensors a save writes (default: the state dict; a delta trained
+      through a reparameterisation folds it away, matching its config's ``folded()``);
+    - merging (configs with ``mergeable``): ``merge(site)`` / ``unmerge(site)`` fold the delta into, and back
+      out of, the base weight in place; ``check_merge(site)`` raises before any weight is written where a
+      site cannot take the merge;
+    - averaging (configs with ``averages_exactly``): ``average_of(parts, weights)`` makes this fresh delta the
+      weighted average of ``parts``, the same site's deltas of other adapters (default: tensor by tensor);
+    - per-row routing (``banked = True``): the static ``bank_sources(delta)`` — the tensors (and per-adapter
+      constants) one adapter puts in a bank slot — and ``routed(first, table, rows, x, y)`` (``routed(first,
+      table, rows, x)`` for an input stage), which computes every row at once from ``table`` (``{name:
+      [slots + 1, ...]}``, the last slot the identity, filled from ``bank_identity``, default 0) and ``rows``
+      (a :class:`splice.kernels.RowSlots`), e.g. through :mod:`splice.kernels`. ``route_key(delta)`` names
+      options that must match to share a call;
+    - fusion (``fusable = True``): ``change(x, y)`` (what the delta adds to ``y``) and ``adapter_input(x, y)``
+      (what it reads), which a fusion with ``attend="deltas"`` or ``query_from="adapter_input"`` attends over.
+    """
+
+    stage: str = "output"
+    reads_input: bool = False
+    banked: bool = False
+    bank_identity: Mapping[str, float] = {}
+    fusable: bool = False
+
+    def soft(self) -> tuple[torch.Tensor, ...]:
+        """Soft positions, each ``[S, ...]`` (stage ``"soft"``)."""
+        raise NotImplementedError(f"{type(self).__name__} (stage {self.stage!r}) adds no soft positions.")
+
+    def program(self):
+        """The program of a composite delta at its site (stage ``"composite"``)."""
+        raise NotImplementedError(f"{type(self).__name__} (stage {self.stage!r}) is not a composite delta.")
+
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        """The tensors a save writes, by name (default: the state dict)."""
+        return self.state_dict(keep_vars=True)
+
+    def check_merge(self, site: Site) -> None:
+        """Raise, before any weight is written, where ``site`` cannot take this delta's merge (default: every
+        site can)."""
+
+    def merge(self, site: Site) -> None:
+        """Fold this delta into ``site``'s base weight, in place."""
+        raise AdapterError(f"{type(self).__name__} has no merge into the base weights.")
+
+    def unmerge(self, site: Site) -> None:
+        """Take this delta back out of ``site``'s base weight, in place."""
+        raise AdapterError(f"{type(self).__name__} has no merge into the base weights.")
+
+    def average_of(self, parts: Sequence["Delta"], weights: Sequence[float]) -> None:
+        """Make this fresh delta the weighted average of ``parts`` (default: every tensor averaged)."""
+        with torch.no_grad():
+            for key, tensor in self.state_dict(keep_vars=True).items():
+                tensor.copy_(sum(w * part.state_dict()[key] for w, part in zip(weights, parts)))
+
+    @staticmethod
+    def route_key(delta: "Delta") -> tuple:
+        """Options that deltas must share to run in one routed call, beyond class and tensor shapes."""
+        return ()
+
+    @staticmethod
+    def bank_sources(delta: "Delta") -> dict[str, torch.Tensor | float]:
+        """The tensors (and per-adapter constants) one adapter puts in a bank slot (``banked`` deltas)."""
+        raise NotImplementedError(f"{type(delta).__name__} is not banked.")
+
+    @staticmethod
+    def routed(first: "Delta", table: dict[str, torch.Tensor], rows, *tensors: torch.Tensor) -> torch.Tensor:
+        """Every row of a mixed batch at once, each with its own slot of ``table`` (``banked`` deltas)."""
+        raise NotImplementedError(f"{type(first).__name__} is not banked.")
+
+    def change(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What this delta adds to the output ``y`` (``fusable`` deltas)."""
+        raise NotImplementedError(f"{type(self).__name__} is not fusable.")
+
+    def adapter_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What this delta reads at its site (``fusable`` deltas)."""
+        raise NotImplementedError(f"{type(self).__name__} is not fusable.")
 
 
 def _numbers(value: Any) -> Iterator[int | float]:

@@ -7,6 +7,7 @@ adapters can be switched like any other. Mergeable into layers that have a bias.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,15 +17,21 @@ from torch import nn
 from .. import kernels
 from ..anatomy import PROJECTION_ROLES, Anatomy, Site
 from ..kernels import RowSlots
-from .base import MethodConfig, base_bias, columns_of, expand_targets, normalise_targets
+from .base import Delta, MethodConfig, Recipe, base_bias, columns_of, expand_targets, normalise_targets
+from .registry import register
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class BitFit(MethodConfig):
     """A trainable bias delta on each projection named by ``targets`` (default: every projection)."""
 
     method: ClassVar[str] = "bitfit"
     mergeable: ClassVar[bool] = True
+    averages_exactly: ClassVar[bool] = True
+    recipes: ClassVar[Mapping[str, Recipe]] = {
+        "bitfit": Recipe(learning_rate=1e-3, help="bias deltas on every projection (Ben Zaken et al. 2022)"),
+    }
 
     targets: tuple[str, ...] | str = ("all-linear",)
 
@@ -32,17 +39,18 @@ class BitFit(MethodConfig):
         normalise_targets(self, "targets", PROJECTION_ROLES)
 
     def sites(self, anatomy: Anatomy) -> list[Site]:
-        return self._sites_for_roles(anatomy, expand_targets(self.targets, anatomy))
+        return self.sites_for(anatomy, expand_targets(self.targets, anatomy))
 
-    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+    def build(self, site: Site, anatomy: Anatomy) -> Delta:
         return BiasDelta(site.out_features)
 
 
-class BiasDelta(nn.Module):
+class BiasDelta(Delta):
     """``y + b``, with ``b`` starting at zero."""
 
     stage = "output"
     reads_input = False
+    banked = True
 
     def __init__(self, features: int):
         super().__init__()

@@ -14,6 +14,7 @@ up-projection starts at zero, so a fresh adapter leaves the output unchanged.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -25,11 +26,13 @@ from .. import kernels
 from ..anatomy import SUBLAYER_ROLES, Anatomy, Site
 from ..errors import ConfigError
 from ..kernels import RowSlots, reference
-from .base import ACTIVATIONS, MethodConfig
+from .base import ACTIVATIONS, Delta, MethodConfig, Recipe
+from .registry import register
 
 PLACEMENTS = {"pfeiffer": ("ffn",), "houlsby": ("attn", "ffn"), "parallel": ("ffn",)}
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class Bottleneck(MethodConfig):
     """A bottleneck adapter; size it by ``r`` (hidden units) or ``reduction_factor`` (hidden / r).
@@ -46,6 +49,14 @@ class Bottleneck(MethodConfig):
     """
 
     method: ClassVar[str] = "bottleneck"
+    recipes: ClassVar[Mapping[str, Recipe]] = {
+        "pfeiffer": Recipe({"placement": "pfeiffer", "reduction_factor": 16}, 1e-3,
+                           help="bottleneck after the FFN (Pfeiffer et al. 2021)"),
+        "houlsby": Recipe({"placement": "houlsby", "reduction_factor": 16}, 1e-3,
+                          help="bottlenecks after attention and FFN (Houlsby et al. 2019)"),
+        "parallel": Recipe({"placement": "parallel", "reduction_factor": 16, "scale": 4.0}, 1e-3,
+                           help="scaled bottleneck beside the FFN (He et al. 2022)"),
+    }
 
     placement: str = "pfeiffer"
     roles: tuple[str, ...] | None = None
@@ -92,21 +103,23 @@ class Bottleneck(MethodConfig):
         roles = self.roles or PLACEMENTS[self.placement]
         if self.residual_input:  # the same sublayers, seen together with their residual stream
             roles = tuple(role if role.endswith("_residual") else f"{role}_residual" for role in roles)
-        return self._sites_for_roles(anatomy, roles)
+        return self.sites_for(anatomy, roles)
 
     def hidden_units(self, features: int) -> int:
         """The bottleneck width at a site with ``features`` input features."""
         return self.r if self.r is not None else max(1, int(features // self.reduction_factor))
 
-    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+    def build(self, site: Site, anatomy: Anatomy) -> Delta:
         return BottleneckDelta(site.out_features, self.hidden_units(site.out_features), self, site.norm)
 
 
-class BottleneckDelta(nn.Module):
+class BottleneckDelta(Delta):
     """``y + scale * up(act(down(h)))`` with ``h = y`` (sequential), ``h = x`` (parallel),
     or ``h = N(y + x)`` (sequential reading the residual stream ``x``)."""
 
     stage = "output"
+    banked = True
+    fusable = True
     bank_identity = {"ln_before.weight": 1.0, "ln_after.weight": 1.0}  # rows of other setups: LayerNorm unscaled
 
     def __init__(self, features: int, units: int, config: Bottleneck, norm: nn.Module | None = None):

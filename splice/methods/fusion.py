@@ -17,6 +17,7 @@ Two options give AdapterHub's AdapterFusion arithmetic (``adapters``' ``BertFusi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -25,7 +26,8 @@ from torch import nn
 
 from ..anatomy import SUBLAYER_ROLES, Anatomy, Site
 from ..errors import ConfigError
-from .base import MethodConfig
+from .base import Delta, MethodConfig, Recipe
+from .registry import register
 
 # Where the query comes from: the sublayer output ``y``, or what the fused bottlenecks read.
 QUERY_SOURCES = ("output", "adapter_input")
@@ -33,11 +35,13 @@ QUERY_SOURCES = ("output", "adapter_input")
 CANDIDATES = ("outputs", "deltas")
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class Fusion(MethodConfig):
     """Fuse ``adapters`` (bottleneck adapters, at least two) at the sublayer ``roles`` they act on."""
 
     method: ClassVar[str] = "fusion"
+    recipes: ClassVar[Mapping[str, Recipe]] = {}  # it fuses trained adapters: model.add_fusion, not splice train
 
     adapters: tuple[str, ...] = ()
     roles: tuple[str, ...] = ("ffn",)
@@ -57,14 +61,21 @@ class Fusion(MethodConfig):
         self._require_choice("attend", self.attend, CANDIDATES)
 
     def sites(self, anatomy: Anatomy) -> list[Site]:
-        return self._sites_for_roles(anatomy, self.roles)
+        return self.sites_for(anatomy, self.roles)
 
-    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+    @property
+    def fused_adapters(self) -> tuple[str, ...]:
+        return self.adapters
+
+    def build(self, site: Site, anatomy: Anatomy) -> Delta:
         return FusionLayer(site.out_features, self.temperature, self.query_from, self.attend)
 
 
-class FusionLayer(nn.Module):
-    """The learned attention over adapter outputs at one site."""
+class FusionLayer(Delta):
+    """The learned attention over adapter outputs at one site, called as ``layer(y, outputs, query)``.
+
+    ``attend`` and ``query_from`` (the config's options) say what the fusion reads of the fused deltas.
+    """
 
     stage = "output"
     reads_input = False

@@ -8,22 +8,29 @@ the same thing a static head; peft's nearest is ``modules_to_save``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import nn
-
 from ..anatomy import Anatomy, Site
 from ..errors import ConfigError
-from .base import MethodConfig
+from .base import Delta, MethodConfig, Recipe
+from .registry import register
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class HeadOnly(MethodConfig):
     """No site is touched; add it with a head: ``model.add("probe", HeadOnly(), head=Classification(3))``."""
 
     method: ClassVar[str] = "head_only"
-    mergeable: ClassVar[bool] = False
+    # The two yardsticks every adapter is compared with.
+    recipes: ClassVar[Mapping[str, Recipe]] = {
+        "probe": Recipe(learning_rate=1e-3,
+                        help="frozen backbone, only the head trains (linear probe with --head-layers 1)"),
+        "full": Recipe(learning_rate=3e-5, trains_base=True,
+                       help="full fine-tuning: every base weight trains (baseline)"),
+    }
 
     def validate(self) -> None:
         if self.layers is not None:
@@ -32,5 +39,5 @@ class HeadOnly(MethodConfig):
     def sites(self, anatomy: Anatomy) -> list[Site]:
         return []
 
-    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+    def build(self, site: Site, anatomy: Anatomy) -> Delta:
         raise AssertionError("HeadOnly has no sites, so nothing is ever built")

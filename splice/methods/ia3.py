@@ -8,6 +8,7 @@ fresh adapter is the identity. Mergeable: rows (output side) or columns
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,21 +19,29 @@ from .. import kernels
 from ..anatomy import PROJECTION_ROLES, Anatomy, Site, linear_weight
 from ..errors import ConfigError
 from ..kernels import RowSlots
-from .base import MethodConfig, columns_of, expand_targets, normalise_targets
+from .base import Delta, MethodConfig, Recipe, columns_of, expand_targets, normalise_targets
+from .registry import register
 
 # Unmerging divides by the vector; entries this close to zero cannot be undone exactly.
 _MIN_SCALE = 1e-6
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class IA3(MethodConfig):
     """Rescale the outputs of ``targets``; for roles also in ``scale_inputs``, rescale their input instead.
 
-    ``scale_inputs`` plays the part of peft's ``feedforward_modules``.
+    ``scale_inputs`` plays the part of peft's ``feedforward_modules``. Merges rescale weights, so they
+    undo exactly only in reverse order; the model is linear in each vector, so averages are exact.
     """
 
     method: ClassVar[str] = "ia3"
     mergeable: ClassVar[bool] = True
+    merges_commute: ClassVar[bool] = False
+    averages_exactly: ClassVar[bool] = True
+    recipes: ClassVar[Mapping[str, Recipe]] = {
+        "ia3": Recipe(learning_rate=3e-3, help="learned scaling of k, v and the FFN (Liu et al. 2022)"),
+    }
 
     targets: tuple[str, ...] | str = ("k", "v", "down")
     scale_inputs: tuple[str, ...] | str = ("down",)
@@ -51,19 +60,20 @@ class IA3(MethodConfig):
                 raise ConfigError(f"IA3.scale_inputs {stray} must also be listed in targets {self.targets}.")
 
     def sites(self, anatomy: Anatomy) -> list[Site]:
-        return self._sites_for_roles(anatomy, expand_targets(self.targets, anatomy))
+        return self.sites_for(anatomy, expand_targets(self.targets, anatomy))
 
-    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+    def build(self, site: Site, anatomy: Anatomy) -> Delta:
         if site.role in self.scale_inputs:
             return IA3InputDelta(site.in_features)
         return IA3OutputDelta(site.out_features)
 
 
-class IA3OutputDelta(nn.Module):
+class IA3OutputDelta(Delta):
     """``y * l`` on a projection's output."""
 
     stage = "output"
     reads_input = False
+    banked = True
     bank_identity = {"scale": 1.0}  # rows of other setups are scaled by one
 
     def __init__(self, features: int):
@@ -97,11 +107,12 @@ class IA3OutputDelta(nn.Module):
         self._rescale_rows(site, 1 / _safe(self.scale.detach()))
 
 
-class IA3InputDelta(nn.Module):
+class IA3InputDelta(Delta):
     """``x * l`` on a projection's input (the FFN's inner activation)."""
 
     stage = "input"
     reads_input = True
+    banked = True
     bank_identity = {"scale": 1.0}
 
     def __init__(self, features: int):

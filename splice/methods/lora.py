@@ -10,9 +10,10 @@ is the identity. Mergeable: ``W += (alpha / r) * B @ A`` and back.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,15 +22,17 @@ from torch import nn
 
 from .. import kernels
 from ..anatomy import PROJECTION_ROLES, Anatomy, Site
-from ..errors import AnatomyError, ConfigError
+from ..errors import AdapterError, AnatomyError, ConfigError
 from ..kernels import RowSlots
-from .base import MethodConfig, add_to_rows, expand_targets, normalise_targets
+from .base import Delta, MethodConfig, Recipe, add_to_rows, expand_targets, normalise_targets
+from .registry import register
 
 _SITE_KEY = re.compile(r"^(?P<stack>\w+)\.(?P<layer>\d+)\.(?P<role>\w+)$")
 
 Pattern = tuple[tuple[str, Any], ...]
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class LoRA(MethodConfig):
     """Low-rank adaptation of the projections named by ``targets`` (roles, or ``"all-linear"``).
@@ -38,10 +41,18 @@ class LoRA(MethodConfig):
     ``rank_pattern`` / ``alpha_pattern`` (``{"v": 16, "layers.0.q": 4}``) override ``r`` /
     ``alpha`` at some sites; they are stored as sorted ``(key, value)`` pairs so configs stay
     hashable, and written to JSON as objects.
+
+    Exact averages (``model.average``) stack the adapters' ranks: ``B = [w_1 s_1 B_1 | w_2 s_2 B_2]``,
+    ``A = [A_1; A_2]``, so they compute what ``Average(...)`` computes.
     """
 
     method: ClassVar[str] = "lora"
     mergeable: ClassVar[bool] = True
+    averages_exactly: ClassVar[bool] = True
+    recipes: ClassVar[Mapping[str, Recipe]] = {
+        "lora": Recipe({"r": 8, "alpha": 16.0, "targets": ("q", "v"), "dropout": 0.1}, 5e-4,
+                       help="low-rank updates of q and v (Hu et al. 2021)"),
+    }
 
     r: int = 8
     alpha: float = 8.0
@@ -105,7 +116,7 @@ class LoRA(MethodConfig):
         return self.alpha_at(site) / (math.sqrt(r) if self.use_rslora else r)
 
     def sites(self, anatomy: Anatomy) -> list[Site]:
-        sites = self._sites_for_roles(anatomy, expand_targets(self.targets, anatomy))
+        sites = self.sites_for(anatomy, expand_targets(self.targets, anatomy))
         keys = {site.key for site in sites}
         for field in ("rank_pattern", "alpha_pattern"):
             stray = [key for key, _ in getattr(self, field) if _SITE_KEY.match(key) and key not in keys]
@@ -116,8 +127,18 @@ class LoRA(MethodConfig):
                 )
         return sites
 
-    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+    def build(self, site: Site, anatomy: Anatomy) -> Delta:
         return LoRADelta(site.in_features, site.out_features, self.rank_at(site), self.scaling_at(site), self)
+
+    def averaged(self, configs: Sequence[MethodConfig]) -> LoRA:
+        """One LoRA with the ranks of ``configs`` stacked, and scaling 1 (their scalings go into ``B``)."""
+        shapes = [dataclasses.replace(c, r=1, alpha=1.0, rank_pattern=(), alpha_pattern=()) for c in configs]
+        if any(c != shapes[0] for c in shapes) or any(c.rank_pattern or c.alpha_pattern for c in configs):
+            raise AdapterError("Exact LoRA averaging needs the same targets, layers and options (ranks may differ; "
+                               "rank/alpha patterns are not supported).")
+        rank = sum(c.r for c in configs)
+        # alpha = r (or sqrt(r) with rsLoRA) makes the new scaling 1.
+        return dataclasses.replace(self, r=rank, alpha=float(rank ** 0.5) if self.use_rslora else float(rank))
 
 
 def _is_rank(value: Any) -> bool:
@@ -134,11 +155,12 @@ def _lookup(pattern: Pattern, site: Site, default):
     return values.get(site.key, values.get(site.role, default))
 
 
-class LoRADelta(nn.Module):
+class LoRADelta(Delta):
     """The pair ``lora_A`` (``[r, in]``) and ``lora_B`` (``[out, r]``) at one projection."""
 
     stage = "output"
     reads_input = True
+    banked = True
 
     def __init__(self, in_features: int, out_features: int, r: int, scaling: float, config: LoRA):
         super().__init__()
@@ -184,3 +206,9 @@ class LoRADelta(nn.Module):
 
     def unmerge(self, site: Site) -> None:
         add_to_rows(site.module, site.columns, -self.delta_weight())
+
+    def average_of(self, parts: Sequence[LoRADelta], weights: Sequence[float]) -> None:
+        """The parts' ranks stacked, each part's weight and scaling folded into its columns of ``B``."""
+        with torch.no_grad():
+            self.lora_A.weight.copy_(torch.cat([p.lora_A.weight for p in parts], 0))
+            self.lora_B.weight.copy_(torch.cat([w * p.scaling * p.lora_B.weight for w, p in zip(weights, parts)], 1))

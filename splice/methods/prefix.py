@@ -16,6 +16,7 @@ same outputs. Not mergeable: extra keys have no equivalent change of the weights
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,9 +25,11 @@ from torch import nn
 
 from ..anatomy import Anatomy, Site
 from ..errors import ConfigError
-from .base import MethodConfig
+from .base import Delta, MethodConfig, Recipe
+from .registry import register
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class PrefixTuning(MethodConfig):
     """``length`` learned key/value pairs per self-attention block (every block: one mask serves them all).
@@ -37,6 +40,9 @@ class PrefixTuning(MethodConfig):
     """
 
     method: ClassVar[str] = "prefix"
+    recipes: ClassVar[Mapping[str, Recipe]] = {
+        "prefix": Recipe({"length": 30}, 5e-3, help="learned keys and values at every self-attention"),
+    }
 
     length: int = 10
     projection_dim: int | None = None
@@ -55,7 +61,7 @@ class PrefixTuning(MethodConfig):
     def sites(self, anatomy: Anatomy) -> list[Site]:
         return anatomy.prefix_sites()
 
-    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+    def build(self, site: Site, anatomy: Anatomy) -> Delta:
         return PrefixDelta(self.length, site.in_features, site.out_features, self, anatomy.hidden_size)
 
     def folded(self) -> PrefixTuning:
@@ -63,7 +69,7 @@ class PrefixTuning(MethodConfig):
         return dataclasses.replace(self, projection_dim=None)
 
 
-class PrefixDelta(nn.Module):
+class PrefixDelta(Delta):
     """One block's prefix: ``key [length, k_width]`` and ``value [length, v_width]``, or an MLP making them."""
 
     stage = "soft"

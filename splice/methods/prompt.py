@@ -23,6 +23,7 @@ Not mergeable: a soft token has no equivalent change of the base weights.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -32,11 +33,13 @@ from torch import nn
 from ..anatomy import Anatomy, Site
 from ..anatomy.calls import token_embedding
 from ..errors import ConfigError
-from .base import MethodConfig
+from .base import Delta, MethodConfig, Recipe
+from .registry import register
 
 INSERTS = ("input", "embedded")
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class PromptTuning(MethodConfig):
     """``length`` soft tokens prepended to every input; initialised at random or from real tokens.
@@ -56,6 +59,9 @@ class PromptTuning(MethodConfig):
     """
 
     method: ClassVar[str] = "prompt"
+    recipes: ClassVar[Mapping[str, Recipe]] = {
+        "prompt": Recipe({"length": 20}, 3e-2, help="learned soft tokens in front of the input"),
+    }
 
     length: int = 20
     init_ids: tuple[int, ...] | None = None
@@ -86,7 +92,7 @@ class PromptTuning(MethodConfig):
     def sites(self, anatomy: Anatomy) -> list[Site]:
         return [anatomy.prompt_site(embedded=self.insert == "embedded")]
 
-    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+    def build(self, site: Site, anatomy: Anatomy) -> Delta:
         table = token_embedding(site.module).weight
         if torch.empty(0).device.type == "meta":  # a load checking shapes before it allocates: values unused
             return PromptDelta(torch.empty(self.length, table.shape[1], dtype=table.dtype))
@@ -117,7 +123,7 @@ class PromptTuning(MethodConfig):
         return tuple(ids)
 
 
-class PromptDelta(nn.Module):
+class PromptDelta(Delta):
     """The soft prompt: ``embedding [length, hidden]``, the same for every row."""
 
     stage = "soft"

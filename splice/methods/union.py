@@ -17,6 +17,7 @@ before any input is seen, and to rows routed in one batch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,14 +28,33 @@ from ..anatomy import Anatomy, Site
 from ..compose import Sequence
 from ..errors import ConfigError
 from ..routing import Leaf, Program
-from .base import MethodConfig
+from .base import Delta, MethodConfig, Recipe
+from .registry import config_from_dict, register
 
 
+def _mam(**options: Any) -> MethodConfig:
+    from ..presets import mam  # imported here: presets imports this module
+
+    return mam(**options)
+
+
+def _unipelt(**options: Any) -> MethodConfig:
+    from ..presets import unipelt
+
+    return unipelt(**options)
+
+
+@register
 @dataclass(frozen=True, kw_only=True, init=False)
 class Union(MethodConfig):
     """Several method configs as one adapter: ``splice.Union(splice.PrefixTuning(), splice.LoRA(), gates=True)``."""
 
     method: ClassVar[str] = "union"
+    recipes: ClassVar[Mapping[str, Recipe]] = {
+        "mam": Recipe(learning_rate=1e-3, help="prefix + scaled parallel adapter (He et al. 2022)", build=_mam),
+        "unipelt": Recipe(learning_rate=1e-3, help="gated LoRA + bottleneck + prefix (Mao et al. 2022)",
+                          build=_unipelt),
+    }
 
     members: tuple[MethodConfig, ...] = ()
     gates: bool = False
@@ -51,7 +71,7 @@ class Union(MethodConfig):
                 f"Union needs two or more method configs, e.g. Union(splice.PrefixTuning(), splice.LoRA()); "
                 f"got {self.members!r}."
             )
-        nested = [m.method for m in self.members if m.method in ("union", "fusion")]
+        nested = [m.method for m in self.members if isinstance(m, Union) or m.fused_adapters]
         if nested:
             raise ConfigError(f"Union members are plain methods; {nested} cannot be members.")
         methods = [m.method for m in self.members]
@@ -71,7 +91,7 @@ class Union(MethodConfig):
             found.update({site.key: site for site in member.sites(anatomy) if site.key not in found})
         return list(found.values())
 
-    def build(self, site: Site, anatomy: Anatomy) -> nn.Module:
+    def build(self, site: Site, anatomy: Anatomy) -> Delta:
         acting = {m.method: m.build(site, anatomy) for m in self.members
                   if any(s.key == site.key for s in m.sites(anatomy))}
         return UnionDelta(acting, self.gates)
@@ -85,8 +105,6 @@ class Union(MethodConfig):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Union:
-        from . import config_from_dict
-
         unknown = set(data) - {"method", "members", "gates", "layers"}
         if unknown or not isinstance(data.get("members"), list):
             raise ConfigError(f"A Union config holds 'members' (a list of method configs) and 'gates'; got {data!r}.")
@@ -94,10 +112,12 @@ class Union(MethodConfig):
                    layers=data.get("layers"))
 
 
-class UnionDelta(nn.Module):
+class UnionDelta(Delta):
     """The members' deltas at one site (by method name), and their gates when the union has them."""
 
-    def __init__(self, members: dict[str, nn.Module], gates: bool):
+    stage = "composite"
+
+    def __init__(self, members: dict[str, Delta], gates: bool):
         super().__init__()
         self.members = nn.ModuleDict(members)
         self.gates = nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in members}) if gates else None
@@ -111,20 +131,20 @@ class UnionDelta(nn.Module):
     def folded_state(self) -> dict[str, torch.Tensor]:
         state = {f"gates.{name}": gate.detach() for name, gate in (self.gates or {}).items()}
         for name, delta in self.members.items():
-            own = delta.folded_state() if hasattr(delta, "folded_state") else delta.state_dict()
-            state.update({f"members.{name}.{key}": value for key, value in own.items()})
+            state.update({f"members.{name}.{key}": value for key, value in delta.folded_state().items()})
         return state
 
 
-class Gated:
+class Gated(Delta):
     """A member's delta scaled by ``sigmoid(gate)``: what it adds (or its soft tokens) times the gate."""
 
-    def __init__(self, delta: nn.Module, gate: nn.Parameter):
+    def __init__(self, delta: Delta, gate: nn.Parameter):
+        super().__init__()
         self.delta, self.gate = delta, gate
         self.stage = delta.stage
-        self.reads_input = getattr(delta, "reads_input", False)
+        self.reads_input = delta.reads_input
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         base = inputs[-1]  # x for an input-stage delta, y for an output-stage one
         return base + torch.sigmoid(self.gate).to(base.dtype) * (self.delta(*inputs) - base)
 

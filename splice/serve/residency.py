@@ -72,11 +72,11 @@ def check_public_name(name: str) -> str:
 
 @dataclass
 class Entry:
-    """One served adapter. ``locate`` gives the folder to (re)read; None: added in-process, kept in memory."""
+    """One served adapter. ``locate`` gives the folder to (re)read."""
 
     public: str
     internal: str
-    locate: Callable[[], Path] | None
+    locate: Callable[[], Path]
     tier: str = ON_DISK
     adapter: Adapter | None = None  # held here while IN_MEMORY
     pinned: bool = False
@@ -209,16 +209,6 @@ class Residency:
 
         self._loader.submit(read)
         return future
-
-    def add_built(self, public: str, adapter: Adapter, pinned: bool = False) -> Entry:
-        """Serve an adapter built in this process (it has no files, so it never leaves memory)."""
-        check_public_name(public)
-        with self._lock:
-            entry = self._new_entry(public, None, pinned)
-            adapter.requires_grad_(False)
-            entry.adapter, entry.tier, entry.info = adapter.to(self.device).eval(), IN_MEMORY, _info(adapter)
-        self.on_change()
-        return entry
 
     def unload(self, public: str) -> Future:
         """Stop serving ``public``: new requests get 404 at once; requests already accepted for it are still
@@ -407,8 +397,8 @@ class Residency:
 
     def _trim_memory(self) -> None:
         """Forget the built copies of the least recently used adapters beyond ``memory_slots`` (their files stay)."""
-        held = sorted((e for e in self._entries.values() if e.tier == IN_MEMORY and e.locate is not None
-                       and not e.pinned), key=lambda e: e.last_used)
+        held = sorted((e for e in self._entries.values() if e.tier == IN_MEMORY and not e.pinned),
+                      key=lambda e: e.last_used)
         for entry in held[: max(0, len(held) - self.memory_slots)]:
             entry.adapter, entry.tier = None, ON_DISK
 

@@ -4,9 +4,10 @@ Adapter-only checkpoints (:class:`AdapterTrainer`), data from :mod:`splice.data`
 a head per task, metrics, and the run's files (adapter, metrics.json, curves.png).
 Needs the ``train`` extra (accelerate); plotting needs ``plot`` (matplotlib).
 
-The names below are imported on first use (PEP 562): ``splice train --help``
-reads :mod:`.config` and :mod:`.recipes`, which need no torch, and should not
-wait for the Trainer's imports.
+The names below are imported on first use (PEP 562): the ``splice`` command
+line reads :mod:`.config`, which needs no torch, to build its parser, and should
+not wait for the Trainer's imports. (The ``--method`` recipes are declared on the
+method configs: see :func:`splice.methods.recipes`.)
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class TrainConfig:
     model: str = "minilm"                 # local folder or built-in demo model name (splice.assets.BUILTIN_MODELS)
     data: str = "tweet-sentiment"         # file, folder or built-in dataset name (splice.data.BUILTIN_DATA)
     task: str = "classification"
-    method: str = "pfeiffer"              # see splice.train.recipes.RECIPES
+    method: str = "pfeiffer"              # a training recipe: see splice.methods.recipes()
     options: dict[str, Any] = field(default_factory=dict)  # method config options, e.g. {"reduction_factor": 16}
     out: str | None = None                # default out/<data>-<method>
     # the head (classification, tagging)
@@ -56,7 +56,7 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     gradient_accumulation: int = 1
-    learning_rate: float | None = None    # default per method (see recipes)
+    learning_rate: float | None = None    # default: the method's recipe's
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     warmup_ratio: float = 0.0
@@ -109,7 +109,7 @@ class TrainConfig:
     @property
     def rate(self) -> float:
         """The learning rate: the given one (0 included), else the method's default."""
-        from .recipes import recipe
+        from ..methods import recipe
 
         return recipe(self.method).learning_rate if self.learning_rate is None else self.learning_rate
 

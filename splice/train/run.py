@@ -28,13 +28,13 @@ import torch
 from ..checkpoint import save_adapter, write_folder
 from ..data import Splits, load_data
 from ..errors import SpliceError
+from ..methods import recipe
 from ..model import attach
 from .backbone import load_backbone, task_head
 from .config import TrainConfig
 from .curves import plot_curves
 from .encode import Collator, encode, pad_id
 from .evaluation import TASK_METRIC, compute_metrics, full_metrics, keep_predictions
-from .recipes import recipe
 from .trainer import ADAPTER_DIR, AdapterTrainer
 
 
