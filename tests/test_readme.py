@@ -23,7 +23,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_tests_read_nothing_outside_the_repository():
-    """A fresh clone has no ../shared beside it: every fixture a test reads lives under tests/."""
+    """A fresh clone has nothing beside the repository: every fixture a test reads lives under tests/."""
     outside = re.compile(r"""\.\./shared|["']shared["']\s*/|parents\[[2-9]\]""")
     offenders = [path.name for path in (ROOT / "tests").rglob("*.py")
                  if path != Path(__file__).resolve() and outside.search(path.read_text())]
