@@ -2,7 +2,7 @@
 # environment's folder first, and each skips what is already there, so a second run installs nothing.
 
 # The extras of splice that its tests need: the lock is compiled with them, the newest run installs them.
-SPLICE_EXTRAS=(test train plot parquet serve kernels gguf)
+SPLICE_EXTRAS=(test train plot parquet serve kernels gguf quantize trl ray federated docs)
 
 # pip of the environment in $1; the other arguments go to `pip install`.
 venv_pip() {
