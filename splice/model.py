@@ -17,16 +17,16 @@ from torch import nn
 
 from .adapter import Adapter, check_name
 from .anatomy import Anatomy, RoleSpec
-from .capture import GraphCapture
-from .checkpointing import InputGrads
-from .compose import BatchSplit, Parallel, Setup
 from .errors import AdapterError
 from .heads import HEADS, Head, apply_heads
-from .hooks import HookSet
+from .hooks.hookset import HookSet
+from .hooks.input_grads import InputGrads
 from .methods import METHODS
 from .methods.base import MethodConfig
 from .methods.fusion import Fusion
-from .planner import HeadGroups, Planner
+from .routing.capture import GraphCapture
+from .routing.compose import BatchSplit, Parallel, Setup
+from .routing.planner import HeadGroups, Planner
 
 _ATTACHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 

@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from ..anatomy import Anatomy, Site
-from ..compose import Sequence
 from ..errors import ConfigError
-from ..routing import Leaf, Program
+from ..hooks.programs import Chain, Leaf, Program
 from .base import Delta, MethodConfig, Recipe
 from .registry import config_from_dict, register
 
@@ -126,7 +125,7 @@ class UnionDelta(Delta):
         """The members one after another at this site (each gated when the union has gates)."""
         leaves = [Leaf(Gated(delta, self.gates[name]) if self.gates is not None else delta)
                   for name, delta in self.members.items()]
-        return leaves[0] if len(leaves) == 1 else Sequence(leaves)
+        return leaves[0] if len(leaves) == 1 else Chain(leaves)
 
     def folded_state(self) -> dict[str, torch.Tensor]:
         state = {f"gates.{name}": gate.detach() for name, gate in (self.gates or {}).items()}

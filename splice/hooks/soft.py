@@ -1,7 +1,7 @@
 """Soft tokens: prompt and prefix tuning as rewrites of a model's calls, through hooks.
 
 Prompt and prefix adapters add *positions* rather than change a sublayer's
-output: the setup's programs say which (:meth:`splice.routing.Program.soft`,
+output: the setup's programs say which (:meth:`splice.hooks.programs.Program.soft`,
 per row under routing), and the handlers here put them into the calls the
 hooks see. Each mechanism was chosen because it holds, exactly, on every
 architecture of the anatomy table under transformers 4.57 and 5.x, using only
@@ -44,8 +44,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .anatomy import Anatomy, Site
-from .anatomy.calls import (
+from ..anatomy import Anatomy, Site
+from ..anatomy.calls import (
     cache_argument,
     extend_mask,
     given_cache,
@@ -56,8 +56,8 @@ from .anatomy.calls import (
     token_embedding,
     with_cache,
 )
-from .errors import AdapterError, AnatomyError
-from .routing import Program, Soft, first_input
+from ..errors import AdapterError, AnatomyError
+from .programs import Program, Soft, first_input
 
 PROMPT_KEY = "prompt"
 EMBEDDED_KEY = "embedded_prompt"  # PromptTuning(insert="embedded"): after the embedding block

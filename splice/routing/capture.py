@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .errors import AdapterError
-from .kernels.bank import Bank, frozen_error, mark_static
-from .routing import Leaf
+from ..errors import AdapterError
+from ..hooks.programs import Leaf
+from ..kernels.bank import Bank, frozen_error, mark_static
 
 if TYPE_CHECKING:
     from .compose import Setup

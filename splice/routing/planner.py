@@ -1,6 +1,6 @@
 """The planner: from the active setup, or a batch's per-row adapter names, to what the hooks run.
 
-It compiles a setup (see :mod:`splice.compose`) into one program per site key,
+It compiles a setup (see :mod:`splice.routing.compose`) into one program per site key,
 and says which splice heads run on which rows.
 
 Per-row plans come in two kinds. At inference (gradients off), a batch whose
@@ -20,17 +20,18 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
-from .adapter import BASE_NAME, HeadSwap
+from ..adapter import BASE_NAME, HeadSwap
+from ..errors import AdapterError
+from ..heads import Head
+from ..hooks.programs import Leaf, Program
+from ..kernels import Banks
+from ..kernels.bank import Watch, mark_static
 from .capture import check_fits, reserve_room
 from .compose import BatchSplit, Block, Compiler, Fuse, Parallel, Setup, Stack
-from .errors import AdapterError
-from .heads import Head
-from .kernels import Banks
-from .kernels.bank import Watch, mark_static
-from .routing import Leaf, Program, Routed, RowIndex
+from .rows import Routed, RowIndex
 
 if TYPE_CHECKING:
-    from .model import AdaptedModel
+    from ..model import AdaptedModel
 
 HEAD_KEY = "head"
 HeadGroups = list[tuple[Head, torch.Tensor | None]]
@@ -285,7 +286,7 @@ class Planner:
         """Add one adapter to the resident plan if every delta of it can run from a bank.
 
         While the banks are frozen, an adapter that does not fit what the captured graphs run is refused
-        before anything changes (see :func:`splice.capture.check_fits`).
+        before anything changes (see :func:`splice.routing.capture.check_fits`).
         """
         if adapter.head is not None or self._fused_by(name) is not None or name in resident.position:
             return

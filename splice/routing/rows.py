@@ -15,95 +15,14 @@ Anything else (fusions, stacks) runs once per distinct setup on its rows.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels.bank import Bank, Banks, layout, mark_static, stacked
-from .kernels.segments import RowSlots
-
-
-class Soft(NamedTuple):
-    """Soft positions a setup adds to a call (prompt embeddings, prefix keys and values), for a batch.
-
-    ``values`` are ``[B, S, ...]`` each; ``visible [B, S]`` says which slots a row
-    uses. Rows with fewer slots than ``S`` have theirs right-aligned (next to the
-    real tokens) and the rest masked out, so padding never moves a row's positions.
-    """
-
-    values: tuple[torch.Tensor, ...]
-    visible: torch.Tensor
-
-    @property
-    def length(self) -> int:
-        return self.visible.shape[1]
-
-
-def join_soft(parts: list[Soft]) -> Soft | None:
-    """Several setups' soft positions one after another (a Stack of prefixes: both prefixes)."""
-    if len(parts) <= 1:
-        return parts[0] if parts else None
-    values = tuple(torch.cat(group, 1) for group in zip(*(p.values for p in parts)))
-    return Soft(values, torch.cat([p.visible for p in parts], 1))
-
-
-class Program:
-    """What a setup does at one site: ``pre`` changes the input, ``post`` the output (identity here),
-    ``soft`` gives the soft positions it adds to the call (prompt and prefix tuning; none here)."""
-
-    reads_input = False
-    has_pre = False
-    has_post = False
-    has_soft = False
-
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def post(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y
-
-    def soft(self, rows: int) -> Soft | None:
-        return None
-
-
-class Leaf(Program):
-    """One adapter's delta at this site."""
-
-    def __init__(self, delta: nn.Module):
-        self.delta = delta
-        self.has_pre = delta.stage == "input"
-        self.has_post = delta.stage == "output"
-        self.has_soft = delta.stage == "soft"
-        self.reads_input = self.has_post and delta.reads_input
-
-    def pre(self, x):
-        return self.delta(x) if self.has_pre else x
-
-    def post(self, x, y):
-        return self.delta(x, y) if self.has_post else y
-
-    def soft(self, rows):
-        if not self.has_soft:
-            return None
-        values = self.delta.soft()  # each [S, ...]: the same for every row
-        visible = torch.ones(rows, values[0].shape[0], dtype=torch.bool, device=values[0].device)
-        return Soft(tuple(v.unsqueeze(0).expand(rows, *v.shape) for v in values), visible)
-
-
-def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    """The hidden states a module was called with, positionally or as ``hidden_states=``."""
-    if args:
-        return args[0]
-    if "hidden_states" in kwargs:
-        return kwargs["hidden_states"]
-    return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
-
-
-def as_program(delta) -> Program:
-    """The program of one adapter's delta at a site: a Leaf, or what a composite delta compiles to (Union)."""
-    return delta.program() if delta.stage == "composite" else Leaf(delta)
+from ..errors import AdapterError
+from ..hooks.programs import Leaf, Program, Soft
+from ..kernels.bank import Bank, Banks, layout, mark_static, stacked
+from ..kernels.segments import RowSlots
 
 
 class RowIndex:
@@ -159,8 +78,6 @@ class RowIndex:
         if key not in self._fitted:
             batch = self.batch_size
             if rows % batch:
-                from .errors import AdapterError
-
                 raise AdapterError(
                     f"Per-row routing was set up for {batch} rows but a site sees {rows}; pass one adapter "
                     "name per row of the batch."
