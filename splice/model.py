@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .adapter import Adapter, check_name
+from .adapter import Adapter, adapter_named, check_name
 from .anatomy import Anatomy, RoleSpec
 from .errors import AdapterError
 from .heads import HEADS, Head, apply_heads
@@ -137,10 +137,7 @@ class AdaptedModel(GraphCapture, nn.Module):
         return tuple(self._merged)
 
     def _get(self, name: str) -> Adapter:
-        if name not in self.adapters:
-            known = ", ".join(self.adapters) or "none yet"
-            raise AdapterError(f"No adapter named {name!r} (adapters: {known}). Add it with model.add(name, config).")
-        return self.adapters[name]
+        return adapter_named(self.adapters, name)
 
     # -- management ----------------------------------------------------------------------
     def add(self, name: str, config: MethodConfig, head: str | Head | None = None) -> Adapter:
@@ -151,9 +148,7 @@ class AdaptedModel(GraphCapture, nn.Module):
         ``"classifier"``, or ``"auto"``) that the adapter gets its own trainable copy of. The new
         adapter is neither active nor trainable: see :meth:`activate` and :meth:`train_adapter`.
         """
-        check_name(name)
-        if name in self.adapters:
-            raise AdapterError(f"An adapter named {name!r} already exists; delete it first or pick another name.")
+        self._check_new(name)
         if not isinstance(config, MethodConfig):
             raise AdapterError(
                 f"add() needs a method config such as splice.LoRA(r=8) or splice.Bottleneck(), got {config!r}."
@@ -161,6 +156,11 @@ class AdaptedModel(GraphCapture, nn.Module):
         adapter = Adapter(config, self.anatomy, head)
         self._register(name, adapter)
         return adapter
+
+    def _check_new(self, name: str) -> None:
+        check_name(name)
+        if name in self.adapters:
+            raise AdapterError(f"An adapter named {name!r} already exists; delete it first or pick another name.")
 
     def _register(self, name: str, adapter: Adapter) -> None:
         device = next((p.device for p in self.base.parameters()), torch.device("cpu"))
@@ -261,7 +261,10 @@ class AdaptedModel(GraphCapture, nn.Module):
         """
         from .averaging import average_adapters
 
-        return average_adapters(self, name, adapters, weights, mode)
+        self._check_new(name)
+        adapter = average_adapters(self.anatomy, adapters, [self._get(a) for a in adapters], weights, mode)
+        self._register(name, adapter)
+        return adapter
 
     # -- merging -------------------------------------------------------------------------
     def merge(self, name: str) -> None:
@@ -319,9 +322,9 @@ class AdaptedModel(GraphCapture, nn.Module):
         """Write adapter ``name`` to folder ``path``: splice's own files (adapter.json + adapter.safetensors +
         README.md), ``format="peft"`` (LoRA, IA3) for ``peft.PeftModel.from_pretrained``, or ``format="adapters"``
         (bottleneck adapters AdapterHub can express) for ``adapters``' ``model.load_adapter``."""
-        from .convert import save_as
+        from .convert import write_as
 
-        save_as(self, name, path, format)
+        write_as(self.anatomy, self._get(name), name, path, format)
 
     def load(self, path: str | os.PathLike, name: str | None = None) -> str:
         """Load an adapter (under its saved name, or ``name``); returns the name. Does not activate it.
@@ -329,15 +332,17 @@ class AdaptedModel(GraphCapture, nn.Module):
         ``path`` is a splice, peft or AdapterHub folder (recognised by its files), or a
         ``name@version`` in the local hub (:mod:`splice.hub`).
         """
-        from .convert import load_any
+        from .convert import read_any
 
-        return load_any(self, path, name)
+        name, adapter = read_any(self.anatomy, self.adapters, path, name)
+        self._register(name, adapter)
+        return name
 
     def summary(self, print_table: bool = True):
         """Print (and return) a table: adapter, method, trainable params, % of base, MB on disk."""
         from .summary import Summary
 
-        report = Summary.of(self)
+        report = Summary.of(self.anatomy, self.adapters, self.active, self.merged)
         if print_table:
             print(report)
         return report

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,14 +30,9 @@ from safetensors.torch import save_file
 from ..adapter import Adapter
 from ..anatomy import Site
 from ..anatomy.linear import linear_shape
-from ..checkpoint import (
-    build_adapter,
-    check_materialised,
-    claim_name,
-    install,
-    write_folder,
-)
+from ..checkpoint import Contents, check_materialised, load_sequence
 from ..errors import AdapterError, AnatomyError, CheckpointError
+from ..folders import write_folder
 from . import prompts
 from .detect import FOREIGN_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces, rows_of
@@ -45,7 +40,7 @@ from .peft_heads import TaskHead, task_head
 from .weights import read_weights
 
 if TYPE_CHECKING:
-    from ..model import AdaptedModel
+    from ..anatomy import Anatomy
 
 WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 PREFIX = "base_model.model."
@@ -78,10 +73,10 @@ _WHAT = {
 # -- reading -----------------------------------------------------------------------------------------
 
 
-def load_peft(model: AdaptedModel, folder: Path, name: str | None = None) -> str:
-    """Add the peft adapter in ``folder`` to ``model`` (LoRA, IA³, prompt or prefix tuning); returns its name.
+def read_peft(anatomy: Anatomy, taken: Container[str], folder: Path, name: str | None = None) -> tuple[str, Adapter]:
+    """The peft adapter in ``folder`` (LoRA, IA³, prompt or prefix tuning) for ``anatomy``: its name and adapter.
 
-    Everything is checked (options, module names, shapes) before the model is touched.
+    Everything is checked (options, module names, shapes) before anything is built.
     """
     config = read_json(folder / FOREIGN_CONFIG)
     source = folder / FOREIGN_CONFIG
@@ -92,21 +87,24 @@ def load_peft(model: AdaptedModel, folder: Path, name: str | None = None) -> str
         raise CheckpointError(f"{source}: peft_type {kind!r} is not one splice reads; it reads {', '.join(readers)}.")
     try:
         if kind in prompts.KINDS:
-            prompts.check_options(model, config, source)
+            prompts.check_options(anatomy, config, source)
         else:
             _check_options(config, source)
-        name = claim_name(model, name or folder.name, folder)
+    except AnatomyError as error:  # e.g. a prompt for a model that takes no token ids
+        raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
+
+    def read() -> Contents:
         weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
         if kind not in prompts.KINDS:
             tensors = {key.removeprefix(PREFIX): tensor for key, tensor in tensors.items()}
-        method, state, rest = readers[kind](model, config, tensors, weights_path)
-    except AnatomyError as error:  # e.g. a prompt for a model that takes no token ids
-        raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
-    head, head_tensors = _head(model, config, rest, weights_path)
-    state.update(head_tensors)
-    adapter = build_adapter(model, method, head, folder, {key: t.shape for key, t in state.items()}, weights_path)
-    install(model, name, adapter, state)
-    return name
+        try:
+            method, state, rest = readers[kind](anatomy, config, tensors, weights_path)
+        except AnatomyError as error:
+            raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
+        head, head_tensors = _head(anatomy, config, rest, weights_path)
+        return Contents.of(method, head, {**state, **head_tensors}, weights_path)
+
+    return load_sequence(anatomy, taken, folder, name or folder.name, {}, read)
 
 
 def _check_options(config: dict[str, Any], source: Path) -> None:
@@ -133,7 +131,7 @@ def _check_options(config: dict[str, Any], source: Path) -> None:
         )
 
 
-def _read_lora(model: AdaptedModel, config: dict, tensors: dict[str, torch.Tensor], source: Path):
+def _read_lora(anatomy: Anatomy, config: dict, tensors: dict[str, torch.Tensor], source: Path):
     """A splice LoRA config and state from peft LoRA tensors; returns (config, state, unused tensors)."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     rest = {}
@@ -146,7 +144,7 @@ def _read_lora(model: AdaptedModel, config: dict, tensors: dict[str, torch.Tenso
     if not parts:
         raise CheckpointError(f"{source} holds no LoRA tensors (…lora_A.weight / …lora_B.weight).")
     r, alpha = config.get("r", 8), config.get("lora_alpha", 8)
-    index = SiteIndex(model.anatomy, source)
+    index = SiteIndex(anatomy, source)
     pieces = []
     for module, pair in parts.items():
         A, B = pair.get("lora_A"), pair.get("lora_B")
@@ -164,15 +162,15 @@ def _read_lora(model: AdaptedModel, config: dict, tensors: dict[str, torch.Tenso
         sites = index.locate(module)
         index.fused_rows(sites, B.shape[0], module)
         pieces += [LoRAPiece(site, A, rows_of(B, site), module_alpha) for site in sites]
-    method, state = lora_from_pieces(model.anatomy, pieces, source, r=r, alpha=alpha,
+    method, state = lora_from_pieces(anatomy, pieces, source, r=r, alpha=alpha,
                                      dropout=config.get("lora_dropout", 0.0),
                                      use_rslora=config.get("use_rslora", False))
     return method, state, rest
 
 
-def _read_ia3(model: AdaptedModel, config: dict, tensors: dict[str, torch.Tensor], source: Path):
+def _read_ia3(anatomy: Anatomy, config: dict, tensors: dict[str, torch.Tensor], source: Path):
     """A splice IA3 config and state from peft ``ia3_l`` vectors; returns (config, state, unused tensors)."""
-    index = SiteIndex(model.anatomy, source)
+    index = SiteIndex(anatomy, source)
     vectors: dict[Site, torch.Tensor] = {}
     inputs: set[Site] = set()
     rest = {}
@@ -197,7 +195,7 @@ def _read_ia3(model: AdaptedModel, config: dict, tensors: dict[str, torch.Tensor
             vectors.update({site: rows_of(tensor, site).reshape(-1) for site in sites})
     if not vectors:
         raise CheckpointError(f"{source} holds no IA3 tensors (…ia3_l).")
-    method, state = ia3_from_vectors(model.anatomy, vectors, inputs, source)
+    method, state = ia3_from_vectors(anatomy, vectors, inputs, source)
     return method, state, rest
 
 
@@ -212,7 +210,7 @@ def _pattern_value(pattern: dict, module: str, default, source: Path):
     return default
 
 
-def _head(model: AdaptedModel, config: dict, rest: dict[str, torch.Tensor], source: Path):
+def _head(anatomy: Anatomy, config: dict, rest: dict[str, torch.Tensor], source: Path):
     """The base module the adapter saved its own copy of (``modules_to_save``), and its tensors as ``head.*``."""
     if not rest:
         return None, {}
@@ -233,13 +231,13 @@ def _head(model: AdaptedModel, config: dict, rest: dict[str, torch.Tensor], sour
             "carries at most one head."
         )
     module, params = next(iter(modules.items()))
-    return head_state((name for name, _ in model.base.named_modules()), module, params, source)
+    return head_state((name for name, _ in anatomy.model.named_modules()), module, params, source)
 
 
 # -- writing -----------------------------------------------------------------------------------------
 
 
-def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
+def write_peft(anatomy: Anatomy, adapter: Adapter, name: str, path: str | Path) -> Path:
     """Write adapter ``name`` (LoRA, IA³, prompt or prefix tuning) for ``peft.PeftModel.from_pretrained``.
 
     A copied base head is written as ``modules_to_save``; so is a splice head, as
@@ -251,7 +249,6 @@ def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
     Prompt and prefix adapters get the ``task_type`` of the base model's class
     (peft's plain ``PeftModel`` would ignore them).
     """
-    adapter = model._get(name)
     check_materialised(adapter, name)
     writers: dict[str, Callable] = {"lora": _lora_export, "ia3": _ia3_export, "prompt": _prompt_export,
                                     "prefix": _prompt_export}
@@ -263,9 +260,9 @@ def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
             f"peft has no format for splice's {adapter.config.method!r} adapters; format='peft' writes LoRA, IA3, "
             f"prompt and prefix tuning{headed}. Save it with format='splice'."
         )
-    head = task_head(model, adapter, name) if adapter.task_head is not None else None
-    config, tensors = writers[adapter.config.method](model, adapter, head)
-    head_path = model.anatomy.module_path(adapter.head_site.module) if adapter.head_site is not None else None
+    head = task_head(anatomy, adapter, name) if adapter.task_head is not None else None
+    config, tensors = writers[adapter.config.method](anatomy, adapter, head)
+    head_path = anatomy.module_path(adapter.head_site.module) if adapter.head_site is not None else None
     saved = head.modules_to_save if head is not None else [head_path] if head_path is not None else None
     if head_path is not None:
         prefix = prompts.HEAD_PREFIX if config["peft_type"] in prompts.KINDS else PREFIX
@@ -275,7 +272,7 @@ def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
     config.update(
         modules_to_save=saved,
         task_type=head.task_type if head is not None else config.get("task_type"),
-        base_model_name_or_path=getattr(getattr(model.base, "config", None), "_name_or_path", None) or None,
+        base_model_name_or_path=getattr(getattr(anatomy.model, "config", None), "_name_or_path", None) or None,
         inference_mode=True,
     )
     tensors = {key: t.detach().contiguous().cpu() for key, t in tensors.items()}
@@ -287,13 +284,13 @@ def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
     return write_folder(path, fill, marker=FOREIGN_CONFIG)
 
 
-def _by_module(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -> dict[str, list[tuple[Site, Any]]]:
+def _by_module(anatomy: Anatomy, adapter: Adapter, head: TaskHead | None) -> dict[str, list[tuple[Site, Any]]]:
     """The adapter's deltas by the path of their module in the model peft loads: the base, or ``head``'s task
     model (where the base sits under a prefix)."""
     prefix = head.base_prefix if head is not None else ""
     grouped: dict[str, list[tuple[Site, Any]]] = {}
     for site, delta in adapter.items():
-        grouped.setdefault(prefix + model.anatomy.module_path(site.module), []).append((site, delta))
+        grouped.setdefault(prefix + anatomy.module_path(site.module), []).append((site, delta))
     return grouped
 
 
@@ -302,10 +299,10 @@ def _rows(site: Site) -> torch.Tensor:
     return torch.arange(linear_shape(site.module)[1])[site.columns if site.columns is not None else slice(None)]
 
 
-def _lora_export(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
+def _lora_export(anatomy: Anatomy, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
     config = adapter.config
     tensors, ranks, alphas = {}, {}, {}
-    for path, items in _by_module(model, adapter, head).items():
+    for path, items in _by_module(anatomy, adapter, head).items():
         sites = [site for site, _ in items]
         out_rows = linear_shape(sites[0].module)[1]
         As = [delta.lora_A.weight.detach().cpu() for _, delta in items]
@@ -328,7 +325,7 @@ def _lora_export(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -
         tensors[f"{PREFIX}{path}.lora_A.weight"] = A
         tensors[f"{PREFIX}{path}.lora_B.weight"] = B
         ranks[path], alphas[path] = rank, alpha
-    targets, _ = _peft_names(model, head, set(ranks), set())
+    targets, _ = _peft_names(anatomy, head, set(ranks), set())
     return {
         "peft_type": "LORA",
         "r": config.r,
@@ -344,9 +341,9 @@ def _lora_export(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -
     }, tensors
 
 
-def _ia3_export(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
+def _ia3_export(anatomy: Anatomy, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
     tensors, inputs = {}, set()
-    for path, items in _by_module(model, adapter, head).items():
+    for path, items in _by_module(anatomy, adapter, head).items():
         (site, delta), *_ = items
         scale = delta.scale.detach().cpu()
         if delta.stage == "input":
@@ -363,7 +360,7 @@ def _ia3_export(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) ->
                 vector.index_copy_(0, _rows(part_site), part.scale.detach().cpu())
             tensors[f"{PREFIX}{path}.ia3_l"] = vector.reshape(-1, 1)
     paths = {key.removeprefix(PREFIX).removesuffix(".ia3_l") for key in tensors}
-    targets, feedforward = _peft_names(model, head, paths, inputs)
+    targets, feedforward = _peft_names(anatomy, head, paths, inputs)
     return {
         "peft_type": "IA3",
         "target_modules": targets,
@@ -372,16 +369,16 @@ def _ia3_export(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) ->
     }, tensors
 
 
-def _prompt_export(model: AdaptedModel, adapter: Adapter, head: None) -> tuple[dict, dict[str, torch.Tensor]]:
+def _prompt_export(anatomy: Anatomy, adapter: Adapter, head: None) -> tuple[dict, dict[str, torch.Tensor]]:
     """:func:`prompts.export`; ``head`` is None (:func:`.peft_heads.task_head` refuses prompts with a splice head)."""
-    return prompts.export(model, adapter)
+    return prompts.export(anatomy, adapter)
 
 
 def _has_conv1d(adapter: Adapter) -> bool:
     return any(type(site.module).__name__ == "Conv1D" for site, _ in adapter.items())
 
 
-def _peft_names(model: AdaptedModel, head: TaskHead | None, targets: set[str], inputs: set[str]) -> tuple[Any, Any]:
+def _peft_names(anatomy: Anatomy, head: TaskHead | None, targets: set[str], inputs: set[str]) -> tuple[Any, Any]:
     """``target_modules`` (and IA3's ``feedforward_modules``) that make peft pick exactly these modules.
 
     The shortest module-name suffixes that do (``["q_proj", "v_proj"]``), as users
@@ -389,7 +386,7 @@ def _peft_names(model: AdaptedModel, head: TaskHead | None, targets: set[str], i
     paths are those of the model peft loads: the base, or ``head``'s task model.
     """
     prefix = head.base_prefix if head is not None else ""
-    every = [prefix + name for name, _ in model.base.named_modules() if name] + list(head.modules if head else ())
+    every = [prefix + name for name, _ in anatomy.model.named_modules() if name] + list(head.modules if head else ())
     longest = max(len(path.split(".")) for path in targets)
     for depth in range(1, longest + 1):
         names = sorted({".".join(p.split(".")[-depth:]) for p in targets})
