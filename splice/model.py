@@ -47,12 +47,12 @@ class AdaptedModel(GraphCapture, nn.Module):
         self.base = base
         self.adapters = nn.ModuleDict()
         self.hooks = HookSet(self.anatomy)
-        self.planner = Planner(self)
+        self._merged: list[str] = []
+        self.planner = Planner(self.adapters, self._merged, self._device)
         self._setup: Setup | None = None
         self._plan: dict = {}
         self._skip_layers: frozenset[int] = frozenset()
         self._drop_p = 0.0
-        self._merged: list[str] = []
         self._input_grads = InputGrads(base)
         base.requires_grad_(False)
         self.train(base.training)  # keep the base's mode (HF models load in eval mode)
@@ -162,9 +162,12 @@ class AdaptedModel(GraphCapture, nn.Module):
         if name in self.adapters:
             raise AdapterError(f"An adapter named {name!r} already exists; delete it first or pick another name.")
 
+    def _device(self) -> torch.device:
+        """Where the base lives (adapters go there; the row index is set there before a forward)."""
+        return next((p.device for p in self.base.parameters()), torch.device("cpu"))
+
     def _register(self, name: str, adapter: Adapter) -> None:
-        device = next((p.device for p in self.base.parameters()), torch.device("cpu"))
-        adapter.to(device)
+        adapter.to(self._device())
         adapter.requires_grad_(False)
         adapter.train(self.training)  # a new module starts in train mode; follow the model's mode
         self.adapters[name] = adapter

@@ -256,7 +256,7 @@ class LeafGroup:
         self.first: nn.Module | None = None  # holds the options every member shares (activation, dropout, norm)
         self.cls: type | None = None
         self._banks = banks
-        self._bank: Bank | None = None
+        self.bank: Bank | None = None  # where the members sit with gradients off (None until placed)
         self._bank_slots: list[int] = []
         self._lookups: dict[tuple[str, torch.device], torch.Tensor] = {}
 
@@ -265,7 +265,7 @@ class LeafGroup:
             self.first, self.cls = delta, type(delta)
         self.deltas.append(delta)
         self.positions.append(position)
-        if self._bank is not None:  # already in a bank: the newcomer takes one slot of it
+        if self.bank is not None:  # already in a bank: the newcomer takes one slot of it
             self._bank_slots += self._banks.place([delta])[1]
         self._refill()
 
@@ -291,7 +291,7 @@ class LeafGroup:
             table, kind = stacked(self.cls, self.deltas), "stacked"
         else:
             self.place()
-            table, kind = self._bank.tensors, "bank"
+            table, kind = self.bank.tensors, "bank"
         capacity = row_index.capacity
         lookup = self.lookup(kind, index.device, capacity)
         return table, RowSlots(lookup[index], lookup[:capacity], lambda: index.remainder(capacity + 1),
@@ -299,8 +299,8 @@ class LeafGroup:
 
     def place(self) -> None:
         """Put the group's deltas in their bank (once: a plan is rebuilt when its banks are cleared)."""
-        if self._bank is None and self._banks is not None:
-            self._bank, self._bank_slots = self._banks.place(self.deltas)
+        if self.bank is None and self._banks is not None:
+            self.bank, self._bank_slots = self._banks.place(self.deltas)
             self._refill()
 
     def lookup(self, kind: str, device: torch.device, capacity: int) -> torch.Tensor:
