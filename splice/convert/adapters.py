@@ -35,6 +35,7 @@ from . import adapters_soft
 from .bottleneck import bottleneck_from, is_bottleneck
 from .detect import FOREIGN_CONFIG, HEAD_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces
+from .options import refuse_unknown
 from .weights import read_weights
 
 if TYPE_CHECKING:
@@ -107,14 +108,8 @@ def _check_options(options: dict, source: Path) -> None:
             f"{source} holds architecture {architecture!r}; splice reads AdapterHub bottleneck, LoRA and (IA)3 "
             "adapters so far."
         )
-    for key, value in options.items():
-        if key in _HONOURED or (key in _REFUSED and value in (None, False)):
-            continue
-        what = _REFUSED.get(key, "an option splice does not know")
-        raise CheckpointError(
-            f"{source}: option {key}={value!r} ({what}) changes what the adapter computes, and splice does not "
-            "implement it."
-        )
+    switched_off = {key: value for key, value in options.items() if key not in _REFUSED or value not in (None, False)}
+    refuse_unknown(switched_off, source, "AdapterHub lora", _HONOURED, _REFUSED)
     mode = options.get("composition_mode", "add")
     if mode not in ("add", "scale"):
         raise CheckpointError(f"{source}: composition_mode {mode!r} is unknown; adapters defines 'add' and 'scale'.")

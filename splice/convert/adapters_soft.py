@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from ..errors import AnatomyError, CheckpointError
 from ..methods import PrefixTuning, PromptTuning
+from .options import refuse_unknown
 
 if TYPE_CHECKING:
     from ..anatomy import Anatomy
@@ -72,10 +73,7 @@ def check_options(anatomy: Anatomy, options: dict, source: Path) -> None:
     if options["architecture"] == "prompt_tuning":
         _check_prompt(anatomy, options, source)
         return
-    for key, value in options.items():
-        if key not in _HONOURED:
-            raise CheckpointError(f"{source}: prefix_tuning option {key}={value!r} is one splice does not know; it "
-                                  "may change what the adapter computes, so splice does not read it.")
+    refuse_unknown(options, source, "AdapterHub prefix_tuning", _HONOURED)
     if options.get("use_gating"):
         raise CheckpointError(f"{source}: use_gating=True (a learned gate on the prefix, as in UniPELT) is not "
                               "implemented by splice's PrefixTuning.")
@@ -179,10 +177,7 @@ def _fold(params: dict[str, torch.Tensor], length: int, size: int, act, source: 
 
 
 def _check_prompt(anatomy: Anatomy, options: dict, source: Path) -> None:
-    for key, value in options.items():
-        if key not in _PROMPT_HONOURED:
-            raise CheckpointError(f"{source}: prompt_tuning option {key}={value!r} is one splice does not know; it "
-                                  "may change what the adapter computes, so splice does not read it.")
+    refuse_unknown(options, source, "AdapterHub prompt_tuning", _PROMPT_HONOURED)
     if options.get("combine", "prefix") != "prefix":
         raise CheckpointError(f"{source}: combine={options['combine']!r} (the prompt after the first token) is not "
                               "implemented by splice; it reads combine='prefix'.")

@@ -33,6 +33,7 @@ from ..errors import AdapterError, CheckpointError
 from ..folders import write_folder
 from ..methods import Bottleneck
 from .detect import FOREIGN_CONFIG
+from .options import refuse_unknown
 
 if TYPE_CHECKING:
     from ..anatomy import Anatomy
@@ -111,13 +112,11 @@ def bottleneck_from(anatomy: Anatomy, options: dict, tensors: dict[str, torch.Te
 
 
 def _check(options: dict, versioned: bool, source: Path) -> None:
+    refuse_unknown(options, source, "AdapterHub bottleneck", _REQUIRED.keys() | _INERT)
     for key, value in options.items():
-        if key in _REQUIRED:
-            wanted, what = _REQUIRED[key]
-            if value != wanted and not (wanted in (False, None, 0.0) and not value):
-                raise CheckpointError(f"{source}: option {key}={value!r} ({what}) is not implemented by splice.")
-        elif key not in _INERT:
-            raise CheckpointError(f"{source}: option {key}={value!r} is unknown to splice's bottleneck reader.")
+        wanted, what = _REQUIRED.get(key, (value, ""))
+        if value != wanted and not (wanted in (False, None, 0.0) and not value):
+            raise CheckpointError(f"{source}: option {key}={value!r} ({what}) is not implemented by splice.")
     scaling = options.get("scaling", 1.0)
     if not isinstance(scaling, (int, float)) or isinstance(scaling, bool):
         raise CheckpointError(f"{source}: scaling={scaling!r} (a learned scaling) is not implemented by splice; "

@@ -28,6 +28,7 @@ from ..checkpoint import Contents, load_sequence
 from ..errors import CheckpointError
 from ..methods import Bottleneck, Fusion
 from .detect import FUSION_CONFIG, read_json
+from .options import refuse_unknown
 from .weights import read_weights
 
 if TYPE_CHECKING:
@@ -123,10 +124,7 @@ def _read(anatomy: Anatomy, adapters: Mapping[str, Adapter], folder: Path, optio
 
 
 def _check(options: dict, source: Path) -> None:
-    unknown = sorted(set(options) - _KNOWN)
-    if unknown:
-        raise CheckpointError(f"{source}: option {unknown[0]}={options[unknown[0]]!r} is unknown to splice's "
-                              "AdapterFusion reader.")
+    refuse_unknown(options, source, "AdapterHub AdapterFusion", _KNOWN)
     if options.get("temperature"):
         raise CheckpointError(
             f"{source}: option temperature=true is not implemented by splice: AdapterHub starts the softmax "

@@ -36,6 +36,7 @@ from ..folders import write_folder
 from . import prompts
 from .detect import FOREIGN_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces, rows_of
+from .options import UNSET, refuse_unknown
 from .peft_heads import TaskHead, task_head
 from .weights import read_weights
 
@@ -121,14 +122,7 @@ def _check_options(config: dict[str, Any], source: Path) -> None:
             "LoftQ do), so the adapter does not work on the plain base. Convert it to a plain LoRA with peft first "
             "(save_pretrained(..., path_initial_model_for_weight_conversion=...))."
         )
-    for key, value in config.items():
-        if key in _INERT or key in _READ or value in (None, False, {}, [], ""):
-            continue
-        what = f" ({_WHAT[key]})" if key in _WHAT else ""
-        raise CheckpointError(
-            f"{source}: peft option {key}={value!r}{what} changes what the adapter computes, and splice does not "
-            "implement it. Only plain LoRA and IA3 adapters can be read."
-        )
+    refuse_unknown(config, source, f"peft {config.get('peft_type')}", _INERT | _READ, _WHAT, off=UNSET)
 
 
 def _read_lora(anatomy: Anatomy, config: dict, tensors: dict[str, torch.Tensor], source: Path):

@@ -50,6 +50,7 @@ import torch
 from ..adapter import Adapter
 from ..errors import AdapterError, CheckpointError
 from ..methods import PrefixTuning, PromptTuning
+from .options import UNSET, refuse_unknown
 
 if TYPE_CHECKING:
     from ..anatomy import Anatomy
@@ -88,13 +89,7 @@ _ENCODER_PREFIX = (
 def check_options(anatomy: Anatomy, config: dict[str, Any], source: Path) -> None:
     """Refuse, by name, options and models whose prompt / prefix splice cannot reproduce."""
     kind = config["peft_type"]
-    for key, value in config.items():
-        if key in _COMMON or key in _OWN[kind] or value in (None, False, {}, [], ""):
-            continue
-        raise CheckpointError(
-            f"{source}: peft option {key}={value!r} is not one splice knows for {kind}; it may change what the "
-            "adapter computes, so splice does not read it."
-        )
+    refuse_unknown(config, source, f"peft {kind}", _COMMON | _OWN[kind], off=UNSET)
     count = config.get("num_virtual_tokens")
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise CheckpointError(f"{source}: num_virtual_tokens must be a positive integer, got {count!r}.")
