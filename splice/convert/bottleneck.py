@@ -23,20 +23,17 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..adapter import Adapter
+from ..anatomy import Anatomy, site_key
 from ..checkpoint import check_materialised
 from ..errors import AdapterError, CheckpointError
 from ..folders import write_folder
 from ..methods import Bottleneck
 from .detect import FOREIGN_CONFIG
 from .options import refuse_unknown
-
-if TYPE_CHECKING:
-    from ..anatomy import Anatomy
 
 # Location in the saved model -> splice sublayer role (BERT-style names, then AdapterHub's mixin names).
 _KEY = re.compile(
@@ -96,7 +93,7 @@ def bottleneck_from(anatomy: Anatomy, options: dict, tensors: dict[str, torch.Te
         mapped = _params(params, bool(options.get("ln_before")), bool(options.get("ln_after")), source)
         widths.add(mapped["down.weight"].shape[0])
         site_role = f"{role}_residual" if residual else role
-        state.update({f"{stacks[0]}.{layer}.{site_role}.{k}": v for k, v in mapped.items()})
+        state.update({f"{site_key(stacks[0], layer, site_role)}.{k}": v for k, v in mapped.items()})
     if len(widths) != 1:
         raise CheckpointError(f"{source}: bottleneck widths differ between layers ({sorted(widths)}); "
                               "one splice Bottleneck has one width.")

@@ -19,20 +19,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..adapter import Adapter
+from ..anatomy import Anatomy, site_key
 from ..checkpoint import Contents, load_sequence
 from ..errors import CheckpointError
 from ..methods import Bottleneck, Fusion
 from .detect import FUSION_CONFIG, read_json
 from .options import refuse_unknown
 from .weights import read_weights
-
-if TYPE_CHECKING:
-    from ..anatomy import Anatomy
 
 WEIGHTS_FILES = ("model_adapter_fusion.safetensors", "pytorch_model_adapter_fusion.bin")
 _KEY = re.compile(
@@ -94,12 +91,12 @@ def _read(anatomy: Anatomy, adapters: Mapping[str, Adapter], folder: Path, optio
         role = f"{role}_residual" if residual else role
         roles.add(role)
         layers.add(int(match["layer"]))
-        state[f"{stacks[0]}.{match['layer']}.{role}.{match['module']}.{match['param']}"] = tensor
+        state[f"{site_key(stacks[0], int(match['layer']), role)}.{match['module']}.{match['param']}"] = tensor
     if not state:
         raise CheckpointError(f"{weights_path} holds no fusion tensors.")
     for layer in layers:  # projections switched off are identities; the value has no bias
         for role in roles:
-            prefix = f"{stacks[0]}.{layer}.{role}."
+            prefix = site_key(stacks[0], layer, role) + "."
             for module in ("query", "key", "value"):
                 if not options.get(module, True):
                     extra = sorted(k for k in state if k.startswith(prefix + module + "."))
@@ -109,8 +106,8 @@ def _read(anatomy: Anatomy, adapters: Mapping[str, Adapter], folder: Path, optio
                     state[prefix + f"{module}.bias"] = torch.zeros(features)
             state.setdefault(prefix + "value.bias", torch.zeros(features))
     for adapter in fused:  # AdapterHub puts a fusion layer only where every fused adapter has a bottleneck
-        missing = sorted(f"{stacks[0]}.{layer}.{role}" for layer in layers for role in roles
-                         if f"{stacks[0]}.{layer}.{role}" not in adapters[adapter].sites)
+        keys = (site_key(stacks[0], layer, role) for layer in layers for role in roles)
+        missing = sorted(key for key in keys if key not in adapters[adapter].sites)
         if missing:
             raise CheckpointError(f"{weights_path} fuses at {missing[0]}, where adapter {adapter!r} has no bottleneck.")
     count = len(anatomy.blocks[stacks[0]])

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..adapter import BASE_NAME, Adapter, HeadSwap, adapter_named
+from ..anatomy import layer_of
 from ..errors import AdapterError
 from ..heads import Head
 from ..hooks.programs import Leaf, Program
@@ -32,12 +33,6 @@ from .rows import Routed, RowIndex
 
 HEAD_KEY = "head"
 HeadGroups = list[tuple[Head, torch.Tensor | None]]
-
-
-def _layer(key: str) -> int:
-    """The block index in a site key ("layers.3.q" -> 3); -1 for model-level keys ("head", "prompt")."""
-    parts = key.split(".")
-    return int(parts[1]) if len(parts) == 3 else -1
 
 
 class Planner:
@@ -173,7 +168,7 @@ class Planner:
         for key in self._keys([setup]):
             program = compiler.program(setup, key)
             # Soft positions lengthen the whole call (one mask for every block): AdapterDrop keeps them.
-            if program is not None and (_layer(key) not in skip_layers or program.has_soft):
+            if program is not None and (layer_of(key) not in skip_layers or program.has_soft):
                 plan[key] = program
         return plan
 
