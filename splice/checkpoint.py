@@ -23,15 +23,13 @@ from safetensors.torch import save_file
 from .adapter import Adapter, check_name
 from .anatomy import Anatomy
 from .errors import AnatomyError, CheckpointError, ConfigError
+from .file_names import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from .files import exists, read_json
 from .folders import recover, write_folder
 from .heads import head_from_dict
 from .methods import MethodConfig, config_from_dict
 from .version import __version__
 
-CONFIG_FILE = "adapter.json"
-WEIGHTS_FILE = "adapter.safetensors"
-CARD_FILE = "README.md"
 FORMAT = "splice-adapter"
 
 

@@ -31,6 +31,7 @@ from ..adapter import Adapter
 from ..anatomy import Site
 from ..checkpoint import Contents, load_sequence
 from ..errors import CheckpointError
+from ..file_names import ADAPTERHUB_HEAD_WEIGHTS, ADAPTERHUB_WEIGHTS
 from . import adapters_soft
 from .bottleneck import bottleneck_from, is_bottleneck
 from .detect import FOREIGN_CONFIG, HEAD_CONFIG, read_json
@@ -41,8 +42,6 @@ from .weights import read_weights
 if TYPE_CHECKING:
     from ..anatomy import Anatomy
 
-WEIGHTS_FILES = ("adapter.safetensors", "pytorch_adapter.bin")
-HEAD_WEIGHTS_FILES = ("model_head.safetensors", "pytorch_model_head.bin")
 
 # LoRAConfig options splice honours (placement ones via the tensor names; initialisation and
 # dtype do not change what a trained adapter computes).
@@ -79,7 +78,7 @@ def read_adapterhub(anatomy: Anatomy, taken: Container[str], folder: Path,
     saved_base = {key: meta[key] for key in ("model_type", "hidden_size") if key in meta}
 
     def read() -> Contents:
-        weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
+        weights_path, tensors = read_weights(folder, ADAPTERHUB_WEIGHTS)
         if bottleneck:
             method, state = bottleneck_from(anatomy, options, tensors, "version" in meta, weights_path)
         elif soft:
@@ -207,7 +206,7 @@ def _head(anatomy: Anatomy, folder: Path) -> tuple[str | None, dict[str, torch.T
             f"{folder / HEAD_CONFIG} describes an AdapterHub flex head ({kind!r}), which splice does not build. "
             f"Move {HEAD_CONFIG} and the head weights out of the folder to load the adapter alone."
         )
-    path, tensors = read_weights(folder, HEAD_WEIGHTS_FILES)
+    path, tensors = read_weights(folder, ADAPTERHUB_HEAD_WEIGHTS)
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors.")
     parts = [key.split(".") for key in tensors]

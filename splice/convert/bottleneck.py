@@ -30,8 +30,10 @@ from ..adapter import Adapter
 from ..anatomy import Anatomy, site_key
 from ..checkpoint import check_materialised
 from ..errors import AdapterError, CheckpointError
+from ..file_names import ADAPTERHUB_WEIGHTS
 from ..folders import write_folder
 from ..methods import Bottleneck
+from ..methods.base import ACTIVATIONS
 from .detect import FOREIGN_CONFIG
 from .options import refuse_unknown
 
@@ -40,7 +42,6 @@ _KEY = re.compile(
     r"\.(?P<layer>\d+)\.(?P<where>attention\.output\.adapters|output\.adapters|attention_adapters\.adapters|"
     r"output_adapters\.adapters)\.(?P<name>[^.]+)\.(?P<param>.+)$"
 )
-_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "silu", "tanh": "tanh"}
 # Options whose value must be exactly this for splice to compute the same thing.
 _REQUIRED = {
     "original_ln_after": (True, "the base's own residual add and LayerNorm after the adapter"),
@@ -127,10 +128,10 @@ def _activation(options: dict, versioned: bool, source: Path) -> str:
     name = str(options.get("non_linearity", "relu")).lower()
     if not versioned and name == "gelu":  # adapter-transformers (no "version") meant the tanh approximation
         name = "gelu_new"
-    if name not in _ACTIVATIONS:
+    if name not in ACTIVATIONS:
         raise CheckpointError(f"{source}: non_linearity {name!r} is not implemented by splice "
-                              f"(it offers {', '.join(_ACTIVATIONS)}).")
-    return _ACTIVATIONS[name]
+                              f"(it offers {', '.join(ACTIVATIONS)}).")
+    return name
 
 
 def _params(params: dict[str, torch.Tensor], ln_before: bool, ln_after: bool, source: Path) -> dict[str, torch.Tensor]:
@@ -170,7 +171,7 @@ BN_DEFAULTS = {
     "shared_phm_rule": True, "stochastic_depth": 0.0, "use_gating": False,
 }
 ADAPTERS_VERSION = "adapters.1.3.0"
-BIN_FILE = "pytorch_adapter.bin"
+BIN_FILE = ADAPTERHUB_WEIGHTS[1]  # the file adapters reads by default
 
 
 def bottleneck_to(anatomy: Anatomy, adapter: Adapter, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -239,7 +240,7 @@ def _unwritable(anatomy: Anatomy, name: str, adapter) -> str | None:
     if config.parallel and not config.residual_input:
         return ("a parallel bottleneck fed the sublayer's own input has no AdapterHub equivalent: par_bn reads the "
                 "residual stream. Use Bottleneck(placement='parallel', residual_input=True).")
-    if config.non_linearity not in _ACTIVATIONS:
+    if config.non_linearity not in ACTIVATIONS:
         return f"non_linearity {config.non_linearity!r} has no AdapterHub name splice maps."
     if config.ln_after and config.scale != 1.0:
         return ("ln_after with scale != 1: AdapterHub normalises the scaled up-projection, splice scales the "

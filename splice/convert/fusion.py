@@ -26,12 +26,12 @@ from ..adapter import Adapter
 from ..anatomy import Anatomy, site_key
 from ..checkpoint import Contents, load_sequence
 from ..errors import CheckpointError
+from ..file_names import FUSION_WEIGHTS
 from ..methods import Bottleneck, Fusion
 from .detect import FUSION_CONFIG, read_json
 from .options import refuse_unknown
 from .weights import read_weights
 
-WEIGHTS_FILES = ("model_adapter_fusion.safetensors", "pytorch_model_adapter_fusion.bin")
 _KEY = re.compile(
     r"\.(?P<layer>\d+)\.(?P<where>attention\.output|output|attention_adapters|output_adapters)\.adapter_fusion_layer\."
     r"(?P<fusion>[^.]+)\.(?P<module>query|key|value|dense)\.(?P<param>weight|bias)$"
@@ -74,7 +74,7 @@ def _read(anatomy: Anatomy, adapters: Mapping[str, Adapter], folder: Path, optio
           residual: bool) -> Contents:
     """The fusion's config and tensors, mapped to splice's sites."""
     source = folder / FUSION_CONFIG
-    weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
+    weights_path, tensors = read_weights(folder, FUSION_WEIGHTS)
     stacks = [stack for stack, blocks in anatomy.blocks.items() if blocks]
     if len(stacks) != 1:
         raise CheckpointError(f"{source}: AdapterHub fusions are read for single-stack models only.")

@@ -32,6 +32,7 @@ from ..anatomy import Site
 from ..anatomy.linear import linear_shape
 from ..checkpoint import Contents, check_materialised, load_sequence
 from ..errors import AdapterError, AnatomyError, CheckpointError
+from ..file_names import PEFT_WEIGHTS
 from ..folders import write_folder
 from . import prompts
 from .detect import FOREIGN_CONFIG, read_json
@@ -43,7 +44,6 @@ from .weights import read_weights
 if TYPE_CHECKING:
     from ..anatomy import Anatomy
 
-WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 PREFIX = "base_model.model."
 
 # Options that do not change what a loaded adapter computes: bookkeeping, initialisation,
@@ -95,7 +95,7 @@ def read_peft(anatomy: Anatomy, taken: Container[str], folder: Path, name: str |
         raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
 
     def read() -> Contents:
-        weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
+        weights_path, tensors = read_weights(folder, PEFT_WEIGHTS)
         if kind not in prompts.KINDS:
             tensors = {key.removeprefix(PREFIX): tensor for key, tensor in tensors.items()}
         try:
@@ -272,7 +272,7 @@ def write_peft(anatomy: Anatomy, adapter: Adapter, name: str, path: str | Path) 
     tensors = {key: t.detach().contiguous().cpu() for key, t in tensors.items()}
 
     def fill(staging: Path) -> None:
-        save_file(tensors, str(staging / WEIGHTS_FILES[0]), metadata={"format": "pt"})
+        save_file(tensors, str(staging / PEFT_WEIGHTS[0]), metadata={"format": "pt"})
         (staging / FOREIGN_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
     return write_folder(path, fill, marker=FOREIGN_CONFIG)
