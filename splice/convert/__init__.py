@@ -26,7 +26,8 @@ from .adapters import read_adapterhub
 from .bottleneck import write_adapterhub
 from .detect import FOREIGN_CONFIG, detect_format
 from .fusion import is_fusion_folder, read_fusion
-from .peft import read_peft, write_peft
+from .peft import read_peft
+from .peft_write import write_peft
 
 ADAPTER_CONFIGS = (CONFIG_FILE, FOREIGN_CONFIG)
 
