@@ -21,10 +21,10 @@ def refuse_unknown(options: Mapping[str, Any], source: Path, reader: str, known:
     for key, value in options.items():
         if key in known or value in off:
             continue
-        what = f" ({described[key]})" if key in described else ""
+        verdict = f"({described[key]}) is not implemented by splice" if key in described else "is unknown to splice"
         raise CheckpointError(
-            f"{source}: {reader} option {key}={value!r}{what} is not one splice implements; it may change what the "
-            "adapter computes, so splice does not read it."
+            f"{source}: {reader} option {key}={value!r} {verdict}; it may change what the adapter computes, so "
+            "splice does not read it."
         )
 
 
