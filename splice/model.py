@@ -21,9 +21,11 @@ from .errors import AdapterError
 from .heads import HEADS, Head, apply_heads
 from .hooks.hookset import HookSet
 from .hooks.input_grads import InputGrads
+from .merging import check_unmerge_order, merge_into_base, unmerge_from_base
 from .methods import METHODS
 from .methods.base import MethodConfig
 from .methods.fusion import Fusion
+from .routing.batch import batch_size, replicate
 from .routing.capture import GraphCapture
 from .routing.compose import BatchSplit, Parallel, Setup
 from .routing.planner import HeadGroups, Planner
@@ -87,15 +89,15 @@ class AdaptedModel(GraphCapture, nn.Module):
     def _prepare(self, args: tuple, kwargs: dict, adapter_names) -> tuple[tuple, dict, HeadGroups]:
         """Install this forward's plan; replicate the batch for Parallel. Returns the heads to run."""
         if adapter_names is not None:
-            batch = _batch_size(args, kwargs)
+            batch = batch_size(args, kwargs)
             if batch is not None and len(adapter_names) != batch:
                 raise AdapterError(f"adapter_names has {len(adapter_names)} entries for a batch of {batch} rows.")
             self.hooks.plan, groups = self.planner.routed(list(adapter_names))
             return args, kwargs, groups
         if isinstance(self._setup, Parallel):
-            batch = _batch_size(args, kwargs)
+            batch = batch_size(args, kwargs)
             copies = len(self._setup.children)
-            args, kwargs = _replicate(args, kwargs, batch, copies)
+            args, kwargs = replicate(args, kwargs, batch, copies)
             entries = [child for child in self._setup.children for _ in range(batch)]
             self.hooks.plan, groups = self.planner.routed(entries)
             return args, kwargs, groups
@@ -281,17 +283,7 @@ class AdaptedModel(GraphCapture, nn.Module):
             )
         if name in self._merged:
             raise AdapterError(f"{name!r} is already merged.")
-        for site, delta in adapter.items():  # refuse before writing anything
-            delta.check_merge(site)
-        done = []
-        try:
-            for site, delta in adapter.items():
-                delta.merge(site)
-                done.append((site, delta))
-        except Exception:
-            for site, delta in reversed(done):  # leave the base as it was
-                delta.unmerge(site)
-            raise
+        merge_into_base(adapter)
         self._merged.append(name)
         self._replan()
 
@@ -300,16 +292,8 @@ class AdaptedModel(GraphCapture, nn.Module):
         adapter = self._get(name)
         if name not in self._merged:
             raise AdapterError(f"{name!r} is not merged.")
-        later = self._merged[self._merged.index(name) + 1 :]
-        rescaling = [type(self.adapters[n].config).__name__ for n in later + [name]
-                     if not self.adapters[n].config.merges_commute]
-        if later and rescaling:
-            raise AdapterError(
-                f"Unmerge {', '.join(reversed(later))} before {name!r}: {rescaling[0]} rescales weights, so merges "
-                "only undo exactly in reverse order."
-            )
-        for site, delta in reversed(list(adapter.items())):
-            delta.unmerge(site)
+        check_unmerge_order(self.adapters, self._merged, name)
+        unmerge_from_base(adapter)
         self._merged.remove(name)
         self._replan()
 
@@ -379,24 +363,6 @@ def _with_adapter_names(signature: inspect.Signature) -> inspect.Signature:
     extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in names if n not in present]
     cut = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
     return signature.replace(parameters=params[:cut] + extra + params[cut:])
-
-
-def _batch_size(args: tuple, kwargs: dict) -> int | None:
-    """Rows in the batch: the leading size of the first tensor argument."""
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return value.shape[0]
-    return None
-
-
-def _replicate(args: tuple, kwargs: dict, batch: int | None, copies: int) -> tuple[tuple, dict]:
-    """Every batch-sized tensor repeated ``copies`` times along the rows (for Parallel)."""
-    def grow(value):
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-            return torch.cat([value] * copies)
-        return value
-
-    return tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
 
 
 _CLASSES: dict[type, type] = {}
