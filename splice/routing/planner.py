@@ -177,6 +177,8 @@ class Planner:
 
         ``static`` (and frozen banks): a batch of resident adapters always runs the resident plan, even
         when every row names the same one, so a captured forward reads its routing from the row index.
+        A batch with splice heads finds each head's rows with ``.nonzero()``, once per batch and outside
+        the hooks (resident adapters have no heads, so the serving path does not pay it).
         """
         if not torch.is_grad_enabled():
             resident = self.resident()

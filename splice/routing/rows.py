@@ -88,7 +88,13 @@ class RowIndex:
 
 
 class Routed(Program):
-    """Row ``i`` goes through ``children[index[i]]`` (``None``: the base alone)."""
+    """Row ``i`` goes through ``children[index[i]]`` (``None``: the base alone).
+
+    Single adapters of a bankable method run as leaf groups, from the row index alone: no host
+    synchronisation, so the resident plan is what CUDA graphs capture. Other children (stacks,
+    fusions) run on their own rows, found with ``(index == child).nonzero()``: one synchronisation
+    per such child and site, paid only by batches that mix compositions.
+    """
 
     def __init__(self, children: list[Program | None], rows: RowIndex, banks: Banks | None = None):
         self.children: list[Program | None] = []

@@ -40,6 +40,8 @@ class CachedPrefix:
         return [(site, program) for site in self.sites if (program := self.program(site.key)) is not None]
 
     def call(self, args: tuple, kwargs: dict):
+        """Pass the prefix cache and grow the mask. An encoder-decoder's decoder without a mask gets one only
+        when its rows' prefixes differ in length, which ``bool(visible.all())`` reads on the host once per call."""
         self.injected = False
         layers = self.active()
         if not layers or continues(kwargs):
