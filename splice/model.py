@@ -92,14 +92,14 @@ class AdaptedModel(GraphCapture, nn.Module):
             batch = batch_size(args, kwargs)
             if batch is not None and len(adapter_names) != batch:
                 raise AdapterError(f"adapter_names has {len(adapter_names)} entries for a batch of {batch} rows.")
-            self.hooks.plan, groups = self.planner.routed(list(adapter_names))
+            self.hooks.plan, groups = self.planner.per_row(list(adapter_names))
             return args, kwargs, groups
         if isinstance(self._setup, Parallel):
             batch = batch_size(args, kwargs)
             copies = len(self._setup.children)
             args, kwargs = replicate(args, kwargs, batch, copies)
             entries = [child for child in self._setup.children for _ in range(batch)]
-            self.hooks.plan, groups = self.planner.routed(entries)
+            self.hooks.plan, groups = self.planner.per_row(entries)
             return args, kwargs, groups
         self.hooks.plan = self._plan
         if isinstance(self._setup, BatchSplit):

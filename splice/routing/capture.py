@@ -101,7 +101,7 @@ class GraphCapture:
         entries = list(adapter_names)
         planner: Planner = self.planner
         with torch.no_grad():  # plan as for inference: resident adapters run from their banks
-            plan, heads = planner.routed(entries, static=True)
+            plan, heads = planner.per_row(entries, static=True)
         if heads:
             raise AdapterError("route() runs the base only, so splice heads cannot run: call "
                                "model(..., adapter_names=...) for setups with a head.")

@@ -46,7 +46,7 @@ class Planner:
         self.adapters, self.merged, self._base_device = adapters, merged, device
         self.banks = Banks()
         self.reserved = 0  # resident adapters to keep room for (AdaptedModel.reserve)
-        self._routed_cache: dict[tuple, tuple[dict[str, Program], RowIndex, list[Setup | None]]] = {}
+        self._per_row_cache: dict[tuple, tuple[dict[str, Program], RowIndex, list[Setup | None]]] = {}
         self.resident_plan: Resident | None = None  # built at the first per-row batch of resident adapters
 
     def invalidate(self, banks: bool = False) -> None:
@@ -56,7 +56,7 @@ class Planner:
         every batch): switching the active setup keeps it. ``banks``: the adapters moved
         to another device or dtype, so the banks and the resident plan go too.
         """
-        self._routed_cache.clear()
+        self._per_row_cache.clear()
         if banks:
             self.resident_plan = None
             self.banks.clear()
@@ -172,7 +172,7 @@ class Planner:
                 plan[key] = program
         return plan
 
-    def routed(self, entries: Sequence[Setup], static: bool = False) -> tuple[dict[str, Program], HeadGroups]:
+    def per_row(self, entries: Sequence[Setup], static: bool = False) -> tuple[dict[str, Program], HeadGroups]:
         """The plan and head groups for a batch whose row ``i`` takes ``entries[i]``.
 
         ``static`` (and frozen banks): a batch of resident adapters always runs the resident plan, even
@@ -199,15 +199,15 @@ class Planner:
                 self.check(setup)
         setups = [None if s == BASE_NAME else s for s in distinct]
         cache_key = tuple(distinct)
-        if cache_key not in self._routed_cache:
+        if cache_key not in self._per_row_cache:
             rows = RowIndex(torch.zeros(0, dtype=torch.long), capacity=len(setups))
             compiler, plan = self._compiler(), {}
             for key in self._keys([s for s in setups if s is not None]):
                 children = [None if s is None else compiler.program(s, key) for s in setups]
                 if any(c is not None for c in children):
                     plan[key] = Routed(children, rows, self.banks)
-            self._routed_cache[cache_key] = (plan, rows, setups)
-        plan, rows, setups = self._routed_cache[cache_key]
+            self._per_row_cache[cache_key] = (plan, rows, setups)
+        plan, rows, setups = self._per_row_cache[cache_key]
         if not torch.is_grad_enabled():
             self.banks.refresh(d for name in self.names_in(setups) for d in self._deltas(name))
         position = {setup: i for i, setup in enumerate(distinct)}
@@ -231,7 +231,7 @@ class Planner:
             resident = self.resident_plan = Resident(max(16, self.reserved))
             resident.rows.static = self.banks.static
             self.banks.clear()
-            self._routed_cache.clear()  # their groups held slots of the banks just dropped
+            self._per_row_cache.clear()  # their groups held slots of the banks just dropped
         (before, was_merged), now = resident.key, dict(adapters)
         before = dict(before)
         changed = {n for n in before if now.get(n) is not before[n] or (n in merged) != (n in was_merged)}
@@ -317,7 +317,7 @@ class Planner:
         if isinstance(setup, Fuse):
             return self.adapters[self._fusion_over(setup.children)].task_head
         if isinstance(setup, (BatchSplit, Parallel)):
-            return None  # per-row: see routed()
+            return None  # per-row: see per_row()
         for child in reversed(setup.children):
             head = self.head_of(child)
             if head is not None:
