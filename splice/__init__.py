@@ -32,7 +32,7 @@ _LAZY = {
     "attach": "model", "AdaptedModel": "model",
     "Adapter": "adapter", "BASE_NAME": "adapter",
     "Anatomy": "anatomy", "Site": "anatomy",
-    **dict.fromkeys(("Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit"), "compose"),
+    **dict.fromkeys(("Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit"), "routing.compose"),
     "MethodConfig": "methods", "METHODS": "methods",
     "assets": "assets", "heads": "heads", "presets": "presets",
 }
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from . import assets, heads, presets
     from .adapter import BASE_NAME, Adapter
     from .anatomy import Anatomy, Site
-    from .compose import Average, BatchSplit, Fuse, Parallel, Split, Stack
     from .methods import (
         IA3,
         METHODS,
@@ -58,6 +57,7 @@ if TYPE_CHECKING:
         Union,
     )
     from .model import AdaptedModel, attach
+    from .routing.compose import Average, BatchSplit, Fuse, Parallel, Split, Stack
 
 
 def __getattr__(name: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -25,6 +26,14 @@ def check_name(name: str) -> str:
             f"(no dots, slashes or spaces), and not the reserved {BASE_NAME!r}."
         )
     return name
+
+
+def adapter_named(adapters: Mapping[str, "Adapter"], name: str) -> "Adapter":
+    """``adapters[name]``, or a clear error naming the adapters there are."""
+    if name not in adapters:
+        known = ", ".join(adapters) or "none yet"
+        raise AdapterError(f"No adapter named {name!r} (adapters: {known}). Add it with model.add(name, config).")
+    return adapters[name]
 
 
 class Adapter(nn.Module):

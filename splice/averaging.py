@@ -14,23 +14,21 @@ Two modes:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from .adapter import Adapter
+from .anatomy import Anatomy
 from .errors import AdapterError
 from .heads import head_from_dict
-from .methods import METHODS
-
-if TYPE_CHECKING:
-    from .model import AdaptedModel
+from .methods import METHODS, MethodConfig
 
 
-def average_adapters(model: "AdaptedModel", name: str, adapters: Sequence[str],
+def average_adapters(anatomy: Anatomy, adapters: Sequence[str], sources: Sequence[Adapter],
                      weights: Sequence[float] | None = None, mode: str = "exact") -> Adapter:
-    """Add adapter ``name`` whose weights average ``adapters`` (weights default to equal, sum to 1)."""
-    sources = [model._get(a) for a in adapters]
+    """A new adapter for ``anatomy`` whose weights average ``sources`` (named ``adapters``; weights default to
+    equal, sum to 1). The caller adds it to the model."""
     weights = [1.0 / len(sources)] * len(sources) if weights is None else [float(w) for w in weights]
     if len(sources) < 2 or len(weights) != len(sources) or abs(sum(weights) - 1) > 1e-6:
         raise AdapterError(f"Averaging needs two or more adapters and one weight each, summing to 1; got {weights}.")
@@ -46,7 +44,7 @@ def average_adapters(model: "AdaptedModel", name: str, adapters: Sequence[str],
                 f"{list(adapters)} have different configs; averaging parameters needs identical ones "
                 "(mode='exact' averages adapters of different shapes where the method can, e.g. LoRA ranks)."
             )
-        target = model.add(name, configs[0], _head_like(sources[0]))
+        target = _fresh(anatomy, configs[0], sources[0])
         with torch.no_grad():
             for key, tensor in target.state_dict(keep_vars=True).items():
                 tensor.copy_(sum(w * s.state_dict()[key] for w, s in zip(weights, sources)))
@@ -59,11 +57,17 @@ def average_adapters(model: "AdaptedModel", name: str, adapters: Sequence[str],
         )
     if any(type(c) is not type(configs[0]) for c in configs):
         raise AdapterError(f"{list(adapters)} are adapters of different methods; only one method's adapters average.")
-    target = model.add(name, configs[0].averaged(configs), _head_like(sources[0]))
+    target = _fresh(anatomy, configs[0].averaged(configs), sources[0])
     for key in target.sites:
         target.delta(key).average_of([s.delta(key) for s in sources], weights)
     _average_heads(target, sources, weights)
     return target
+
+
+def _fresh(anatomy: Anatomy, config: MethodConfig, like: Adapter) -> Adapter:
+    """A new adapter of ``config`` on ``like``'s device, with a head of ``like``'s kind."""
+    device = next((p.device for p in like.parameters()), torch.device("cpu"))
+    return Adapter(config, anatomy, _head_like(like)).to(device)
 
 
 def _head_like(source: Adapter):

@@ -12,38 +12,34 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .adapter import Adapter, check_name
+from .anatomy import Anatomy
 from .errors import AnatomyError, CheckpointError, ConfigError
+from .file_names import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from .files import exists, read_json
 from .folders import recover, write_folder
 from .heads import head_from_dict
 from .methods import MethodConfig, config_from_dict
 from .version import __version__
 
-if TYPE_CHECKING:
-    from .model import AdaptedModel
-
-CONFIG_FILE = "adapter.json"
-WEIGHTS_FILE = "adapter.safetensors"
-CARD_FILE = "README.md"
 FORMAT = "splice-adapter"
 
 
-def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike, training: dict | None = None) -> Path:
-    """Write adapter ``name`` of ``model`` to the folder ``path`` (replacing an older save there).
+def write_adapter(anatomy: Anatomy, adapter: Adapter, name: str, path: str | os.PathLike,
+                 training: dict | None = None) -> Path:
+    """Write ``adapter`` (called ``name``, fitted to ``anatomy``) to the folder ``path``, replacing an older save.
 
     ``training`` (how the adapter was made: data, metrics, command line; JSON-able) is kept in
     ``adapter.json`` and shown on the model card.
     """
-    adapter = model._get(name)
     config, exported = adapter.export()
     meta = {
         "format": FORMAT,
@@ -51,7 +47,7 @@ def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike, trai
         "name": name,
         "config": config.to_dict(),
         "head": adapter.head_spec(),
-        "base": model.anatomy.fingerprint(),
+        "base": anatomy.fingerprint(),
         "parameters": adapter.num_parameters(),
     }
     if training is not None:
@@ -76,26 +72,64 @@ def check_materialised(adapter: Adapter, name: str) -> None:
         )
 
 
-def load_adapter(model: "AdaptedModel", path: str | os.PathLike, name: str | None = None) -> str:
-    """Add the adapter saved in folder ``path`` to ``model``; returns its name."""
+class Contents(NamedTuple):
+    """What a reader found in a folder, in splice's terms: a method config, a head, and tensors by checkpoint name."""
+
+    config: MethodConfig
+    head: dict | str | None  # a splice head's to_dict() form, the path of a base head module, or None
+    shapes: Mapping[str, Sequence[int]]  # tensor name -> shape, known before the tensors are read
+    source: Path  # the weights file, named in errors
+    tensors: Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]  # read them, given the expected
+
+    @classmethod
+    def of(cls, config: MethodConfig, head: dict | str | None, state: Mapping[str, torch.Tensor],
+           source: Path) -> "Contents":
+        """Contents whose tensors are already read (the foreign formats map theirs in memory)."""
+        return cls(config, head, {key: t.shape for key, t in state.items()}, source, lambda expected: state)
+
+
+def load_sequence(anatomy: Anatomy, taken: Container[str], folder: Path, name: str, saved_base: Mapping,
+                  read: Callable[[], Contents]) -> tuple[str, Adapter]:
+    """The one way every format loads: claim the name, check the base, read, build, check the layout, fill.
+
+    ``taken``: the names in use; ``saved_base``: the fingerprint the folder records (what it has of one);
+    ``read``: the format's own reading and mapping. The adapter is built on the meta device and checked
+    against what was read before anything is allocated, and is returned for the caller to add: nothing
+    here touches a model.
+    """
+    name = claim_name(taken, name, folder)
+    check_fingerprint(dict(saved_base), anatomy.fingerprint(), folder)
+    contents = read()
+    adapter = build_adapter(anatomy, contents.config, contents.head, folder, contents.shapes, contents.source)
+    state = contents.tensors(checkpoint_tensors(adapter))
+    with torch.no_grad():
+        for key, tensor in checkpoint_tensors(adapter).items():
+            tensor.copy_(state[key])
+    return name, adapter
+
+
+def read_adapter(anatomy: Anatomy, taken: Container[str], path: str | os.PathLike,
+                 name: str | None = None) -> tuple[str, Adapter]:
+    """Read the splice adapter saved in folder ``path`` for ``anatomy``; returns its name and the adapter."""
     folder = Path(path)
     meta = read_meta(folder)
-    name = claim_name(model, name or meta.get("name") or folder.name, folder)
-    check_fingerprint(meta.get("base", {}), model.anatomy.fingerprint(), folder)
-    try:
-        config = config_from_dict(meta["config"])
-    except (ConfigError, TypeError) as error:
-        raise CheckpointError(f"{folder / CONFIG_FILE} holds an invalid method config: {error}") from error
-    weights = folder / WEIGHTS_FILE
-    adapter = build_adapter(model, config, meta.get("head"), folder, tensor_shapes(weights), weights)
-    install(model, name, adapter, read_tensors(weights, expected=checkpoint_tensors(adapter)))
-    return name
+
+    def read() -> Contents:
+        try:
+            config = config_from_dict(meta["config"])
+        except (ConfigError, TypeError) as error:
+            raise CheckpointError(f"{folder / CONFIG_FILE} holds an invalid method config: {error}") from error
+        weights = folder / WEIGHTS_FILE
+        return Contents(config, meta.get("head"), tensor_shapes(weights), weights,
+                        lambda expected: read_tensors(weights, expected=expected))
+
+    return load_sequence(anatomy, taken, folder, name or meta.get("name") or folder.name, meta.get("base", {}), read)
 
 
-def claim_name(model: "AdaptedModel", name: str, folder: Path) -> str:
-    """``name`` if it is a valid adapter name that ``model`` does not use yet."""
+def claim_name(taken: Container[str], name: str, folder: Path) -> str:
+    """``name`` if it is a valid adapter name not in ``taken`` yet."""
     check_name(name)
-    if name in model.adapters:
+    if name in taken:
         raise CheckpointError(
             f"The model already has an adapter named {name!r}; load under another name with "
             f"model.load({str(folder)!r}, name='...') or delete the existing one first."
@@ -103,34 +137,25 @@ def claim_name(model: "AdaptedModel", name: str, folder: Path) -> str:
     return name
 
 
-def build_adapter(model: "AdaptedModel", config: MethodConfig, head: dict | str | None, folder: Path,
+def build_adapter(anatomy: Anatomy, config: MethodConfig, head: dict | str | None, folder: Path,
                   found: Mapping[str, Sequence[int]], source: Path) -> Adapter:
-    """A fresh adapter of ``config`` and ``head`` for ``model`` whose tensors are exactly ``found``.
+    """A fresh adapter of ``config`` and ``head`` for ``anatomy`` whose tensors are exactly ``found``.
 
-    ``head`` is a splice head's ``to_dict()`` form, the path of a base head module, or
-    None; ``found`` maps tensor names to the shapes ``source`` holds. The adapter is
-    first built on the meta device (shapes, no memory) and checked against ``found``,
-    so a small config that implies huge tensors (``r`` or ``num_labels`` of 10**8) is
-    refused before anything is allocated; only a match is built for real.
+    ``found`` maps tensor names to the shapes ``source`` holds. The adapter is first built on
+    the meta device (shapes, no memory) and checked against ``found``, so a small config that
+    implies huge tensors (``r`` or ``num_labels`` of 10**8) is refused before anything is
+    allocated; only a match is built for real.
     """
     with torch.device("meta"):
-        check_layout(found, checkpoint_tensors(_build(model, config, head, folder)), source)
-    return _build(model, config, head, folder)
+        check_layout(found, checkpoint_tensors(_build(anatomy, config, head, folder)), source)
+    return _build(anatomy, config, head, folder)
 
 
-def _build(model: "AdaptedModel", config: MethodConfig, head: dict | str | None, folder: Path) -> Adapter:
+def _build(anatomy: Anatomy, config: MethodConfig, head: dict | str | None, folder: Path) -> Adapter:
     try:
-        return Adapter(config, model.anatomy, head_from_dict(head) if isinstance(head, dict) else head)
+        return Adapter(config, anatomy, head_from_dict(head) if isinstance(head, dict) else head)
     except (AnatomyError, ConfigError, TypeError) as error:
         raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
-
-
-def install(model: "AdaptedModel", name: str, adapter: Adapter, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``state`` (checked by :func:`check_layout`) into ``adapter`` and add it to ``model`` as ``name``."""
-    with torch.no_grad():
-        for key, tensor in checkpoint_tensors(adapter).items():
-            tensor.copy_(state[key])
-    model._register(name, adapter)
 
 
 def checkpoint_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:

@@ -15,18 +15,20 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .adapter import Adapter, check_name
+from .adapter import Adapter, adapter_named, check_name
 from .anatomy import Anatomy, RoleSpec
-from .capture import GraphCapture
-from .checkpointing import InputGrads
-from .compose import BatchSplit, Parallel, Setup
 from .errors import AdapterError
 from .heads import HEADS, Head, apply_heads
-from .hooks import HookSet
+from .hooks.hookset import HookSet
+from .hooks.input_grads import InputGrads
+from .merging import check_unmerge_order, merge_into_base, unmerge_from_base
 from .methods import METHODS
 from .methods.base import MethodConfig
 from .methods.fusion import Fusion
-from .planner import HeadGroups, Planner
+from .routing.batch import batch_size, replicate
+from .routing.capture import GraphCapture
+from .routing.compose import BatchSplit, Parallel, Setup
+from .routing.planner import HeadGroups, Planner
 
 _ATTACHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
@@ -47,12 +49,12 @@ class AdaptedModel(GraphCapture, nn.Module):
         self.base = base
         self.adapters = nn.ModuleDict()
         self.hooks = HookSet(self.anatomy)
-        self.planner = Planner(self)
+        self._merged: list[str] = []
+        self.planner = Planner(self.adapters, self._merged, self._device)
         self._setup: Setup | None = None
         self._plan: dict = {}
         self._skip_layers: frozenset[int] = frozenset()
         self._drop_p = 0.0
-        self._merged: list[str] = []
         self._input_grads = InputGrads(base)
         base.requires_grad_(False)
         self.train(base.training)  # keep the base's mode (HF models load in eval mode)
@@ -87,17 +89,17 @@ class AdaptedModel(GraphCapture, nn.Module):
     def _prepare(self, args: tuple, kwargs: dict, adapter_names) -> tuple[tuple, dict, HeadGroups]:
         """Install this forward's plan; replicate the batch for Parallel. Returns the heads to run."""
         if adapter_names is not None:
-            batch = _batch_size(args, kwargs)
+            batch = batch_size(args, kwargs)
             if batch is not None and len(adapter_names) != batch:
                 raise AdapterError(f"adapter_names has {len(adapter_names)} entries for a batch of {batch} rows.")
-            self.hooks.plan, groups = self.planner.routed(list(adapter_names))
+            self.hooks.plan, groups = self.planner.per_row(list(adapter_names))
             return args, kwargs, groups
         if isinstance(self._setup, Parallel):
-            batch = _batch_size(args, kwargs)
+            batch = batch_size(args, kwargs)
             copies = len(self._setup.children)
-            args, kwargs = _replicate(args, kwargs, batch, copies)
+            args, kwargs = replicate(args, kwargs, batch, copies)
             entries = [child for child in self._setup.children for _ in range(batch)]
-            self.hooks.plan, groups = self.planner.routed(entries)
+            self.hooks.plan, groups = self.planner.per_row(entries)
             return args, kwargs, groups
         self.hooks.plan = self._plan
         if isinstance(self._setup, BatchSplit):
@@ -137,10 +139,7 @@ class AdaptedModel(GraphCapture, nn.Module):
         return tuple(self._merged)
 
     def _get(self, name: str) -> Adapter:
-        if name not in self.adapters:
-            known = ", ".join(self.adapters) or "none yet"
-            raise AdapterError(f"No adapter named {name!r} (adapters: {known}). Add it with model.add(name, config).")
-        return self.adapters[name]
+        return adapter_named(self.adapters, name)
 
     # -- management ----------------------------------------------------------------------
     def add(self, name: str, config: MethodConfig, head: str | Head | None = None) -> Adapter:
@@ -151,9 +150,7 @@ class AdaptedModel(GraphCapture, nn.Module):
         ``"classifier"``, or ``"auto"``) that the adapter gets its own trainable copy of. The new
         adapter is neither active nor trainable: see :meth:`activate` and :meth:`train_adapter`.
         """
-        check_name(name)
-        if name in self.adapters:
-            raise AdapterError(f"An adapter named {name!r} already exists; delete it first or pick another name.")
+        self._check_new(name)
         if not isinstance(config, MethodConfig):
             raise AdapterError(
                 f"add() needs a method config such as splice.LoRA(r=8) or splice.Bottleneck(), got {config!r}."
@@ -162,9 +159,17 @@ class AdaptedModel(GraphCapture, nn.Module):
         self._register(name, adapter)
         return adapter
 
+    def _check_new(self, name: str) -> None:
+        check_name(name)
+        if name in self.adapters:
+            raise AdapterError(f"An adapter named {name!r} already exists; delete it first or pick another name.")
+
+    def _device(self) -> torch.device:
+        """Where the base lives (adapters go there; the row index is set there before a forward)."""
+        return next((p.device for p in self.base.parameters()), torch.device("cpu"))
+
     def _register(self, name: str, adapter: Adapter) -> None:
-        device = next((p.device for p in self.base.parameters()), torch.device("cpu"))
-        adapter.to(device)
+        adapter.to(self._device())
         adapter.requires_grad_(False)
         adapter.train(self.training)  # a new module starts in train mode; follow the model's mode
         self.adapters[name] = adapter
@@ -261,7 +266,10 @@ class AdaptedModel(GraphCapture, nn.Module):
         """
         from .averaging import average_adapters
 
-        return average_adapters(self, name, adapters, weights, mode)
+        self._check_new(name)
+        adapter = average_adapters(self.anatomy, adapters, [self._get(a) for a in adapters], weights, mode)
+        self._register(name, adapter)
+        return adapter
 
     # -- merging -------------------------------------------------------------------------
     def merge(self, name: str) -> None:
@@ -275,17 +283,7 @@ class AdaptedModel(GraphCapture, nn.Module):
             )
         if name in self._merged:
             raise AdapterError(f"{name!r} is already merged.")
-        for site, delta in adapter.items():  # refuse before writing anything
-            delta.check_merge(site)
-        done = []
-        try:
-            for site, delta in adapter.items():
-                delta.merge(site)
-                done.append((site, delta))
-        except Exception:
-            for site, delta in reversed(done):  # leave the base as it was
-                delta.unmerge(site)
-            raise
+        merge_into_base(adapter)
         self._merged.append(name)
         self._replan()
 
@@ -294,16 +292,8 @@ class AdaptedModel(GraphCapture, nn.Module):
         adapter = self._get(name)
         if name not in self._merged:
             raise AdapterError(f"{name!r} is not merged.")
-        later = self._merged[self._merged.index(name) + 1 :]
-        rescaling = [type(self.adapters[n].config).__name__ for n in later + [name]
-                     if not self.adapters[n].config.merges_commute]
-        if later and rescaling:
-            raise AdapterError(
-                f"Unmerge {', '.join(reversed(later))} before {name!r}: {rescaling[0]} rescales weights, so merges "
-                "only undo exactly in reverse order."
-            )
-        for site, delta in reversed(list(adapter.items())):
-            delta.unmerge(site)
+        check_unmerge_order(self.adapters, self._merged, name)
+        unmerge_from_base(adapter)
         self._merged.remove(name)
         self._replan()
 
@@ -319,9 +309,9 @@ class AdaptedModel(GraphCapture, nn.Module):
         """Write adapter ``name`` to folder ``path``: splice's own files (adapter.json + adapter.safetensors +
         README.md), ``format="peft"`` (LoRA, IA3) for ``peft.PeftModel.from_pretrained``, or ``format="adapters"``
         (bottleneck adapters AdapterHub can express) for ``adapters``' ``model.load_adapter``."""
-        from .convert import save_as
+        from .convert import write_as
 
-        save_as(self, name, path, format)
+        write_as(self.anatomy, self._get(name), name, path, format)
 
     def load(self, path: str | os.PathLike, name: str | None = None) -> str:
         """Load an adapter (under its saved name, or ``name``); returns the name. Does not activate it.
@@ -329,15 +319,17 @@ class AdaptedModel(GraphCapture, nn.Module):
         ``path`` is a splice, peft or AdapterHub folder (recognised by its files), or a
         ``name@version`` in the local hub (:mod:`splice.hub`).
         """
-        from .convert import load_any
+        from .convert import read_any
 
-        return load_any(self, path, name)
+        name, adapter = read_any(self.anatomy, self.adapters, path, name)
+        self._register(name, adapter)
+        return name
 
     def summary(self, print_table: bool = True):
         """Print (and return) a table: adapter, method, trainable params, % of base, MB on disk."""
         from .summary import Summary
 
-        report = Summary.of(self)
+        report = Summary.of(self.anatomy, self.adapters, self.active, self.merged)
         if print_table:
             print(report)
         return report
@@ -371,24 +363,6 @@ def _with_adapter_names(signature: inspect.Signature) -> inspect.Signature:
     extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in names if n not in present]
     cut = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
     return signature.replace(parameters=params[:cut] + extra + params[cut:])
-
-
-def _batch_size(args: tuple, kwargs: dict) -> int | None:
-    """Rows in the batch: the leading size of the first tensor argument."""
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return value.shape[0]
-    return None
-
-
-def _replicate(args: tuple, kwargs: dict, batch: int | None, copies: int) -> tuple[tuple, dict]:
-    """Every batch-sized tensor repeated ``copies`` times along the rows (for Parallel)."""
-    def grow(value):
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-            return torch.cat([value] * copies)
-        return value
-
-    return tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
 
 
 _CLASSES: dict[type, type] = {}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .model import AdaptedModel
+from .adapter import Adapter
+from .anatomy import Anatomy
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,18 @@ class Summary:
     rows: tuple[SummaryRow, ...]
 
     @classmethod
-    def of(cls, model: "AdaptedModel") -> "Summary":
-        base = sum(p.numel() for p in model.base.parameters())
+    def of(cls, anatomy: Anatomy, adapters: Mapping[str, Adapter], active: Collection[str],
+           merged: Collection[str]) -> "Summary":
+        """The table for the adapters on ``anatomy``'s base, of which ``active`` are active and ``merged`` merged."""
+        base = sum(p.numel() for p in anatomy.model.parameters())
         rows = []
-        for name, adapter in model.adapters.items():
-            flags = (("active", name in model.active), ("merged", name in model.merged))
+        for name, adapter in adapters.items():
+            flags = (("active", name in active), ("merged", name in merged))
             status = ", ".join(flag for flag, on in flags if on)
             params = adapter.num_parameters()
             rows.append(SummaryRow(name, adapter.config.method, status or "-", params,
                                    100.0 * params / base if base else 0.0, adapter.num_bytes() / 1e6))
-        return cls(model.anatomy.model_type, base, tuple(rows))
+        return cls(anatomy.model_type, base, tuple(rows))
 
     def __str__(self) -> str:
         header = ("adapter", "method", "status", "trainable params", "% of base", "MB on disk")

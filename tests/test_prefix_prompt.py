@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import splice
+from splice.methods import BUILT_IN
 
 from helpers import assert_same_state, descend, greedy, perturb, state_copy
 from tiny_models import ARCHITECTURES, DECODERS, tiny_config, tiny_inputs, tiny_model
@@ -27,6 +28,19 @@ METHODS = {
     "embedded": lambda: splice.PromptTuning(length=3, insert="embedded"),  # after the embedding block
 }
 EMBEDDED_ARCHS = ("bert", "roberta", "xlm-roberta", "electra")
+
+
+def test_every_soft_method_of_the_registry_is_covered():
+    """The cases below cover every method whose deltas add soft positions, as the registry has them."""
+    anatomy = splice.Anatomy(tiny_model("llama"))
+    soft = set()
+    for cls in BUILT_IN.values():
+        for recipe in cls.training_recipes().values():
+            config = recipe.config({})
+            if any(config.build(site, anatomy).stage == "soft" for site in config.sites(anatomy)):
+                soft.add(type(config))
+    covered = {type(make()) for make in METHODS.values()}
+    assert soft and soft - {splice.Union} <= covered, soft - covered  # Union's soft members are covered themselves
 PROMPT_ARCHS = [a for a in ARCHITECTURES if a != "vit"]
 CASES = ([(a, "prompt") for a in PROMPT_ARCHS] + [(a, "prefix") for a in ARCHITECTURES]
          + [(a, "prefix_mlp") for a in ("bert", "llama", "t5")] + [(a, "embedded") for a in EMBEDDED_ARCHS])

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 import splice.train.inference as inference
 from splice.cli import main
+from splice.methods import BUILT_IN
 from splice.train import TrainConfig, train
 
 from train_fixtures import save_tiny, sentiment_csv, tagging_conll, text_jsonl
@@ -127,7 +128,12 @@ def test_full_fine_tuning_and_probe_share_the_path(files, tmp_path, capsys):
     assert code == 0 and json.loads(printed)["accuracy"] == pytest.approx(full_metrics["test"]["accuracy"])
 
 
-@pytest.mark.parametrize("method", ["lora", "ia3", "bitfit", "houlsby", "parallel", "prefix", "prompt"])
+# Every training recipe of splice's methods, from the registry: a new method is trained here without an edit.
+# The probe and full fine-tuning have their own test above.
+TRAINED = [name for cls in BUILT_IN.values() for name in cls.training_recipes() if name not in ("probe", "full")]
+
+
+@pytest.mark.parametrize("method", TRAINED)
 def test_every_method_trains_and_evaluates(files, tmp_path, capsys, method):
     out = tmp_path / method
     assert run(capsys, *quick(files, out, "--method", method, "--epochs", "1"))[0] == 0

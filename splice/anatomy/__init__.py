@@ -7,12 +7,13 @@ positions, for prompt and prefix tuning) and ``anatomy`` (resolving roles to
 :class:`Site`s).
 """
 
-from .anatomy import Anatomy, Site, config_value
+from .anatomy import Anatomy, Site, config_value, layer_of, site_key
 from .calls import AttentionCall
 from .layouts import ALL_ROLES, HEAD_NAMES, LAYOUTS, PROJECTION_ROLES, SUBLAYER_ROLES, Layout, RoleSpec
 from .linear import is_linear, linear_weight
 
 __all__ = [
     "Anatomy", "Site", "Layout", "AttentionCall", "RoleSpec", "LAYOUTS", "HEAD_NAMES",
-    "ALL_ROLES", "PROJECTION_ROLES", "SUBLAYER_ROLES", "config_value", "is_linear", "linear_weight",
+    "ALL_ROLES", "PROJECTION_ROLES", "SUBLAYER_ROLES", "config_value", "is_linear", "layer_of", "linear_weight",
+    "site_key",
 ]

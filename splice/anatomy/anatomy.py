@@ -29,6 +29,18 @@ from .layouts import ALL_ROLES, FUSED, HEAD_NAMES, LAYOUTS, PROJECTION_ROLES, SU
 from .linear import is_linear, linear_shape
 
 
+def site_key(stack: str, layer: int, role: str) -> str:
+    """The name of a block's site in plans and checkpoints: ``"layers.3.q"``. Model-level sites have
+    one-word keys (``"prompt"``, ``"head"``)."""
+    return f"{stack}.{layer}.{role}"
+
+
+def layer_of(key: str) -> int:
+    """The block index in a site key (``"layers.3.q"`` -> 3); -1 for model-level keys (``"head"``, ``"prompt"``)."""
+    parts = key.split(".")
+    return int(parts[1]) if len(parts) == 3 else -1
+
+
 @dataclass(frozen=True, eq=False)
 class Site:
     """One role in one block: the module whose output a delta changes.
@@ -286,7 +298,7 @@ class Anatomy:
     def _resolve(self, stack: str, index: int, role: str, block: nn.Module, spec: RoleSpec) -> Site | None:
         if isinstance(spec, list):
             return next((s for alt in spec if (s := self._resolve(stack, index, role, block, alt))), None)
-        key = f"{stack}.{index}.{role}"
+        key = site_key(stack, index, role)
         if isinstance(spec, tuple):
             input_module, module = get_module(block, spec[0]), get_module(block, spec[1])
             norm = get_module(block, spec[2]) if len(spec) > 2 and spec[2] else None

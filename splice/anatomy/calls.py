@@ -3,7 +3,7 @@
 Prompt and prefix tuning act on the arguments of a call (masks, positions, the
 key/value cache) rather than on a sublayer's output, so they need to know how
 each model is called. That knowledge lives here and in the layout table; the
-mechanism above (``splice.soft``) speaks only in these terms.
+mechanism above (``splice.hooks.soft``) speaks only in these terms.
 """
 
 from __future__ import annotations

@@ -48,6 +48,6 @@ def _how_to_load(steps: Steps, model, name: str, args: argparse.Namespace) -> No
     from ..convert.peft_heads import task_head
 
     head = model.adapters[name].task_head
-    written = task_head(model, model.adapters[name], name)
+    written = task_head(model.anatomy, model.adapters[name], name)
     steps.say(f"peft loads it with model = {written.task_class}.from_pretrained({str(model_path(args.model))!r}, "
               f"num_labels={head.out_features}), then PeftModel.from_pretrained(model, {args.dest!r})")

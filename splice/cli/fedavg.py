@@ -29,7 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import save_adapter
+    from ..checkpoint import write_adapter
     from ..train.inference import load_adapters
 
     if len(args.adapters) < 2:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
               "fedavg_weights": weights}
     record.pop("metrics", None)  # the clients' metrics do not describe the average
     record.pop("fine_tuned_model", None)
-    save_adapter(loaded.model, name, args.out, training=record)
+    write_adapter(loaded.model.anatomy, loaded.model.adapters[name], name, args.out, training=record)
     print(args.out)
     return 0
 

@@ -15,6 +15,7 @@ import math
 import textwrap
 from pathlib import Path
 
+from ..file_names import ADAPTERHUB_HEAD_WEIGHTS, ADAPTERHUB_WEIGHTS, PEFT_WEIGHTS
 from ..files import exists
 from ..hub import Hub, is_reference
 from .common import adapter_path, add_command, describe_base, human_size
@@ -22,9 +23,6 @@ from .common import adapter_path, add_command, describe_base, human_size
 # The readers below import splice.checkpoint and splice.convert where they are used: those import torch,
 # which `splice --help` (it builds this command's parser) must not wait for.
 
-PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-ADAPTERS_WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")
-ADAPTERS_HEAD_WEIGHTS = ("model_head.safetensors", "pytorch_model_head.bin")
 # peft config entries that are bookkeeping, reported elsewhere (base, head) or not at all.
 _PEFT_NOT_OPTIONS = {
     "peft_type", "peft_version", "auto_mapping", "base_model_name_or_path", "revision", "inference_mode",
@@ -121,13 +119,13 @@ def _adapters(folder: Path) -> dict:
         method = "bottleneck" if "reduction_factor" in config else "?"
     options = {key: value for key, value in config.items() if key != "architecture" and value is not None}
     base = {key: meta[key] for key in ("model_type", "hidden_size", "model_class", "model_name") if meta.get(key)}
-    head, parameters = None, _count(folder, ADAPTERS_WEIGHTS)
+    head, parameters = None, _count(folder, ADAPTERHUB_WEIGHTS)
     if (folder / HEAD_CONFIG).is_file():
         head_config = read_json(folder / HEAD_CONFIG).get("config")
         head = {"kind": "static head" if head_config is None else
                 (head_config.get("head_type", "flex head") if isinstance(head_config, dict) else str(head_config))}
-        if any((folder / name).is_file() for name in ADAPTERS_HEAD_WEIGHTS):
-            parameters += _count(folder, ADAPTERS_HEAD_WEIGHTS)
+        if any((folder / name).is_file() for name in ADAPTERHUB_HEAD_WEIGHTS):
+            parameters += _count(folder, ADAPTERHUB_HEAD_WEIGHTS)
     version = str(meta.get("version", ""))
     return {
         "written_by": version.replace("adapters.", "adapters ", 1) if version else "adapters",

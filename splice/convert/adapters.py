@@ -21,25 +21,27 @@ names, from which splice reads the sites. Bottleneck adapters are read in
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from ..adapter import Adapter
 from ..anatomy import Site
-from ..checkpoint import build_adapter, check_fingerprint, claim_name, install
+from ..checkpoint import Contents, load_sequence
 from ..errors import CheckpointError
+from ..file_names import ADAPTERHUB_HEAD_WEIGHTS, ADAPTERHUB_WEIGHTS
 from . import adapters_soft
 from .bottleneck import bottleneck_from, is_bottleneck
 from .detect import FOREIGN_CONFIG, HEAD_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces
+from .options import refuse_unknown
 from .weights import read_weights
 
 if TYPE_CHECKING:
-    from ..model import AdaptedModel
+    from ..anatomy import Anatomy
 
-WEIGHTS_FILES = ("adapter.safetensors", "pytorch_adapter.bin")
-HEAD_WEIGHTS_FILES = ("model_head.safetensors", "pytorch_model_head.bin")
 
 # LoRAConfig options splice honours (placement ones via the tensor names; initialisation and
 # dtype do not change what a trained adapter computes).
@@ -56,10 +58,11 @@ _REFUSED = {
 _KEY = re.compile(r"(?P<module>.+)\.loras\.(?P<name>[^.]+)\.(?P<param>lora_A|lora_B)")
 
 
-def load_adapters(model: AdaptedModel, folder: Path, name: str | None = None) -> str:
-    """Add the AdapterHub adapter in ``folder`` to ``model`` (bottleneck, LoRA, (IA)³, prefix); returns its name.
+def read_adapterhub(anatomy: Anatomy, taken: Container[str], folder: Path,
+                    name: str | None = None) -> tuple[str, Adapter]:
+    """The AdapterHub adapter in ``folder`` (bottleneck, LoRA, (IA)³, prefix) for ``anatomy``: its name and adapter.
 
-    Everything is checked (options, base, module names, shapes) before the model is touched.
+    Everything is checked (options, base, module names, shapes) before anything is built.
     """
     source = folder / FOREIGN_CONFIG
     meta = read_json(source)
@@ -69,32 +72,31 @@ def load_adapters(model: AdaptedModel, folder: Path, name: str | None = None) ->
     bottleneck = is_bottleneck(options)
     soft = options.get("architecture") in adapters_soft.ARCHITECTURES
     if soft:
-        adapters_soft.check_options(model, options, source)
+        adapters_soft.check_options(anatomy, options, source)
     elif not bottleneck:
         _check_options(options, source)
-    name = claim_name(model, name or meta.get("name") or folder.name, folder)
-    check_fingerprint({key: meta[key] for key in ("model_type", "hidden_size") if key in meta},
-                      model.anatomy.fingerprint(), folder)
-    weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
-    if bottleneck:
-        method, state = bottleneck_from(model, options, tensors, "version" in meta, weights_path)
-    elif soft:
-        if options["architecture"] == "prompt_tuning":
-            method, state = adapters_soft.prompt_from(options, tensors, weights_path)
+    saved_base = {key: meta[key] for key in ("model_type", "hidden_size") if key in meta}
+
+    def read() -> Contents:
+        weights_path, tensors = read_weights(folder, ADAPTERHUB_WEIGHTS)
+        if bottleneck:
+            method, state = bottleneck_from(anatomy, options, tensors, "version" in meta, weights_path)
+        elif soft:
+            if options["architecture"] == "prompt_tuning":
+                method, state = adapters_soft.prompt_from(options, tensors, weights_path)
+            else:
+                method, state = adapters_soft.prefix_from(anatomy, options, tensors, "version" in meta, weights_path)
         else:
-            method, state = adapters_soft.prefix_from(model, options, tensors, "version" in meta, weights_path)
-    else:
-        modules = _group(tensors, weights_path)
-        alpha = _alpha(meta, options)
-        if options.get("composition_mode", "add") == "scale":
-            method, state = _ia3(model, modules, options, alpha, weights_path)
-        else:
-            method, state = _lora(model, modules, options, options.get("r", 8), alpha, weights_path)
-    head, head_tensors = _head(model, folder)
-    state.update(head_tensors)
-    adapter = build_adapter(model, method, head, folder, {key: t.shape for key, t in state.items()}, weights_path)
-    install(model, name, adapter, state)
-    return name
+            modules = _group(tensors, weights_path)
+            alpha = _alpha(meta, options)
+            if options.get("composition_mode", "add") == "scale":
+                method, state = _ia3(anatomy, modules, options, alpha, weights_path)
+            else:
+                method, state = _lora(anatomy, modules, options, options.get("r", 8), alpha, weights_path)
+        head, head_tensors = _head(anatomy, folder)
+        return Contents.of(method, head, {**state, **head_tensors}, weights_path)
+
+    return load_sequence(anatomy, taken, folder, name or meta.get("name") or folder.name, saved_base, read)
 
 
 def _check_options(options: dict, source: Path) -> None:
@@ -105,14 +107,8 @@ def _check_options(options: dict, source: Path) -> None:
             f"{source} holds architecture {architecture!r}; splice reads AdapterHub bottleneck, LoRA and (IA)3 "
             "adapters so far."
         )
-    for key, value in options.items():
-        if key in _HONOURED or (key in _REFUSED and value in (None, False)):
-            continue
-        what = _REFUSED.get(key, "an option splice does not know")
-        raise CheckpointError(
-            f"{source}: option {key}={value!r} ({what}) changes what the adapter computes, and splice does not "
-            "implement it."
-        )
+    switched_off = {key: value for key, value in options.items() if key not in _REFUSED or value not in (None, False)}
+    refuse_unknown(switched_off, source, "AdapterHub lora", _HONOURED, _REFUSED)
     mode = options.get("composition_mode", "add")
     if mode not in ("add", "scale"):
         raise CheckpointError(f"{source}: composition_mode {mode!r} is unknown; adapters defines 'add' and 'scale'.")
@@ -173,8 +169,8 @@ def _blocks(tensor: torch.Tensor, sizes: list[int], what: str, source: Path) -> 
     return list(torch.split(tensor, sizes))
 
 
-def _lora(model: AdaptedModel, modules: dict, options: dict, r: int, alpha: float, source: Path):
-    index = SiteIndex(model.anatomy, source)
+def _lora(anatomy: Anatomy, modules: dict, options: dict, r: int, alpha: float, source: Path):
+    index = SiteIndex(anatomy, source)
     pieces = []
     for module, params in modules.items():
         if set(params) != {"lora_A", "lora_B"}:
@@ -183,12 +179,12 @@ def _lora(model: AdaptedModel, modules: dict, options: dict, r: int, alpha: floa
         As = _blocks(params["lora_A"], [r] * len(sites), f"{module}.lora_A", source)
         Bs = _blocks(params["lora_B"], [site.out_features for site in sites], f"{module}.lora_B", source)
         pieces += [LoRAPiece(site, A, B.contiguous(), alpha) for site, A, B in zip(sites, As, Bs)]
-    return lora_from_pieces(model.anatomy, pieces, source, r=r, alpha=alpha, dropout=options.get("dropout", 0.0),
+    return lora_from_pieces(anatomy, pieces, source, r=r, alpha=alpha, dropout=options.get("dropout", 0.0),
                             use_rslora=False)
 
 
-def _ia3(model: AdaptedModel, modules: dict, options: dict, alpha: float, source: Path):
-    index = SiteIndex(model.anatomy, source)
+def _ia3(anatomy: Anatomy, modules: dict, options: dict, alpha: float, source: Path):
+    index = SiteIndex(anatomy, source)
     vectors = {}
     for module, params in modules.items():
         if set(params) != {"lora_B"}:
@@ -196,10 +192,10 @@ def _ia3(model: AdaptedModel, modules: dict, options: dict, alpha: float, source
         sites = _parts(index, module, options, source)
         Bs = _blocks(params["lora_B"], [site.out_features for site in sites], f"{module}.lora_B", source)
         vectors.update({site: B.reshape(-1) * alpha for site, B in zip(sites, Bs)})
-    return ia3_from_vectors(model.anatomy, vectors, set(), source)
+    return ia3_from_vectors(anatomy, vectors, set(), source)
 
 
-def _head(model: AdaptedModel, folder: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
+def _head(anatomy: Anatomy, folder: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
     """A static head saved beside the adapter (the model's own head module, retrained), as a splice head."""
     if not (folder / HEAD_CONFIG).is_file():
         return None, {}
@@ -210,7 +206,7 @@ def _head(model: AdaptedModel, folder: Path) -> tuple[str | None, dict[str, torc
             f"{folder / HEAD_CONFIG} describes an AdapterHub flex head ({kind!r}), which splice does not build. "
             f"Move {HEAD_CONFIG} and the head weights out of the folder to load the adapter alone."
         )
-    path, tensors = read_weights(folder, HEAD_WEIGHTS_FILES)
+    path, tensors = read_weights(folder, ADAPTERHUB_HEAD_WEIGHTS)
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors.")
     parts = [key.split(".") for key in tensors]
@@ -222,4 +218,4 @@ def _head(model: AdaptedModel, folder: Path) -> tuple[str | None, dict[str, torc
                               "splice reads a head that is one module.")
     module = ".".join(parts[0][:depth])
     params = {".".join(p[depth:]): tensors[".".join(p)] for p in parts}
-    return head_state((name for name, _ in model.base.named_modules()), module, params, path)
+    return head_state((name for name, _ in anatomy.model.named_modules()), module, params, path)

@@ -50,9 +50,10 @@ import torch.nn.functional as F
 
 from ..errors import AnatomyError, CheckpointError
 from ..methods import PrefixTuning, PromptTuning
+from .options import refuse_unknown
 
 if TYPE_CHECKING:
-    from ..model import AdaptedModel
+    from ..anatomy import Anatomy
 
 ARCHITECTURES = ("prefix_tuning", "prompt_tuning")
 _HONOURED = {
@@ -67,15 +68,12 @@ _PROMPT_KEY = re.compile(r"(?:.+\.)?prompt_tunings\.(?P<name>[^.]+)\.prompt_embe
 _RENAMED = {"gelu": "gelu_new", "gelu_orig": "gelu"}  # what adapters does to configs without a "version"
 
 
-def check_options(model: AdaptedModel, options: dict, source: Path) -> None:
+def check_options(anatomy: Anatomy, options: dict, source: Path) -> None:
     """Refuse prompt tuning, and prefix options or models whose prefix splice cannot reproduce."""
     if options["architecture"] == "prompt_tuning":
-        _check_prompt(model, options, source)
+        _check_prompt(anatomy, options, source)
         return
-    for key, value in options.items():
-        if key not in _HONOURED:
-            raise CheckpointError(f"{source}: prefix_tuning option {key}={value!r} is one splice does not know; it "
-                                  "may change what the adapter computes, so splice does not read it.")
+    refuse_unknown(options, source, "AdapterHub prefix_tuning", _HONOURED)
     if options.get("use_gating"):
         raise CheckpointError(f"{source}: use_gating=True (a learned gate on the prefix, as in UniPELT) is not "
                               "implemented by splice's PrefixTuning.")
@@ -85,11 +83,11 @@ def check_options(model: AdaptedModel, options: dict, source: Path) -> None:
     length = options.get("prefix_length", 30)
     if not isinstance(length, int) or isinstance(length, bool) or length < 1:
         raise CheckpointError(f"{source}: prefix_length must be a positive integer, got {length!r}.")
-    anatomy = model.anatomy
+    anatomy = anatomy
     why = None
     if anatomy.encoder_decoder:
         why = "encoder-decoder models (adapters has encoder, decoder and cross-attention prefixes) are not read"
-    elif any(anatomy.cached(site.stack) for site in _sites(model, source)):
+    elif any(anatomy.cached(site.stack) for site in _sites(anatomy, source)):
         why = ("on decoders adapters keeps the real tokens at positions 0.., while splice's prefix numbers them from "
                "the prefix length P (as peft does); rotary and learned positions then differ (0.043 on a tiny Llama, "
                "0.30 on a tiny GPT-2)")
@@ -101,7 +99,7 @@ def check_options(model: AdaptedModel, options: dict, source: Path) -> None:
                               f"{why}. splice reads it on encoders with absolute positions (BERT family, DistilBERT).")
 
 
-def prefix_from(model: AdaptedModel, options: dict, tensors: dict[str, torch.Tensor], versioned: bool,
+def prefix_from(anatomy: Anatomy, options: dict, tensors: dict[str, torch.Tensor], versioned: bool,
                 source: Path) -> tuple[PrefixTuning, dict[str, torch.Tensor]]:
     """A splice PrefixTuning and its per-layer keys and values from AdapterHub's prefix pool."""
     params: dict[str, torch.Tensor] = {}
@@ -119,7 +117,7 @@ def prefix_from(model: AdaptedModel, options: dict, tensors: dict[str, torch.Ten
         raise CheckpointError(f"{source} holds prefixes of several adapters or locations "
                               f"({', '.join('.'.join(s) for s in sorted(seen)) or 'none'}); splice reads one.")
     length = options.get("prefix_length", 30)
-    sites = _sites(model, source)
+    sites = _sites(anatomy, source)
     width = sites[0].in_features
     size = len(sites) * 2 * width
     flat = options.get("flat", False)
@@ -142,9 +140,9 @@ def prefix_from(model: AdaptedModel, options: dict, tensors: dict[str, torch.Ten
     return PrefixTuning(length=length), state
 
 
-def _sites(model: AdaptedModel, source: Path):
+def _sites(anatomy: Anatomy, source: Path):
     try:
-        return model.anatomy.prefix_sites()
+        return anatomy.prefix_sites()
     except AnatomyError as error:
         raise CheckpointError(f"The prefix in {source} does not fit this model: {error}") from error
 
@@ -178,11 +176,8 @@ def _fold(params: dict[str, torch.Tensor], length: int, size: int, act, source: 
     return table.to(embedding.dtype)
 
 
-def _check_prompt(model: AdaptedModel, options: dict, source: Path) -> None:
-    for key, value in options.items():
-        if key not in _PROMPT_HONOURED:
-            raise CheckpointError(f"{source}: prompt_tuning option {key}={value!r} is one splice does not know; it "
-                                  "may change what the adapter computes, so splice does not read it.")
+def _check_prompt(anatomy: Anatomy, options: dict, source: Path) -> None:
+    refuse_unknown(options, source, "AdapterHub prompt_tuning", _PROMPT_HONOURED)
     if options.get("combine", "prefix") != "prefix":
         raise CheckpointError(f"{source}: combine={options['combine']!r} (the prompt after the first token) is not "
                               "implemented by splice; it reads combine='prefix'.")
@@ -190,7 +185,7 @@ def _check_prompt(model: AdaptedModel, options: dict, source: Path) -> None:
     if not isinstance(length, int) or isinstance(length, bool) or length < 1:
         raise CheckpointError(f"{source}: prompt_length must be a positive integer, got {length!r}.")
     try:
-        model.anatomy.prompt_site(embedded=True)
+        anatomy.prompt_site(embedded=True)
     except AnatomyError as error:
         raise CheckpointError(f"AdapterHub prompt tuning in {source} cannot be read here: {error}") from error
 

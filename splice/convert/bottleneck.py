@@ -23,24 +23,25 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from ..checkpoint import check_materialised, write_folder
+from ..adapter import Adapter
+from ..anatomy import Anatomy, site_key
+from ..checkpoint import check_materialised
 from ..errors import AdapterError, CheckpointError
+from ..file_names import ADAPTERHUB_WEIGHTS
+from ..folders import write_folder
 from ..methods import Bottleneck
+from ..methods.base import ACTIVATIONS
 from .detect import FOREIGN_CONFIG
-
-if TYPE_CHECKING:
-    from ..model import AdaptedModel
+from .options import refuse_unknown
 
 # Location in the saved model -> splice sublayer role (BERT-style names, then AdapterHub's mixin names).
 _KEY = re.compile(
     r"\.(?P<layer>\d+)\.(?P<where>attention\.output\.adapters|output\.adapters|attention_adapters\.adapters|"
     r"output_adapters\.adapters)\.(?P<name>[^.]+)\.(?P<param>.+)$"
 )
-_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "silu", "tanh": "tanh"}
 # Options whose value must be exactly this for splice to compute the same thing.
 _REQUIRED = {
     "original_ln_after": (True, "the base's own residual add and LayerNorm after the adapter"),
@@ -67,11 +68,11 @@ def is_bottleneck(options: dict) -> bool:
     return options.get("architecture") in (None, "bottleneck") and "reduction_factor" in options
 
 
-def bottleneck_from(model: "AdaptedModel", options: dict, tensors: dict[str, torch.Tensor], versioned: bool,
+def bottleneck_from(anatomy: Anatomy, options: dict, tensors: dict[str, torch.Tensor], versioned: bool,
                     source: Path) -> tuple[Bottleneck, dict[str, torch.Tensor]]:
     """The splice Bottleneck config and its checkpoint tensors for an AdapterHub bottleneck adapter."""
     _check(options, versioned, source)
-    stacks = [stack for stack, blocks in model.anatomy.blocks.items() if blocks]
+    stacks = [stack for stack, blocks in anatomy.blocks.items() if blocks]
     if len(stacks) != 1:
         raise CheckpointError(f"{source}: AdapterHub bottleneck adapters are read for single-stack models only.")
     by_site: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
@@ -93,11 +94,11 @@ def bottleneck_from(model: "AdaptedModel", options: dict, tensors: dict[str, tor
         mapped = _params(params, bool(options.get("ln_before")), bool(options.get("ln_after")), source)
         widths.add(mapped["down.weight"].shape[0])
         site_role = f"{role}_residual" if residual else role
-        state.update({f"{stacks[0]}.{layer}.{site_role}.{k}": v for k, v in mapped.items()})
+        state.update({f"{site_key(stacks[0], layer, site_role)}.{k}": v for k, v in mapped.items()})
     if len(widths) != 1:
         raise CheckpointError(f"{source}: bottleneck widths differ between layers ({sorted(widths)}); "
                               "one splice Bottleneck has one width.")
-    count = len(model.anatomy.blocks[stacks[0]])
+    count = len(anatomy.blocks[stacks[0]])
     placement = "parallel" if parallel else "houlsby" if roles == ["attn", "ffn"] else "pfeiffer"
     config = Bottleneck(
         placement=placement, roles=tuple(roles), r=widths.pop(), non_linearity=_activation(options, versioned, source),
@@ -109,13 +110,11 @@ def bottleneck_from(model: "AdaptedModel", options: dict, tensors: dict[str, tor
 
 
 def _check(options: dict, versioned: bool, source: Path) -> None:
+    refuse_unknown(options, source, "AdapterHub bottleneck", _REQUIRED.keys() | _INERT)
     for key, value in options.items():
-        if key in _REQUIRED:
-            wanted, what = _REQUIRED[key]
-            if value != wanted and not (wanted in (False, None, 0.0) and not value):
-                raise CheckpointError(f"{source}: option {key}={value!r} ({what}) is not implemented by splice.")
-        elif key not in _INERT:
-            raise CheckpointError(f"{source}: option {key}={value!r} is unknown to splice's bottleneck reader.")
+        wanted, what = _REQUIRED.get(key, (value, ""))
+        if value != wanted and not (wanted in (False, None, 0.0) and not value):
+            raise CheckpointError(f"{source}: option {key}={value!r} ({what}) is not implemented by splice.")
     scaling = options.get("scaling", 1.0)
     if not isinstance(scaling, (int, float)) or isinstance(scaling, bool):
         raise CheckpointError(f"{source}: scaling={scaling!r} (a learned scaling) is not implemented by splice; "
@@ -129,10 +128,10 @@ def _activation(options: dict, versioned: bool, source: Path) -> str:
     name = str(options.get("non_linearity", "relu")).lower()
     if not versioned and name == "gelu":  # adapter-transformers (no "version") meant the tanh approximation
         name = "gelu_new"
-    if name not in _ACTIVATIONS:
+    if name not in ACTIVATIONS:
         raise CheckpointError(f"{source}: non_linearity {name!r} is not implemented by splice "
-                              f"(it offers {', '.join(_ACTIVATIONS)}).")
-    return _ACTIVATIONS[name]
+                              f"(it offers {', '.join(ACTIVATIONS)}).")
+    return name
 
 
 def _params(params: dict[str, torch.Tensor], ln_before: bool, ln_after: bool, source: Path) -> dict[str, torch.Tensor]:
@@ -172,22 +171,21 @@ BN_DEFAULTS = {
     "shared_phm_rule": True, "stochastic_depth": 0.0, "use_gating": False,
 }
 ADAPTERS_VERSION = "adapters.1.3.0"
-BIN_FILE = "pytorch_adapter.bin"
+BIN_FILE = ADAPTERHUB_WEIGHTS[1]  # the file adapters reads by default
 
 
-def bottleneck_to(model: AdaptedModel, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+def bottleneck_to(anatomy: Anatomy, adapter: Adapter, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """AdapterHub's ``adapter_config.json`` contents and tensors for splice Bottleneck adapter ``name``.
 
     Refuses, naming the reason, what AdapterHub cannot compute the same way.
     """
-    adapter = model._get(name)
     config = adapter.config
-    why = _unwritable(model, name, adapter)
+    why = _unwritable(anatomy, name, adapter)
     if why:
         raise AdapterError(f"Adapter {name!r} cannot be written in AdapterHub's format: {why}")
-    stack = next(stack for stack, blocks in model.anatomy.blocks.items() if blocks)
-    blocks = model.anatomy.blocks[stack]
-    places = PLACES[model.anatomy.model_type]
+    stack = next(stack for stack, blocks in anatomy.blocks.items() if blocks)
+    blocks = anatomy.blocks[stack]
+    places = PLACES[anatomy.model_type]
     tensors: dict[str, torch.Tensor] = {}
     roles, layers, widths = set(), set(), set()
     for site, delta in adapter.items():
@@ -206,7 +204,7 @@ def bottleneck_to(model: AdaptedModel, name: str) -> tuple[dict, dict[str, torch
         if delta.ln_after is not None:
             params.update({f"adapter_norm_after.{p}": getattr(delta.ln_after, p) for p in ("weight", "bias")})
         tensors.update({prefix + key: t.detach().cpu().clone().contiguous() for key, t in params.items()})
-    hidden = model.anatomy.hidden_size
+    hidden = anatomy.hidden_size
     width = widths.pop()
     options = dict(BN_DEFAULTS)
     options.update(
@@ -215,12 +213,12 @@ def bottleneck_to(model: AdaptedModel, name: str) -> tuple[dict, dict[str, torch
         is_parallel=config.parallel, scaling=float(config.scale), ln_before=config.ln_before, ln_after=config.ln_after,
         dropout=float(config.dropout), leave_out=[i for i in range(len(blocks)) if i not in layers],
     )
-    meta = {"config": options, "hidden_size": hidden, "model_class": type(model.base).__name__, "model_name": "",
-            "model_type": model.anatomy.model_type, "name": name, "version": ADAPTERS_VERSION}
+    meta = {"config": options, "hidden_size": hidden, "model_class": type(anatomy.model).__name__, "model_name": "",
+            "model_type": anatomy.model_type, "name": name, "version": ADAPTERS_VERSION}
     return meta, tensors
 
 
-def _unwritable(model: AdaptedModel, name: str, adapter) -> str | None:
+def _unwritable(anatomy: Anatomy, name: str, adapter) -> str | None:
     """Why ``adapter`` has no AdapterHub equivalent (None: it has one)."""
     config = adapter.config
     if not isinstance(config, Bottleneck):
@@ -229,11 +227,11 @@ def _unwritable(model: AdaptedModel, name: str, adapter) -> str | None:
     if adapter.head is not None:
         kind = "a splice head" if adapter.task_head is not None else f"a copy of the base head {adapter.head_path!r}"
         return f"it has {kind}, which this writer does not express as an AdapterHub head. Save with format='splice'."
-    model_type = model.anatomy.model_type
+    model_type = anatomy.model_type
     if model_type not in PLACES:
         return (f"model type {model_type!r} is not one whose AdapterHub bottleneck placement splice knows "
                 f"({', '.join(PLACES)}).")
-    if sum(1 for blocks in model.anatomy.blocks.values() if blocks) != 1:
+    if sum(1 for blocks in anatomy.blocks.values() if blocks) != 1:
         return "AdapterHub bottleneck folders are written for single-stack models only."
     roles = {site.role.removesuffix("_residual") for site in adapter.sites.values()}
     if not roles <= {"attn", "ffn"}:
@@ -242,7 +240,7 @@ def _unwritable(model: AdaptedModel, name: str, adapter) -> str | None:
     if config.parallel and not config.residual_input:
         return ("a parallel bottleneck fed the sublayer's own input has no AdapterHub equivalent: par_bn reads the "
                 "residual stream. Use Bottleneck(placement='parallel', residual_input=True).")
-    if config.non_linearity not in _ACTIVATIONS:
+    if config.non_linearity not in ACTIVATIONS:
         return f"non_linearity {config.non_linearity!r} has no AdapterHub name splice maps."
     if config.ln_after and config.scale != 1.0:
         return ("ln_after with scale != 1: AdapterHub normalises the scaled up-projection, splice scales the "
@@ -261,7 +259,7 @@ def _reduction_factor(hidden: int, width: int) -> float | int:
     return factor if int(hidden // factor) == width else hidden / (width + 0.5)
 
 
-def save_adapters(model: AdaptedModel, name: str, path: str | os.PathLike) -> Path:
+def write_adapterhub(anatomy: Anatomy, adapter: Adapter, name: str, path: str | os.PathLike) -> Path:
     """Write Bottleneck adapter ``name`` as an AdapterHub folder: ``adapter_config.json`` + ``pytorch_adapter.bin``.
 
     The weights go in ``pytorch_adapter.bin`` (a plain mapping of tensors, which ``torch.load(weights_only=True)``
@@ -269,9 +267,8 @@ def save_adapters(model: AdaptedModel, name: str, path: str | os.PathLike) -> Pa
     Tensor names carry the model's own block paths (``bert.encoder.layer.0...`` on a model with a head,
     ``encoder.layer.0...`` on a bare one), which ``adapters`` loads into either.
     """
-    adapter = model._get(name)
     check_materialised(adapter, name)
-    meta, tensors = bottleneck_to(model, name)
+    meta, tensors = bottleneck_to(anatomy, adapter, name)
 
     def fill(staging: Path) -> None:
         torch.save(tensors, staging / BIN_FILE)

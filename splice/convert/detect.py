@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from ..checkpoint import CONFIG_FILE, require_folder
+from ..checkpoint import require_folder
 from ..errors import CheckpointError
+from ..file_names import CONFIG_FILE, FOREIGN_CONFIG, FUSION_CONFIG, HEAD_CONFIG  # noqa: F401 - the readers' names
 from ..files import exists, read_json
-
-FOREIGN_CONFIG = "adapter_config.json"  # the config file of both peft and AdapterHub adapters
-FUSION_CONFIG = "adapter_fusion_config.json"
-HEAD_CONFIG = "head_config.json"
 
 Format = Literal["splice", "peft", "adapters"]
 

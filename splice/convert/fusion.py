@@ -17,21 +17,21 @@ names the fusion lists (``model.load`` their AdapterHub folders first).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from ..checkpoint import build_adapter, check_fingerprint, claim_name, install
+from ..adapter import Adapter
+from ..anatomy import Anatomy, site_key
+from ..checkpoint import Contents, load_sequence
 from ..errors import CheckpointError
+from ..file_names import FUSION_WEIGHTS
 from ..methods import Bottleneck, Fusion
 from .detect import FUSION_CONFIG, read_json
+from .options import refuse_unknown
 from .weights import read_weights
 
-if TYPE_CHECKING:
-    from ..model import AdaptedModel
-
-WEIGHTS_FILES = ("model_adapter_fusion.safetensors", "pytorch_model_adapter_fusion.bin")
 _KEY = re.compile(
     r"\.(?P<layer>\d+)\.(?P<where>attention\.output|output|attention_adapters|output_adapters)\.adapter_fusion_layer\."
     r"(?P<fusion>[^.]+)\.(?P<module>query|key|value|dense)\.(?P<param>weight|bias)$"
@@ -50,10 +50,11 @@ def is_fusion_folder(folder: Path) -> bool:
     return (folder / FUSION_CONFIG).is_file()
 
 
-def load_fusion(model: AdaptedModel, folder: Path, name: str | None = None) -> str:
-    """Add the AdapterHub AdapterFusion in ``folder`` to ``model`` as a splice Fusion; returns its name.
+def read_fusion(anatomy: Anatomy, adapters: Mapping[str, Adapter], folder: Path,
+                name: str | None = None) -> tuple[str, Adapter]:
+    """The AdapterHub AdapterFusion in ``folder`` as a splice Fusion over ``adapters`` (the model's): name, adapter.
 
-    Everything is checked before the model is touched.
+    Everything is checked before anything is built.
     """
     source = folder / FUSION_CONFIG
     meta = read_json(source)
@@ -63,15 +64,21 @@ def load_fusion(model: AdaptedModel, folder: Path, name: str | None = None) -> s
     if not isinstance(fused, list) or len(fused) < 2 or not all(isinstance(a, str) for a in fused):
         raise CheckpointError(f"{source}: \"adapter_names\" must list the fused adapters (two or more).")
     _check(options, source)
-    check_fingerprint({key: meta[key] for key in ("model_type", "hidden_size") if key in meta},
-                      model.anatomy.fingerprint(), folder)
-    residual = _check_fused(model, fused, source)
-    name = claim_name(model, name or "fusion_" + "_".join(fused), folder)
-    weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
-    stacks = [stack for stack, blocks in model.anatomy.blocks.items() if blocks]
+    residual = _check_fused(adapters, fused, source)
+    saved_base = {key: meta[key] for key in ("model_type", "hidden_size") if key in meta}
+    return load_sequence(anatomy, adapters, folder, name or "fusion_" + "_".join(fused), saved_base,
+                         lambda: _read(anatomy, adapters, folder, options, fused, residual))
+
+
+def _read(anatomy: Anatomy, adapters: Mapping[str, Adapter], folder: Path, options: dict, fused: list[str],
+          residual: bool) -> Contents:
+    """The fusion's config and tensors, mapped to splice's sites."""
+    source = folder / FUSION_CONFIG
+    weights_path, tensors = read_weights(folder, FUSION_WEIGHTS)
+    stacks = [stack for stack, blocks in anatomy.blocks.items() if blocks]
     if len(stacks) != 1:
         raise CheckpointError(f"{source}: AdapterHub fusions are read for single-stack models only.")
-    features = model.anatomy.hidden_size
+    features = anatomy.hidden_size
     state, roles, layers = {}, set(), set()
     for key, tensor in tensors.items():
         match = _KEY.search(key)
@@ -84,12 +91,12 @@ def load_fusion(model: AdaptedModel, folder: Path, name: str | None = None) -> s
         role = f"{role}_residual" if residual else role
         roles.add(role)
         layers.add(int(match["layer"]))
-        state[f"{stacks[0]}.{match['layer']}.{role}.{match['module']}.{match['param']}"] = tensor
+        state[f"{site_key(stacks[0], int(match['layer']), role)}.{match['module']}.{match['param']}"] = tensor
     if not state:
         raise CheckpointError(f"{weights_path} holds no fusion tensors.")
     for layer in layers:  # projections switched off are identities; the value has no bias
         for role in roles:
-            prefix = f"{stacks[0]}.{layer}.{role}."
+            prefix = site_key(stacks[0], layer, role) + "."
             for module in ("query", "key", "value"):
                 if not options.get(module, True):
                     extra = sorted(k for k in state if k.startswith(prefix + module + "."))
@@ -99,27 +106,22 @@ def load_fusion(model: AdaptedModel, folder: Path, name: str | None = None) -> s
                     state[prefix + f"{module}.bias"] = torch.zeros(features)
             state.setdefault(prefix + "value.bias", torch.zeros(features))
     for adapter in fused:  # AdapterHub puts a fusion layer only where every fused adapter has a bottleneck
-        missing = sorted(f"{stacks[0]}.{layer}.{role}" for layer in layers for role in roles
-                         if f"{stacks[0]}.{layer}.{role}" not in model.adapters[adapter].sites)
+        keys = (site_key(stacks[0], layer, role) for layer in layers for role in roles)
+        missing = sorted(key for key in keys if key not in adapters[adapter].sites)
         if missing:
             raise CheckpointError(f"{weights_path} fuses at {missing[0]}, where adapter {adapter!r} has no bottleneck.")
-    count = len(model.anatomy.blocks[stacks[0]])
+    count = len(anatomy.blocks[stacks[0]])
     config = Fusion(
         adapters=tuple(fused), roles=tuple(sorted(roles, key=("attn", "ffn", "attn_residual", "ffn_residual").index)),
         temperature=1.0, query_from="output" if options.get("query_before_ln") else "adapter_input",
         attend="outputs" if options.get("residual_before") else "deltas",
         layers=None if sorted(layers) == list(range(count)) else tuple(sorted(layers)),
     )
-    adapter = build_adapter(model, config, None, folder, {key: t.shape for key, t in state.items()}, weights_path)
-    install(model, name, adapter, state)
-    return name
+    return Contents.of(config, None, state, weights_path)
 
 
 def _check(options: dict, source: Path) -> None:
-    unknown = sorted(set(options) - _KNOWN)
-    if unknown:
-        raise CheckpointError(f"{source}: option {unknown[0]}={options[unknown[0]]!r} is unknown to splice's "
-                              "AdapterFusion reader.")
+    refuse_unknown(options, source, "AdapterHub AdapterFusion", _KNOWN)
     if options.get("temperature"):
         raise CheckpointError(
             f"{source}: option temperature=true is not implemented by splice: AdapterHub starts the softmax "
@@ -128,15 +130,15 @@ def _check(options: dict, source: Path) -> None:
         )
 
 
-def _check_fused(model: AdaptedModel, fused: list[str], source: Path) -> bool:
+def _check_fused(adapters: Mapping[str, Adapter], fused: list[str], source: Path) -> bool:
     """The fused adapters are loaded sequential bottlenecks reading the same input; whether they read the residual."""
-    absent = [a for a in fused if a not in model.adapters]
+    absent = [a for a in fused if a not in adapters]
     if absent:
         raise CheckpointError(
             f"{source} fuses {fused}, but the model has no adapter named {', '.join(map(repr, absent))}. Load the "
             "fused adapters first (model.load(<their AdapterHub folders>, name=...)) under these names."
         )
-    configs = [model.adapters[a].config for a in fused]
+    configs = [adapters[a].config for a in fused]
     for adapter, config in zip(fused, configs):
         if not isinstance(config, Bottleneck):
             raise CheckpointError(f"{source}: fused adapter {adapter!r} is not a bottleneck adapter.")

@@ -1,4 +1,4 @@
-"""peft's format: read LoRA, IA³, prompt and prefix tuning, and write them for ``peft.PeftModel.from_pretrained``.
+"""peft's format: read LoRA, IA³, prompt and prefix tuning (writing them: :mod:`.peft_write`).
 
 A peft folder holds ``adapter_config.json`` (the ``LoraConfig`` / ``IA3Config``
 fields) and ``adapter_model.safetensors`` (or a ``.bin``) with tensors named
@@ -17,37 +17,27 @@ in peft) are in :mod:`.prompts`.
 
 from __future__ import annotations
 
-import json
-import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
 
 from ..adapter import Adapter
 from ..anatomy import Site
-from ..anatomy.linear import linear_shape
-from ..checkpoint import (
-    build_adapter,
-    check_materialised,
-    claim_name,
-    install,
-    write_folder,
-)
-from ..errors import AdapterError, AnatomyError, CheckpointError
+from ..checkpoint import Contents, load_sequence
+from ..errors import AnatomyError, CheckpointError
+from ..file_names import PEFT_WEIGHTS
 from . import prompts
 from .detect import FOREIGN_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces, rows_of
-from .peft_heads import TaskHead, task_head
+from .options import UNSET, refuse_unknown
 from .weights import read_weights
 
 if TYPE_CHECKING:
-    from ..model import AdaptedModel
+    from ..anatomy import Anatomy
 
-WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 PREFIX = "base_model.model."
 
 # Options that do not change what a loaded adapter computes: bookkeeping, initialisation,
@@ -75,13 +65,10 @@ _WHAT = {
 }
 
 
-# -- reading -----------------------------------------------------------------------------------------
+def read_peft(anatomy: Anatomy, taken: Container[str], folder: Path, name: str | None = None) -> tuple[str, Adapter]:
+    """The peft adapter in ``folder`` (LoRA, IA³, prompt or prefix tuning) for ``anatomy``: its name and adapter.
 
-
-def load_peft(model: AdaptedModel, folder: Path, name: str | None = None) -> str:
-    """Add the peft adapter in ``folder`` to ``model`` (LoRA, IA³, prompt or prefix tuning); returns its name.
-
-    Everything is checked (options, module names, shapes) before the model is touched.
+    Everything is checked (options, module names, shapes) before anything is built.
     """
     config = read_json(folder / FOREIGN_CONFIG)
     source = folder / FOREIGN_CONFIG
@@ -92,21 +79,24 @@ def load_peft(model: AdaptedModel, folder: Path, name: str | None = None) -> str
         raise CheckpointError(f"{source}: peft_type {kind!r} is not one splice reads; it reads {', '.join(readers)}.")
     try:
         if kind in prompts.KINDS:
-            prompts.check_options(model, config, source)
+            prompts.check_options(anatomy, config, source)
         else:
             _check_options(config, source)
-        name = claim_name(model, name or folder.name, folder)
-        weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
-        if kind not in prompts.KINDS:
-            tensors = {key.removeprefix(PREFIX): tensor for key, tensor in tensors.items()}
-        method, state, rest = readers[kind](model, config, tensors, weights_path)
     except AnatomyError as error:  # e.g. a prompt for a model that takes no token ids
         raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
-    head, head_tensors = _head(model, config, rest, weights_path)
-    state.update(head_tensors)
-    adapter = build_adapter(model, method, head, folder, {key: t.shape for key, t in state.items()}, weights_path)
-    install(model, name, adapter, state)
-    return name
+
+    def read() -> Contents:
+        weights_path, tensors = read_weights(folder, PEFT_WEIGHTS)
+        if kind not in prompts.KINDS:
+            tensors = {key.removeprefix(PREFIX): tensor for key, tensor in tensors.items()}
+        try:
+            method, state, rest = readers[kind](anatomy, config, tensors, weights_path)
+        except AnatomyError as error:
+            raise CheckpointError(f"The adapter in {folder} does not fit this model: {error}") from error
+        head, head_tensors = _head(anatomy, config, rest, weights_path)
+        return Contents.of(method, head, {**state, **head_tensors}, weights_path)
+
+    return load_sequence(anatomy, taken, folder, name or folder.name, {}, read)
 
 
 def _check_options(config: dict[str, Any], source: Path) -> None:
@@ -123,17 +113,10 @@ def _check_options(config: dict[str, Any], source: Path) -> None:
             "LoftQ do), so the adapter does not work on the plain base. Convert it to a plain LoRA with peft first "
             "(save_pretrained(..., path_initial_model_for_weight_conversion=...))."
         )
-    for key, value in config.items():
-        if key in _INERT or key in _READ or value in (None, False, {}, [], ""):
-            continue
-        what = f" ({_WHAT[key]})" if key in _WHAT else ""
-        raise CheckpointError(
-            f"{source}: peft option {key}={value!r}{what} changes what the adapter computes, and splice does not "
-            "implement it. Only plain LoRA and IA3 adapters can be read."
-        )
+    refuse_unknown(config, source, f"peft {config.get('peft_type')}", _INERT | _READ, _WHAT, off=UNSET)
 
 
-def _read_lora(model: AdaptedModel, config: dict, tensors: dict[str, torch.Tensor], source: Path):
+def _read_lora(anatomy: Anatomy, config: dict, tensors: dict[str, torch.Tensor], source: Path):
     """A splice LoRA config and state from peft LoRA tensors; returns (config, state, unused tensors)."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     rest = {}
@@ -146,7 +129,7 @@ def _read_lora(model: AdaptedModel, config: dict, tensors: dict[str, torch.Tenso
     if not parts:
         raise CheckpointError(f"{source} holds no LoRA tensors (…lora_A.weight / …lora_B.weight).")
     r, alpha = config.get("r", 8), config.get("lora_alpha", 8)
-    index = SiteIndex(model.anatomy, source)
+    index = SiteIndex(anatomy, source)
     pieces = []
     for module, pair in parts.items():
         A, B = pair.get("lora_A"), pair.get("lora_B")
@@ -164,15 +147,15 @@ def _read_lora(model: AdaptedModel, config: dict, tensors: dict[str, torch.Tenso
         sites = index.locate(module)
         index.fused_rows(sites, B.shape[0], module)
         pieces += [LoRAPiece(site, A, rows_of(B, site), module_alpha) for site in sites]
-    method, state = lora_from_pieces(model.anatomy, pieces, source, r=r, alpha=alpha,
+    method, state = lora_from_pieces(anatomy, pieces, source, r=r, alpha=alpha,
                                      dropout=config.get("lora_dropout", 0.0),
                                      use_rslora=config.get("use_rslora", False))
     return method, state, rest
 
 
-def _read_ia3(model: AdaptedModel, config: dict, tensors: dict[str, torch.Tensor], source: Path):
+def _read_ia3(anatomy: Anatomy, config: dict, tensors: dict[str, torch.Tensor], source: Path):
     """A splice IA3 config and state from peft ``ia3_l`` vectors; returns (config, state, unused tensors)."""
-    index = SiteIndex(model.anatomy, source)
+    index = SiteIndex(anatomy, source)
     vectors: dict[Site, torch.Tensor] = {}
     inputs: set[Site] = set()
     rest = {}
@@ -197,7 +180,7 @@ def _read_ia3(model: AdaptedModel, config: dict, tensors: dict[str, torch.Tensor
             vectors.update({site: rows_of(tensor, site).reshape(-1) for site in sites})
     if not vectors:
         raise CheckpointError(f"{source} holds no IA3 tensors (…ia3_l).")
-    method, state = ia3_from_vectors(model.anatomy, vectors, inputs, source)
+    method, state = ia3_from_vectors(anatomy, vectors, inputs, source)
     return method, state, rest
 
 
@@ -212,7 +195,7 @@ def _pattern_value(pattern: dict, module: str, default, source: Path):
     return default
 
 
-def _head(model: AdaptedModel, config: dict, rest: dict[str, torch.Tensor], source: Path):
+def _head(anatomy: Anatomy, config: dict, rest: dict[str, torch.Tensor], source: Path):
     """The base module the adapter saved its own copy of (``modules_to_save``), and its tensors as ``head.*``."""
     if not rest:
         return None, {}
@@ -233,173 +216,4 @@ def _head(model: AdaptedModel, config: dict, rest: dict[str, torch.Tensor], sour
             "carries at most one head."
         )
     module, params = next(iter(modules.items()))
-    return head_state((name for name, _ in model.base.named_modules()), module, params, source)
-
-
-# -- writing -----------------------------------------------------------------------------------------
-
-
-def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
-    """Write adapter ``name`` (LoRA, IA³, prompt or prefix tuning) for ``peft.PeftModel.from_pretrained``.
-
-    A copied base head is written as ``modules_to_save``; so is a splice head, as
-    the task model's own classifier, where that computes the same
-    (:mod:`.peft_heads`; then every module path is the task model's, and
-    ``task_type`` says which Auto class to load the base with). Fused sites (GPT-2
-    ``c_attn``) become one peft LoRA over the fused module: with the same rank
-    when the roles share ``A``, else with their ranks stacked (exact either way).
-    Prompt and prefix adapters get the ``task_type`` of the base model's class
-    (peft's plain ``PeftModel`` would ignore them).
-    """
-    adapter = model._get(name)
-    check_materialised(adapter, name)
-    writers: dict[str, Callable] = {"lora": _lora_export, "ia3": _ia3_export, "prompt": _prompt_export,
-                                    "prefix": _prompt_export}
-    if adapter.config.method not in writers:
-        headed = "" if adapter.task_head is None else (
-            " (with a head, as splice train's classification and tagging runs have: LoRA or IA3; train with "
-            "splice train --method lora or --method ia3 for a run peft can read)")
-        raise AdapterError(
-            f"peft has no format for splice's {adapter.config.method!r} adapters; format='peft' writes LoRA, IA3, "
-            f"prompt and prefix tuning{headed}. Save it with format='splice'."
-        )
-    head = task_head(model, adapter, name) if adapter.task_head is not None else None
-    config, tensors = writers[adapter.config.method](model, adapter, head)
-    head_path = model.anatomy.module_path(adapter.head_site.module) if adapter.head_site is not None else None
-    saved = head.modules_to_save if head is not None else [head_path] if head_path is not None else None
-    if head_path is not None:
-        prefix = prompts.HEAD_PREFIX if config["peft_type"] in prompts.KINDS else PREFIX
-        tensors.update({f"{prefix}{head_path}.{key}": t for key, t in adapter.head.state_dict().items()})
-    if head is not None:
-        tensors.update({f"{PREFIX}{path}": t for path, t in head.tensors.items()})
-    config.update(
-        modules_to_save=saved,
-        task_type=head.task_type if head is not None else config.get("task_type"),
-        base_model_name_or_path=getattr(getattr(model.base, "config", None), "_name_or_path", None) or None,
-        inference_mode=True,
-    )
-    tensors = {key: t.detach().contiguous().cpu() for key, t in tensors.items()}
-
-    def fill(staging: Path) -> None:
-        save_file(tensors, str(staging / WEIGHTS_FILES[0]), metadata={"format": "pt"})
-        (staging / FOREIGN_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-
-    return write_folder(path, fill, marker=FOREIGN_CONFIG)
-
-
-def _by_module(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -> dict[str, list[tuple[Site, Any]]]:
-    """The adapter's deltas by the path of their module in the model peft loads: the base, or ``head``'s task
-    model (where the base sits under a prefix)."""
-    prefix = head.base_prefix if head is not None else ""
-    grouped: dict[str, list[tuple[Site, Any]]] = {}
-    for site, delta in adapter.items():
-        grouped.setdefault(prefix + model.anatomy.module_path(site.module), []).append((site, delta))
-    return grouped
-
-
-def _rows(site: Site) -> torch.Tensor:
-    """Indices of ``site``'s rows in its module's output."""
-    return torch.arange(linear_shape(site.module)[1])[site.columns if site.columns is not None else slice(None)]
-
-
-def _lora_export(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
-    config = adapter.config
-    tensors, ranks, alphas = {}, {}, {}
-    for path, items in _by_module(model, adapter, head).items():
-        sites = [site for site, _ in items]
-        out_rows = linear_shape(sites[0].module)[1]
-        As = [delta.lora_A.weight.detach().cpu() for _, delta in items]
-        Bs = [delta.lora_B.weight.detach().cpu() for _, delta in items]
-        shared = len({(config.rank_at(s), config.alpha_at(s)) for s in sites}) == 1 and all(
-            torch.equal(A, As[0]) for A in As)
-        if shared:  # one LoRA of the same rank over the whole module: A shared, B stacked by rows
-            A, rank, alpha = As[0], config.rank_at(sites[0]), config.alpha_at(sites[0])
-            B = torch.zeros(out_rows, rank, dtype=Bs[0].dtype)
-            for site, part in zip(sites, Bs):
-                B.index_copy_(0, _rows(site), part)
-        else:  # roles with their own A: stack the ranks, fold each role's scaling into its block of B
-            A, rank = torch.cat(As), sum(a.shape[0] for a in As)
-            alpha = math.sqrt(rank) if config.use_rslora else rank  # peft scaling 1
-            B = torch.zeros(out_rows, rank, dtype=Bs[0].dtype)
-            offset = 0
-            for (site, delta), part in zip(items, Bs):
-                B[:, offset:offset + part.shape[1]].index_copy_(0, _rows(site), part * delta.scaling)
-                offset += part.shape[1]
-        tensors[f"{PREFIX}{path}.lora_A.weight"] = A
-        tensors[f"{PREFIX}{path}.lora_B.weight"] = B
-        ranks[path], alphas[path] = rank, alpha
-    targets, _ = _peft_names(model, head, set(ranks), set())
-    return {
-        "peft_type": "LORA",
-        "r": config.r,
-        "lora_alpha": config.alpha,
-        "lora_dropout": config.dropout,
-        "use_rslora": config.use_rslora,
-        "target_modules": targets,
-        "rank_pattern": {re.escape(p): v for p, v in ranks.items() if v != config.r},
-        "alpha_pattern": {re.escape(p): v for p, v in alphas.items() if v != config.alpha},
-        "bias": "none",
-        "fan_in_fan_out": _has_conv1d(adapter),
-        "init_lora_weights": True,
-    }, tensors
-
-
-def _ia3_export(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
-    tensors, inputs = {}, set()
-    for path, items in _by_module(model, adapter, head).items():
-        (site, delta), *_ = items
-        scale = delta.scale.detach().cpu()
-        if delta.stage == "input":
-            if len(items) > 1 or site.columns is not None:
-                raise AdapterError(
-                    f"Cannot write IA3 on {path!r} for peft: it scales the input of a fused module, shared by "
-                    f"{', '.join(s.role for s, _ in items)}."
-                )
-            tensors[f"{PREFIX}{path}.ia3_l"] = scale.reshape(1, -1)
-            inputs.add(path)
-        else:
-            vector = torch.ones(linear_shape(site.module)[1], dtype=scale.dtype)
-            for part_site, part in items:
-                vector.index_copy_(0, _rows(part_site), part.scale.detach().cpu())
-            tensors[f"{PREFIX}{path}.ia3_l"] = vector.reshape(-1, 1)
-    paths = {key.removeprefix(PREFIX).removesuffix(".ia3_l") for key in tensors}
-    targets, feedforward = _peft_names(model, head, paths, inputs)
-    return {
-        "peft_type": "IA3",
-        "target_modules": targets,
-        "feedforward_modules": feedforward,
-        "fan_in_fan_out": _has_conv1d(adapter),
-    }, tensors
-
-
-def _prompt_export(model: AdaptedModel, adapter: Adapter, head: None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """:func:`prompts.export`; ``head`` is None (:func:`.peft_heads.task_head` refuses prompts with a splice head)."""
-    return prompts.export(model, adapter)
-
-
-def _has_conv1d(adapter: Adapter) -> bool:
-    return any(type(site.module).__name__ == "Conv1D" for site, _ in adapter.items())
-
-
-def _peft_names(model: AdaptedModel, head: TaskHead | None, targets: set[str], inputs: set[str]) -> tuple[Any, Any]:
-    """``target_modules`` (and IA3's ``feedforward_modules``) that make peft pick exactly these modules.
-
-    The shortest module-name suffixes that do (``["q_proj", "v_proj"]``), as users
-    write them; a full-match regular expression where no suffixes are exact. The
-    paths are those of the model peft loads: the base, or ``head``'s task model.
-    """
-    prefix = head.base_prefix if head is not None else ""
-    every = [prefix + name for name, _ in model.base.named_modules() if name] + list(head.modules if head else ())
-    longest = max(len(path.split(".")) for path in targets)
-    for depth in range(1, longest + 1):
-        names = sorted({".".join(p.split(".")[-depth:]) for p in targets})
-        feedforward = sorted({".".join(p.split(".")[-depth:]) for p in inputs})
-        picked = {m for m in every if any(m == n or m.endswith("." + n) for n in names)}
-        scaled = {m for m in targets if any(m.endswith(n) for n in feedforward)}  # peft's feedforward test
-        if picked == targets and scaled == inputs:
-            return names, feedforward
-    return _full_match(targets), _full_match(inputs) if inputs else []
-
-
-def _full_match(paths: set[str]) -> str:
-    return "(" + "|".join(re.escape(p) for p in sorted(paths)) + ")"
+    return head_state((name for name, _ in anatomy.model.named_modules()), module, params, source)

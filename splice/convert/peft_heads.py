@@ -35,7 +35,7 @@ from ..errors import AdapterError
 
 if TYPE_CHECKING:
     from ..adapter import Adapter
-    from ..model import AdaptedModel
+    from ..anatomy import Anatomy
 
 # model_type -> how its *ForSequenceClassification turns token 0's hidden state into logits: the activation
 # between its dense layer and its output layer, their module paths, and the modules that hold them ("{base}":
@@ -65,11 +65,11 @@ class TaskHead:
     tensors: dict[str, torch.Tensor]  # task-model parameter paths -> the head's weights
 
 
-def task_head(model: AdaptedModel, adapter: Adapter, name: str) -> TaskHead:
+def task_head(anatomy: Anatomy, adapter: Adapter, name: str) -> TaskHead:
     """``adapter``'s splice head as its task model's classifier, or an error saying how to get one that is."""
     head = adapter.task_head
     kind = getattr(head, "kind", None)
-    model_type = getattr(getattr(model.base, "config", None), "model_type", None)
+    model_type = getattr(getattr(anatomy.model, "config", None), "model_type", None)
     keep = "or keep it in splice's format (format='splice')"
     if kind not in ("classification", "regression", "token_classification"):
         raise AdapterError(f"Adapter {name!r} has a splice {kind} head, which peft cannot carry (it writes "
@@ -80,9 +80,9 @@ def task_head(model: AdaptedModel, adapter: Adapter, name: str) -> TaskHead:
             f"the task model's classifier beside a LoRA or IA3 adapter. Train one with splice train --method lora "
             f"(or ia3), {keep}."
         )
-    if getattr(model.base, "base_model", None) is not model.base:
+    if getattr(anatomy.model, "base_model", None) is not anatomy.model:
         raise AdapterError(
-            f"Adapter {name!r} has a splice head on top of {type(model.base).__name__}, which is not a bare "
+            f"Adapter {name!r} has a splice head on top of {type(anatomy.model).__name__}, which is not a bare "
             f"backbone; peft can carry a splice head only for adapters trained on AutoModel (as splice train does), "
             f"{keep}."
         )
@@ -93,9 +93,9 @@ def task_head(model: AdaptedModel, adapter: Adapter, name: str) -> TaskHead:
             f"Adapter {name!r} has a splice {kind} head on a {model_type!r} model; splice writes such heads for peft "
             f"only where the task model computes the same ({', '.join(families)}). Train on one of those, {keep}."
         )
-    base = model.base.base_model_prefix
+    base = anatomy.model.base_model_prefix
     linears = [part for part in head.mlp if isinstance(part, nn.Linear)]
-    family = type(model.base).__name__.removesuffix("Model")
+    family = type(anatomy.model).__name__.removesuffix("Model")
     if token:
         task_type, task_class = "TOKEN_CLS", "AutoModelForTokenClassification"
         paths = saved = ["classifier"]

@@ -50,9 +50,10 @@ import torch
 from ..adapter import Adapter
 from ..errors import AdapterError, CheckpointError
 from ..methods import PrefixTuning, PromptTuning
+from .options import UNSET, refuse_unknown
 
 if TYPE_CHECKING:
-    from ..model import AdaptedModel
+    from ..anatomy import Anatomy
 
 KINDS = ("PROMPT_TUNING", "PREFIX_TUNING")
 TENSOR = "prompt_embeddings"
@@ -85,23 +86,17 @@ _ENCODER_PREFIX = (
 # -- reading -----------------------------------------------------------------------------------------
 
 
-def check_options(model: AdaptedModel, config: dict[str, Any], source: Path) -> None:
+def check_options(anatomy: Anatomy, config: dict[str, Any], source: Path) -> None:
     """Refuse, by name, options and models whose prompt / prefix splice cannot reproduce."""
     kind = config["peft_type"]
-    for key, value in config.items():
-        if key in _COMMON or key in _OWN[kind] or value in (None, False, {}, [], ""):
-            continue
-        raise CheckpointError(
-            f"{source}: peft option {key}={value!r} is not one splice knows for {kind}; it may change what the "
-            "adapter computes, so splice does not read it."
-        )
+    refuse_unknown(config, source, f"peft {kind}", _COMMON | _OWN[kind], off=UNSET)
     count = config.get("num_virtual_tokens")
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise CheckpointError(f"{source}: num_virtual_tokens must be a positive integer, got {count!r}.")
     submodules = config.get("num_transformer_submodules")
     if submodules is None:  # what peft itself assumes
         submodules = 2 if config.get("task_type") == "SEQ_2_SEQ_LM" else 1
-    if submodules != 1 or config.get("task_type") == "SEQ_2_SEQ_LM" or model.anatomy.encoder_decoder:
+    if submodules != 1 or config.get("task_type") == "SEQ_2_SEQ_LM" or anatomy.encoder_decoder:
         what = (f"num_transformer_submodules={submodules} (soft tokens for an encoder and a decoder)"
                 if submodules != 1 else "an encoder-decoder model")
         raise CheckpointError(
@@ -109,12 +104,12 @@ def check_options(model: AdaptedModel, config: dict[str, Any], source: Path) -> 
             "encoder's output (the decoder cross-attends to it) and its prefix reaches only the decoder, while "
             "splice's prompt conditions the encoder only and its prefix covers both stacks."
         )
-    if kind == "PREFIX_TUNING" and not all(model.anatomy.cached(s.stack) for s in model.anatomy.prefix_sites()):
-        raise CheckpointError(f"{source}: PREFIX_TUNING on model_type {model.anatomy.model_type!r} is refused: "
+    if kind == "PREFIX_TUNING" and not all(anatomy.cached(s.stack) for s in anatomy.prefix_sites()):
+        raise CheckpointError(f"{source}: PREFIX_TUNING on model_type {anatomy.model_type!r} is refused: "
                               f"{_ENCODER_PREFIX}")
 
 
-def read(model: AdaptedModel, config: dict[str, Any], tensors: dict[str, torch.Tensor], source: Path):
+def read(anatomy: Anatomy, config: dict[str, Any], tensors: dict[str, torch.Tensor], source: Path):
     """A splice config and state from peft's ``prompt_embeddings``; returns (config, state, the other tensors)."""
     rest = {key.removeprefix(HEAD_PREFIX): t for key, t in tensors.items() if key != TENSOR}
     table = tensors.get(TENSOR)
@@ -123,14 +118,14 @@ def read(model: AdaptedModel, config: dict[str, Any], tensors: dict[str, torch.T
     count, token_dim = config["num_virtual_tokens"], config.get("token_dim")
     if config["peft_type"] == "PROMPT_TUNING":
         method = PromptTuning(length=count)
-        width = model.anatomy.prompt_site().in_features
+        width = anatomy.prompt_site().in_features
         _check_width(token_dim, width, "token embeddings are", source)
         _check_shape(table, (count, width), source)
         return method, {"prompt.embedding": table}, rest
-    sites = model.anatomy.prefix_sites()
+    sites = anatomy.prefix_sites()
     width = sites[0].in_features  # kv_heads * head_dim
     _check_width(token_dim, width, "keys and values (key/value heads x head size) are", source)
-    heads = width // model.anatomy.head_dim
+    heads = width // anatomy.head_dim
     if config.get("num_attention_heads") not in (None, heads):
         raise CheckpointError(
             f"{source}: num_attention_heads={config['num_attention_heads']}, but this model's attention has {heads} "
@@ -167,9 +162,9 @@ def _check_shape(table: torch.Tensor, shape: tuple[int, int], source: Path) -> N
 # -- writing -----------------------------------------------------------------------------------------
 
 
-def export(model: AdaptedModel, adapter: Adapter) -> tuple[dict, dict[str, torch.Tensor]]:
+def export(anatomy: Anatomy, adapter: Adapter) -> tuple[dict, dict[str, torch.Tensor]]:
     """peft's config and ``prompt_embeddings`` for a splice prompt or prefix adapter."""
-    anatomy, config = model.anatomy, adapter.config
+    anatomy, config = anatomy, adapter.config
     kind = "PROMPT_TUNING" if config.method == "prompt" else "PREFIX_TUNING"
     if anatomy.encoder_decoder:
         raise AdapterError(
@@ -180,7 +175,7 @@ def export(model: AdaptedModel, adapter: Adapter) -> tuple[dict, dict[str, torch
     _, state = adapter.export()
     common = {
         "peft_type": kind,
-        "task_type": task_type(model.base),
+        "task_type": task_type(anatomy.model),
         "num_virtual_tokens": config.length,
         "num_transformer_submodules": 1,
         "num_layers": anatomy.num_layers,

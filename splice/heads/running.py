@@ -71,7 +71,10 @@ def _take_rows(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
 
 
 def _assemble(per_group: list[tuple[torch.Tensor | None, torch.Tensor]], rows_total: int):
-    """One logits tensor in row order when shapes agree, else a per-row list."""
+    """One logits tensor in row order when shapes agree, else a per-row list.
+
+    The per-row list reads the rows on the host (``.tolist()``): only heads of different output shapes in one
+    batch pay that, after the backbone's forward, never inside a hook."""
     if len(per_group) == 1 and per_group[0][0] is None:
         return per_group[0][1]
     shapes = {tuple(logits.shape[1:]) for _, logits in per_group}

@@ -207,7 +207,8 @@ class Delta(nn.Module):
     - ``"input"``: ``forward(x) -> x'`` changes the site's input before the module runs (IA³ on the FFN's
       inner activation);
     - ``"soft"``: ``soft() -> tuple of [S, ...]`` gives positions the method adds to the call: prompt
-      embeddings at the ``prompt`` site, prefix keys and values at ``prefix`` sites (put in by :mod:`splice.soft`);
+      embeddings at the ``prompt`` site, prefix keys and values at ``prefix`` sites (put in by
+      :mod:`splice.hooks.soft`);
     - ``"composite"``: ``program()`` compiles several deltas at one site into one program (Union).
 
     Its optional capabilities each have a default here, so nothing outside a method asks whether a delta has one:

@@ -4,7 +4,7 @@ Each block's self-attention attends to its own learned prefix as well as the
 tokens. On decoders (and T5's decoder) the prefix goes in through a key/value
 cache scoped to each call; on encoders through placeholder rows whose keys and
 values are replaced. Both use only public call arguments, which is what kept
-them exact on every supported architecture and release (see :mod:`splice.soft`
+them exact on every supported architecture and release (see :mod:`splice.hooks.soft`
 for the mechanisms and why).
 
 ``projection_dim`` trains the prefix through a small MLP (a per-layer

@@ -3,7 +3,7 @@
 The soft tokens are prepended where the model embeds ``input_ids`` (T5: in its
 encoder), and the mask, ``token_type_ids``, position ids and token labels grow
 to match; the outputs come back without them, so ``logits`` and hidden states
-line up with the caller's tokens. See :mod:`splice.soft` for the mechanism.
+line up with the caller's tokens. See :mod:`splice.hooks.soft` for the mechanism.
 
 Two choices, made here deliberately:
 

@@ -25,23 +25,13 @@ import torch
 from torch import nn
 
 from ..anatomy import Anatomy, Site
-from ..compose import Sequence
 from ..errors import ConfigError
-from ..routing import Leaf, Program
+from ..hooks.programs import Chain, Leaf, Program
 from .base import Delta, MethodConfig, Recipe
+from .bottleneck import Bottleneck
+from .lora import LoRA
+from .prefix import PrefixTuning
 from .registry import config_from_dict, register
-
-
-def _mam(**options: Any) -> MethodConfig:
-    from ..presets import mam  # imported here: presets imports this module
-
-    return mam(**options)
-
-
-def _unipelt(**options: Any) -> MethodConfig:
-    from ..presets import unipelt
-
-    return unipelt(**options)
 
 
 @register
@@ -51,9 +41,11 @@ class Union(MethodConfig):
 
     method: ClassVar[str] = "union"
     recipes: ClassVar[Mapping[str, Recipe]] = {
-        "mam": Recipe(learning_rate=1e-3, help="prefix + scaled parallel adapter (He et al. 2022)", build=_mam),
+        # the builders are defined below the class: look them up when a recipe is built
+        "mam": Recipe(learning_rate=1e-3, help="prefix + scaled parallel adapter (He et al. 2022)",
+                      build=lambda **options: mam(**options)),
         "unipelt": Recipe(learning_rate=1e-3, help="gated LoRA + bottleneck + prefix (Mao et al. 2022)",
-                          build=_unipelt),
+                          build=lambda **options: unipelt(**options)),
     }
 
     members: tuple[MethodConfig, ...] = ()
@@ -126,7 +118,7 @@ class UnionDelta(Delta):
         """The members one after another at this site (each gated when the union has gates)."""
         leaves = [Leaf(Gated(delta, self.gates[name]) if self.gates is not None else delta)
                   for name, delta in self.members.items()]
-        return leaves[0] if len(leaves) == 1 else Sequence(leaves)
+        return leaves[0] if len(leaves) == 1 else Chain(leaves)
 
     def folded_state(self) -> dict[str, torch.Tensor]:
         state = {f"gates.{name}": gate.detach() for name, gate in (self.gates or {}).items()}
@@ -151,3 +143,27 @@ class Gated(Delta):
     def soft(self) -> tuple[torch.Tensor, ...]:
         gate = torch.sigmoid(self.gate)
         return tuple(value * gate.to(value.dtype) for value in self.delta.soft())
+
+
+# -- published combinations (splice.presets re-exports them) ---------------------------------------
+
+
+def mam(prefix_length: int = 30, reduction_factor: float = 2.0, scale: float = 4.0) -> Union:
+    """Mix-and-match adapter (He et al. 2022, "Towards a Unified View of Parameter-Efficient Transfer Learning").
+
+    Prefix tuning at every self-attention plus a scaled parallel bottleneck beside
+    every FFN, the combination the paper found best: prefix length 30 and a
+    parallel adapter of width hidden/2 (r=512 on BART-large) with scale 4.
+    """
+    return Union(PrefixTuning(length=prefix_length),
+                 Bottleneck(placement="parallel", reduction_factor=reduction_factor, scale=scale))
+
+
+def unipelt(prefix_length: int = 10, lora_r: int = 8, lora_alpha: float = 16.0,
+            reduction_factor: float = 16.0) -> Union:
+    """UniPELT (Mao et al. 2022): LoRA on q and v, a sequential bottleneck after the FFN, and prefix tuning,
+    each scaled by a learned gate per layer (see :mod:`splice.methods.union` for how splice's gates work).
+    """
+    return Union(LoRA(r=lora_r, alpha=lora_alpha, targets=("q", "v")),
+                 Bottleneck(placement="pfeiffer", reduction_factor=reduction_factor),
+                 PrefixTuning(length=prefix_length), gates=True)

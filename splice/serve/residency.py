@@ -87,23 +87,6 @@ class Entry:
     unloaded: Future | None = None  # set by unload(), resolved once the adapter is off the model and forgotten
 
 
-class _Stager:
-    """What the adapter readers see instead of the model: its anatomy and base, read-only.
-
-    The readers end by registering the adapter they built; here that only hands
-    it back, so the live model is never touched from the loader thread.
-    """
-
-    def __init__(self, model: AdaptedModel, device: torch.device):
-        self.anatomy, self.base, self.device = model.anatomy, model.base, device
-        self.adapters: dict = {}  # nothing collides: the served name is chosen afterwards
-        self.built: list[Adapter] = []
-
-    def _register(self, name: str, adapter: Adapter) -> None:
-        adapter.requires_grad_(False)
-        self.built.append(adapter.to(self.device).eval())
-
-
 class Residency:
     """The adapters a server knows and which tier each is in. Thread-safe; the model is changed only by
     :meth:`maintain`, :meth:`retire` and friends, which the engine's worker thread calls between batches."""
@@ -327,15 +310,16 @@ class Residency:
 
     def _read(self, entry: Entry) -> Adapter:
         """Build ``entry``'s adapter from its files, off the model (loader thread)."""
-        from ..convert import load_any
+        from ..convert import holds_fusion, read_any
 
-        stager = _Stager(self.model, self.device)
-        try:
-            load_any(stager, entry.locate(), name=entry.internal)
-        except AttributeError as error:  # a reader needing more of the model than a stand-in offers
-            raise BadRequest(f"The adapter at {entry.public!r} cannot be served (AdapterFusion folders are not "
-                             f"supported by splice serve): {error}") from error
-        adapter = stager.built[-1]
+        folder = entry.locate()
+        if holds_fusion(folder):  # it fuses adapters of the model's, which serving keeps apart
+            raise BadRequest(f"The adapter at {entry.public!r} cannot be served: AdapterFusion folders are not "
+                             "supported by splice serve.")
+        # An empty table: nothing collides, the served name was chosen already; the live model is not touched.
+        _, adapter = read_any(self.model.anatomy, {}, folder, name=entry.internal)
+        adapter.requires_grad_(False)
+        adapter = adapter.to(self.device).eval()
         entry.info = _info(adapter)
         return adapter
 

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import save_adapter, write_folder
+from ..checkpoint import write_adapter
 from ..data import Splits, load_data
 from ..errors import SpliceError
+from ..folders import write_folder
 from ..methods import recipe
 from ..model import attach
 from .backbone import load_backbone, task_head
@@ -148,7 +149,8 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
     if not trainer.is_world_process_zero():  # under torchrun, one process writes the results
         return TrainResult(out=out, adapter=out / ADAPTER_DIR, metrics=summary, curves=None, main_process=False)
     scalars = {split: {k: v for k, v in metrics[split].items() if isinstance(v, (int, float))} for split in metrics}
-    adapter_dir = save_adapter(model, name, out / ADAPTER_DIR, training={**record, "metrics": scalars})
+    adapter_dir = write_adapter(model.anatomy, model.adapters[name], name, out / ADAPTER_DIR,
+                                training={**record, "metrics": scalars})
     summary["adapter_mb"] = round(sum(f.stat().st_size for f in adapter_dir.iterdir()) / 1e6, 3)
     if plan.trains_base:  # full fine-tuning: the base itself is the result
         def fill(staging: Path) -> None:

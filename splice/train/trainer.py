@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import Trainer
 
-from ..checkpoint import save_adapter
+from ..checkpoint import write_adapter
 from ..errors import CheckpointError
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -52,7 +52,8 @@ class AdapterTrainer(Trainer):
         partial = folder / f".{TRAINABLE_FILE}.{os.getpid()}.tmp"
         save_file(tensors, str(partial), metadata={"format": "pt"})
         os.replace(partial, folder / TRAINABLE_FILE)
-        save_adapter(self.model, self.adapter_name, folder / ADAPTER_DIR, training=self.record)
+        name = self.adapter_name
+        write_adapter(self.model.anatomy, self.model.adapters[name], name, folder / ADAPTER_DIR, training=self.record)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         restore_trainable(model or self.model, Path(resume_from_checkpoint))

@@ -23,8 +23,9 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
-from .errors import AdapterError
-from .routing import Leaf, Program, Routed, RowIndex, as_program, join_soft
+from ..errors import AdapterError
+from ..hooks.programs import Chain, Leaf, Program, as_program
+from .rows import Routed, RowIndex
 
 Setup = Union[str, "Block"]
 
@@ -132,30 +133,6 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 # -- programs: what runs at one site ---------------------------------------------------------
 
 
-class Sequence(Program):
-    """Children one after another (Stack, or several names activated together)."""
-
-    def __init__(self, steps: list[Program]):
-        self.steps = steps
-        self.has_pre = any(s.has_pre for s in steps)
-        self.has_post = any(s.has_post for s in steps)
-        self.has_soft = any(s.has_soft for s in steps)
-        self.reads_input = any(s.reads_input for s in steps)
-
-    def pre(self, x):
-        for step in self.steps:
-            x = step.pre(x)
-        return x
-
-    def post(self, x, y):
-        for step in self.steps:
-            y = step.post(x, y)
-        return y
-
-    def soft(self, rows):
-        return join_soft([part for step in self.steps if (part := step.soft(rows)) is not None])
-
-
 class Weighted(Program):
     """``sum_i w_i * child_i(...)``: an average of what each child alone would give."""
 
@@ -260,7 +237,7 @@ class Compiler:
         children = [self.program(child, key) for child in setup.children]
         if isinstance(setup, Stack):
             steps = [c for c in children if c is not None]
-            return None if not steps else steps[0] if len(steps) == 1 else Sequence(steps)
+            return None if not steps else steps[0] if len(steps) == 1 else Chain(steps)
         if all(c is None for c in children):
             return None
         if isinstance(setup, BatchSplit):

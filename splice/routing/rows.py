@@ -15,95 +15,14 @@ Anything else (fusions, stacks) runs once per distinct setup on its rows.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels.bank import Bank, Banks, layout, mark_static, stacked
-from .kernels.segments import RowSlots
-
-
-class Soft(NamedTuple):
-    """Soft positions a setup adds to a call (prompt embeddings, prefix keys and values), for a batch.
-
-    ``values`` are ``[B, S, ...]`` each; ``visible [B, S]`` says which slots a row
-    uses. Rows with fewer slots than ``S`` have theirs right-aligned (next to the
-    real tokens) and the rest masked out, so padding never moves a row's positions.
-    """
-
-    values: tuple[torch.Tensor, ...]
-    visible: torch.Tensor
-
-    @property
-    def length(self) -> int:
-        return self.visible.shape[1]
-
-
-def join_soft(parts: list[Soft]) -> Soft | None:
-    """Several setups' soft positions one after another (a Stack of prefixes: both prefixes)."""
-    if len(parts) <= 1:
-        return parts[0] if parts else None
-    values = tuple(torch.cat(group, 1) for group in zip(*(p.values for p in parts)))
-    return Soft(values, torch.cat([p.visible for p in parts], 1))
-
-
-class Program:
-    """What a setup does at one site: ``pre`` changes the input, ``post`` the output (identity here),
-    ``soft`` gives the soft positions it adds to the call (prompt and prefix tuning; none here)."""
-
-    reads_input = False
-    has_pre = False
-    has_post = False
-    has_soft = False
-
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def post(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y
-
-    def soft(self, rows: int) -> Soft | None:
-        return None
-
-
-class Leaf(Program):
-    """One adapter's delta at this site."""
-
-    def __init__(self, delta: nn.Module):
-        self.delta = delta
-        self.has_pre = delta.stage == "input"
-        self.has_post = delta.stage == "output"
-        self.has_soft = delta.stage == "soft"
-        self.reads_input = self.has_post and delta.reads_input
-
-    def pre(self, x):
-        return self.delta(x) if self.has_pre else x
-
-    def post(self, x, y):
-        return self.delta(x, y) if self.has_post else y
-
-    def soft(self, rows):
-        if not self.has_soft:
-            return None
-        values = self.delta.soft()  # each [S, ...]: the same for every row
-        visible = torch.ones(rows, values[0].shape[0], dtype=torch.bool, device=values[0].device)
-        return Soft(tuple(v.unsqueeze(0).expand(rows, *v.shape) for v in values), visible)
-
-
-def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    """The hidden states a module was called with, positionally or as ``hidden_states=``."""
-    if args:
-        return args[0]
-    if "hidden_states" in kwargs:
-        return kwargs["hidden_states"]
-    return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
-
-
-def as_program(delta) -> Program:
-    """The program of one adapter's delta at a site: a Leaf, or what a composite delta compiles to (Union)."""
-    return delta.program() if delta.stage == "composite" else Leaf(delta)
+from ..errors import AdapterError
+from ..hooks.programs import Leaf, Program, Soft
+from ..kernels.bank import Bank, Banks, layout, mark_static, stacked
+from ..kernels.segments import RowSlots
 
 
 class RowIndex:
@@ -159,8 +78,6 @@ class RowIndex:
         if key not in self._fitted:
             batch = self.batch_size
             if rows % batch:
-                from .errors import AdapterError
-
                 raise AdapterError(
                     f"Per-row routing was set up for {batch} rows but a site sees {rows}; pass one adapter "
                     "name per row of the batch."
@@ -171,7 +88,13 @@ class RowIndex:
 
 
 class Routed(Program):
-    """Row ``i`` goes through ``children[index[i]]`` (``None``: the base alone)."""
+    """Row ``i`` goes through ``children[index[i]]`` (``None``: the base alone).
+
+    Single adapters of a bankable method run as leaf groups, from the row index alone: no host
+    synchronisation, so the resident plan is what CUDA graphs capture. Other children (stacks,
+    fusions) run on their own rows, found with ``(index == child).nonzero()``: one synchronisation
+    per such child and site, paid only by batches that mix compositions.
+    """
 
     def __init__(self, children: list[Program | None], rows: RowIndex, banks: Banks | None = None):
         self.children: list[Program | None] = []
@@ -339,7 +262,7 @@ class LeafGroup:
         self.first: nn.Module | None = None  # holds the options every member shares (activation, dropout, norm)
         self.cls: type | None = None
         self._banks = banks
-        self._bank: Bank | None = None
+        self.bank: Bank | None = None  # where the members sit with gradients off (None until placed)
         self._bank_slots: list[int] = []
         self._lookups: dict[tuple[str, torch.device], torch.Tensor] = {}
 
@@ -348,7 +271,7 @@ class LeafGroup:
             self.first, self.cls = delta, type(delta)
         self.deltas.append(delta)
         self.positions.append(position)
-        if self._bank is not None:  # already in a bank: the newcomer takes one slot of it
+        if self.bank is not None:  # already in a bank: the newcomer takes one slot of it
             self._bank_slots += self._banks.place([delta])[1]
         self._refill()
 
@@ -374,7 +297,7 @@ class LeafGroup:
             table, kind = stacked(self.cls, self.deltas), "stacked"
         else:
             self.place()
-            table, kind = self._bank.tensors, "bank"
+            table, kind = self.bank.tensors, "bank"
         capacity = row_index.capacity
         lookup = self.lookup(kind, index.device, capacity)
         return table, RowSlots(lookup[index], lookup[:capacity], lambda: index.remainder(capacity + 1),
@@ -382,8 +305,8 @@ class LeafGroup:
 
     def place(self) -> None:
         """Put the group's deltas in their bank (once: a plan is rebuilt when its banks are cleared)."""
-        if self._bank is None and self._banks is not None:
-            self._bank, self._bank_slots = self._banks.place(self.deltas)
+        if self.bank is None and self._banks is not None:
+            self.bank, self._bank_slots = self._banks.place(self.deltas)
             self._refill()
 
     def lookup(self, kind: str, device: torch.device, capacity: int) -> torch.Tensor:

@@ -25,17 +25,18 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .errors import AdapterError
-from .kernels.bank import Bank, frozen_error, mark_static
-from .routing import Leaf
+from ..errors import AdapterError
+from ..kernels.bank import frozen_error
+from .resident import build_static, reserve_room
 
 if TYPE_CHECKING:
     from .compose import Setup
-    from .planner import Planner, Resident
+    from .planner import Planner
 
 
 class GraphCapture:
-    """The model-level API (mixed into :class:`splice.AdaptedModel`; ``self.planner`` and ``self.hooks``)."""
+    """The model-level API, mixed into :class:`splice.AdaptedModel`: it uses the planner's public
+    surface and sets the hooks' plan; the state it changes lives in :mod:`.resident`."""
 
     def reserve(self, adapters: int) -> None:
         """Keep room for at least ``adapters`` resident adapters, so serving that many never reallocates.
@@ -58,7 +59,7 @@ class GraphCapture:
         planner.reserved = max(planner.reserved, adapters)
         with torch.no_grad():
             reserve_room(planner.resident(), planner.reserved)
-        pin(planner)
+        build_static(planner.resident(), planner.banks)
 
     def freeze_routing(self) -> None:
         """Refuse, from now on, whatever would move the routing state captured graphs read.
@@ -70,15 +71,15 @@ class GraphCapture:
         serves them. The routing tensors are built now, not during a capture. Undo with
         :meth:`unfreeze_routing`.
         """
-        pin(self.planner)
+        build_static(self.planner.resident(), self.planner.banks)
         self.planner.banks.frozen = True
 
     def unfreeze_routing(self) -> None:
         """Let the routing state grow and change shape again (graphs captured while frozen are stale after that)."""
         planner: Planner = self.planner
         planner.banks.frozen = False
-        if planner._resident is not None:
-            plan = planner._resident.plan
+        if planner.resident_plan is not None:
+            plan = planner.resident_plan.plan
             for key, routed in list(plan.items()):
                 if not routed.settle():  # groups and sites kept for the graphs while frozen
                     del plan[key]
@@ -100,7 +101,7 @@ class GraphCapture:
         entries = list(adapter_names)
         planner: Planner = self.planner
         with torch.no_grad():  # plan as for inference: resident adapters run from their banks
-            plan, heads = planner.routed(entries, static=True)
+            plan, heads = planner.per_row(entries, static=True)
         if heads:
             raise AdapterError("route() runs the base only, so splice heads cannot run: call "
                                "model(..., adapter_names=...) for setups with a head.")
@@ -114,59 +115,3 @@ class GraphCapture:
             )
         self.hooks.plan = plan
         self.hooks.skip_layers = self._skip_layers
-
-
-def pin(planner: "Planner") -> None:
-    """Build the resident plan's routing tensors now (banks, lookups on the banks' devices), and mark them
-    and every later one static for ``torch.compile``."""
-    with torch.no_grad():
-        resident = planner.resident()
-        for routed in resident.plan.values():
-            routed.place()
-    planner.banks.static = resident.rows.static = True
-    lookups = []
-    for routed in resident.plan.values():
-        for group in routed.groups():
-            device = next(iter(group._bank.tensors.values())).device
-            lookups.append(group.lookup("bank", device, resident.rows.capacity))
-    mark_static(*planner.banks.tensors(), *resident.rows.buffers(), *lookups)
-
-
-def reserve_room(resident: "Resident", adapters: int) -> None:
-    """Routing positions for ``adapters`` adapters, and bank slots for as many of every layout.
-
-    An adapter takes one slot of a bank per group it joins (per site of that layout), so a
-    bank gets ``adapters`` times the number of resident groups that read it.
-    """
-    resident.rows.capacity = max(resident.rows.capacity, adapters)
-    readers: dict[int, tuple[Bank, int]] = {}
-    for routed in resident.plan.values():
-        routed.place()
-        for group in routed.groups():
-            bank, count = readers.get(id(group._bank), (group._bank, 0))
-            readers[id(bank)] = (bank, count + 1)
-    for bank, count in readers.values():
-        bank.reserve(adapters * count)
-
-
-def check_fits(resident: "Resident", name: str, programs: dict[str, Leaf], position: int) -> None:
-    """Refuse (before anything changes) an adapter that frozen routing cannot take in place."""
-    if position >= resident.rows.capacity:
-        raise frozen_error(f"routing position {position + 1} for adapter {name!r}, beyond the "
-                           f"{resident.rows.capacity} reserved")
-    wanted: dict[int, tuple[Bank, int]] = {}
-    for key, program in programs.items():
-        routed = resident.plan.get(key)
-        group = routed.group_for(program.delta) if routed is not None else None
-        if group is None or group._bank is None:
-            raise frozen_error(
-                f"adapter {name!r} at site {key!r} with a layout ({type(program.delta).__name__}, its shapes) that "
-                "no resident adapter had there when routing was frozen, so no captured forward runs it",
-                "Add one adapter of each kind you will serve before freezing, or model.unfreeze_routing(), "
-                "add it and capture again.")
-        bank, count = wanted.get(id(group._bank), (group._bank, 0))
-        wanted[id(bank)] = (bank, count + 1)
-    for bank, count in wanted.values():
-        if bank.free < count:
-            raise frozen_error(f"{count} slot(s) for adapter {name!r} in a bank of {bank.capacity} with "
-                               f"{bank.free} free")

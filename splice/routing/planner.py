@@ -1,6 +1,6 @@
 """The planner: from the active setup, or a batch's per-row adapter names, to what the hooks run.
 
-It compiles a setup (see :mod:`splice.compose`) into one program per site key,
+It compiles a setup (see :mod:`splice.routing.compose`) into one program per site key,
 and says which splice heads run on which rows.
 
 Per-row plans come in two kinds. At inference (gradients off), a batch whose
@@ -15,59 +15,39 @@ distinct setups, cached by them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .adapter import BASE_NAME, HeadSwap
-from .capture import check_fits, reserve_room
+from ..adapter import BASE_NAME, Adapter, HeadSwap, adapter_named
+from ..anatomy import layer_of
+from ..errors import AdapterError
+from ..heads import Head
+from ..hooks.programs import Leaf, Program
+from ..kernels import Banks
+from ..kernels.bank import mark_static
 from .compose import BatchSplit, Block, Compiler, Fuse, Parallel, Setup, Stack
-from .errors import AdapterError
-from .heads import Head
-from .kernels import Banks
-from .kernels.bank import Watch, mark_static
-from .routing import Leaf, Program, Routed, RowIndex
-
-if TYPE_CHECKING:
-    from .model import AdaptedModel
+from .resident import Resident, check_fits, reserve_room
+from .rows import Routed, RowIndex
 
 HEAD_KEY = "head"
 HeadGroups = list[tuple[Head, torch.Tensor | None]]
 
 
-def _layer(key: str) -> int:
-    """The block index in a site key ("layers.3.q" -> 3); -1 for model-level keys ("head", "prompt")."""
-    parts = key.split(".")
-    return int(parts[1]) if len(parts) == 3 else -1
+class Planner:
+    """Compiles setups over one model's adapter table, and holds its adapter banks.
 
-
-class Resident:
-    """The plan for batches of single bankable adapters: every such adapter, at a fixed position.
-
-    It changes one adapter at a time: an added, loaded, deleted, merged or unmerged
-    adapter touches only its own sites and bank slots.
+    It reads the table (``adapters``), the names merged into the base (``merged``, kept up to date by the
+    model) and where the base lives (``device``); it never sees the model itself.
     """
 
-    def __init__(self, capacity: int = 16):
-        self.key: tuple = ((), ())  # the adapters (name, module) and merges it covers
-        self.position: dict[str, int] = {}
-        self.free: list[int] = []  # positions of adapters that left, for the next ones
-        self.plan: dict[str, Program] = {}
-        self.rows = RowIndex(torch.zeros(0, dtype=torch.long), capacity=capacity)
-        self.watches: dict[str, Watch] = {}  # each adapter's bank slots, checked against its tensors per batch
-        self.singles: dict[str, dict[str, Program]] = {}  # plain plans for batches whose rows all name one adapter
-
-
-class Planner:
-    """Compiles setups for one adapted model, and holds its adapter banks."""
-
-    def __init__(self, model: "AdaptedModel"):
-        self.model = model
+    def __init__(self, adapters: Mapping[str, Adapter], merged: Sequence[str], device: Callable[[], torch.device]):
+        self.adapters, self.merged, self._base_device = adapters, merged, device
         self.banks = Banks()
         self.reserved = 0  # resident adapters to keep room for (AdaptedModel.reserve)
-        self._routed_cache: dict[tuple, tuple[dict[str, Program], RowIndex, list[Setup | None]]] = {}
-        self._resident: Resident | None = None
+        self._per_row_cache: dict[tuple, tuple[dict[str, Program], RowIndex, list[Setup | None]]] = {}
+        self.resident_plan: Resident | None = None  # built at the first per-row batch of resident adapters
 
     def invalidate(self, banks: bool = False) -> None:
         """Adapters were added, removed, merged or unmerged: cached per-row plans are stale.
@@ -76,27 +56,27 @@ class Planner:
         every batch): switching the active setup keeps it. ``banks``: the adapters moved
         to another device or dtype, so the banks and the resident plan go too.
         """
-        self._routed_cache.clear()
+        self._per_row_cache.clear()
         if banks:
-            self._resident = None
+            self.resident_plan = None
             self.banks.clear()
-        elif self._resident is not None:
+        elif self.resident_plan is not None:
             self.resident()  # a deleted adapter leaves now, so its memory (bank slots too) is free at once
 
     # -- lookups the compiler needs ------------------------------------------------------------
     def _delta_at(self, name: str, key: str):
-        adapter = self.model.adapters[name]
+        adapter = self.adapters[name]
         if key == HEAD_KEY:  # a copied base head swaps in even when the adapter is merged
             return HeadSwap(adapter.head) if adapter.head_site is not None else None
-        if name in self.model.merged or key not in adapter.sites:
+        if name in self.merged or key not in adapter.sites:
             return None
         return adapter.delta(key)
 
     def _fused_by(self, name: str) -> tuple[str, ...] | None:
-        return self.model.adapters[name].config.fused_adapters or None
+        return self.adapters[name].config.fused_adapters or None
 
     def _fusion_over(self, children: tuple) -> str:
-        matches = [n for n, a in self.model.adapters.items()
+        matches = [n for n, a in self.adapters.items()
                    if a.config.fused_adapters and a.config.fused_adapters == tuple(children)]
         if len(matches) != 1:
             found = "none" if not matches else f"several ({', '.join(matches)}): activate one by name"
@@ -140,7 +120,7 @@ class Planner:
             )
         names = [setup] if isinstance(setup, str) else setup.names()
         for name in names:
-            self.model._get(name)
+            adapter_named(self.adapters, name)
         if isinstance(setup, Block):
             self._check_fusions(setup)
 
@@ -175,7 +155,7 @@ class Planner:
         keys: dict[str, None] = {}
         for setup in setups:
             for name in self.names(setup):
-                keys.update(dict.fromkeys(self.model.adapters[name].sites))
+                keys.update(dict.fromkeys(self.adapters[name].sites))
         return [*keys, HEAD_KEY]
 
     # -- plans -------------------------------------------------------------------------------------
@@ -188,15 +168,17 @@ class Planner:
         for key in self._keys([setup]):
             program = compiler.program(setup, key)
             # Soft positions lengthen the whole call (one mask for every block): AdapterDrop keeps them.
-            if program is not None and (_layer(key) not in skip_layers or program.has_soft):
+            if program is not None and (layer_of(key) not in skip_layers or program.has_soft):
                 plan[key] = program
         return plan
 
-    def routed(self, entries: Sequence[Setup], static: bool = False) -> tuple[dict[str, Program], HeadGroups]:
+    def per_row(self, entries: Sequence[Setup], static: bool = False) -> tuple[dict[str, Program], HeadGroups]:
         """The plan and head groups for a batch whose row ``i`` takes ``entries[i]``.
 
         ``static`` (and frozen banks): a batch of resident adapters always runs the resident plan, even
         when every row names the same one, so a captured forward reads its routing from the row index.
+        A batch with splice heads finds each head's rows with ``.nonzero()``, once per batch and outside
+        the hooks (resident adapters have no heads, so the serving path does not pay it).
         """
         if not torch.is_grad_enabled():
             resident = self.resident()
@@ -217,15 +199,15 @@ class Planner:
                 self.check(setup)
         setups = [None if s == BASE_NAME else s for s in distinct]
         cache_key = tuple(distinct)
-        if cache_key not in self._routed_cache:
+        if cache_key not in self._per_row_cache:
             rows = RowIndex(torch.zeros(0, dtype=torch.long), capacity=len(setups))
             compiler, plan = self._compiler(), {}
             for key in self._keys([s for s in setups if s is not None]):
                 children = [None if s is None else compiler.program(s, key) for s in setups]
                 if any(c is not None for c in children):
                     plan[key] = Routed(children, rows, self.banks)
-            self._routed_cache[cache_key] = (plan, rows, setups)
-        plan, rows, setups = self._routed_cache[cache_key]
+            self._per_row_cache[cache_key] = (plan, rows, setups)
+        plan, rows, setups = self._per_row_cache[cache_key]
         if not torch.is_grad_enabled():
             self.banks.refresh(d for name in self.names_in(setups) for d in self._deltas(name))
         position = {setup: i for i, setup in enumerate(distinct)}
@@ -241,15 +223,15 @@ class Planner:
     def resident(self) -> Resident:
         """The resident plan, kept in step with the adapters: those added, merged or unmerged since join it
         again, those gone leave it, each touching only its own sites and slots."""
-        adapters, merged = tuple(self.model.adapters.items()), self.model.merged  # adapters compare by identity
-        resident = self._resident
+        adapters, merged = tuple(self.adapters.items()), tuple(self.merged)  # adapters compare by identity
+        resident = self.resident_plan
         if resident is not None and resident.key == (adapters, merged):
             return resident
         if resident is None:
-            resident = self._resident = Resident(max(16, self.reserved))
+            resident = self.resident_plan = Resident(max(16, self.reserved))
             resident.rows.static = self.banks.static
             self.banks.clear()
-            self._routed_cache.clear()  # their groups held slots of the banks just dropped
+            self._per_row_cache.clear()  # their groups held slots of the banks just dropped
         (before, was_merged), now = resident.key, dict(adapters)
         before = dict(before)
         changed = {n for n in before if now.get(n) is not before[n] or (n in merged) != (n in was_merged)}
@@ -285,7 +267,7 @@ class Planner:
         """Add one adapter to the resident plan if every delta of it can run from a bank.
 
         While the banks are frozen, an adapter that does not fit what the captured graphs run is refused
-        before anything changes (see :func:`splice.capture.check_fits`).
+        before anything changes (see :func:`splice.routing.resident.check_fits`).
         """
         if adapter.head is not None or self._fused_by(name) is not None or name in resident.position:
             return
@@ -309,7 +291,7 @@ class Planner:
 
     def _single(self, name: str) -> dict[str, Program]:
         """The plain plan of one adapter (or of none), for a batch whose rows all name it."""
-        singles = self._resident.singles
+        singles = self.resident_plan.singles
         if name not in singles:
             singles[name] = {} if name == BASE_NAME else self.plan(name)
         return singles[name]
@@ -319,23 +301,23 @@ class Planner:
         return list(dict.fromkeys(n for s in setups for n in self.names(s)))
 
     def _deltas(self, name: str) -> list[nn.Module]:
-        adapter = self.model.adapters[name]
+        adapter = self.adapters[name]
         return [adapter.delta(k) for k in adapter.sites]
 
     def _device(self) -> torch.device:
         """Where the row index goes: the base's device, set before the forward so hooks never copy it."""
-        return next((p.device for p in self.model.base.parameters()), torch.device("cpu"))
+        return self._base_device()
 
     def head_of(self, setup: Setup | None) -> Head | None:
         """The splice head a setup ends in: a name's own, a Stack's last, a fusion's own."""
         if setup is None:
             return None
         if isinstance(setup, str):
-            return self.model.adapters[setup].task_head
+            return self.adapters[setup].task_head
         if isinstance(setup, Fuse):
-            return self.model.adapters[self._fusion_over(setup.children)].task_head
+            return self.adapters[self._fusion_over(setup.children)].task_head
         if isinstance(setup, (BatchSplit, Parallel)):
-            return None  # per-row: see routed()
+            return None  # per-row: see per_row()
         for child in reversed(setup.children):
             head = self.head_of(child)
             if head is not None:

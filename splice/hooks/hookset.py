@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .anatomy import Anatomy, Site
-from .routing import Program, first_input
+from ..anatomy import Anatomy, Site
+from .programs import Program, first_input
 from .soft import SoftTokens
 
 SOFT_ROLES = ("prompt", "prefix")
