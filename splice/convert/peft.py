@@ -38,7 +38,7 @@ from ..checkpoint import (
     write_folder,
 )
 from ..errors import AdapterError, AnatomyError, CheckpointError
-from . import prompts
+from . import peft_products, prompts
 from .detect import FOREIGN_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces, rows_of
 from .peft_heads import TaskHead, task_head
@@ -86,13 +86,15 @@ def load_peft(model: AdaptedModel, folder: Path, name: str | None = None) -> str
     config = read_json(folder / FOREIGN_CONFIG)
     source = folder / FOREIGN_CONFIG
     readers: dict[str, Callable] = {"LORA": _read_lora, "IA3": _read_ia3,
-                                    **{kind: prompts.read for kind in prompts.KINDS}}
+                                    **{kind: prompts.read for kind in prompts.KINDS}, **peft_products.READERS}
     kind = config.get("peft_type")
     if kind not in readers:
         raise CheckpointError(f"{source}: peft_type {kind!r} is not one splice reads; it reads {', '.join(readers)}.")
     try:
         if kind in prompts.KINDS:
             prompts.check_options(model, config, source)
+        elif kind in peft_products.READERS:
+            peft_products.check_options(config, source)
         else:
             _check_options(config, source)
         name = claim_name(model, name or folder.name, folder)
@@ -254,14 +256,14 @@ def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
     adapter = model._get(name)
     check_materialised(adapter, name)
     writers: dict[str, Callable] = {"lora": _lora_export, "ia3": _ia3_export, "prompt": _prompt_export,
-                                    "prefix": _prompt_export}
+                                    "prefix": _prompt_export, **peft_products.WRITERS}
     if adapter.config.method not in writers:
         headed = "" if adapter.task_head is None else (
             " (with a head, as splice train's classification and tagging runs have: LoRA or IA3; train with "
             "splice train --method lora or --method ia3 for a run peft can read)")
         raise AdapterError(
             f"peft has no format for splice's {adapter.config.method!r} adapters; format='peft' writes LoRA, IA3, "
-            f"prompt and prefix tuning{headed}. Save it with format='splice'."
+            f"LoHa, LoKr, OFT, BOFT, prompt and prefix tuning{headed}. Save it with format='splice'."
         )
     head = task_head(model, adapter, name) if adapter.task_head is not None else None
     config, tensors = writers[adapter.config.method](model, adapter, head)
