@@ -68,9 +68,14 @@ ARMS: dict[str, Arm] = {
                             note="Houlsby reading the residual stream, as AdapterHub does"),
     # every protocol run was still improving at its last epoch: a higher rate, towards the >= 76.0 goal
     "houlsby-2e-3": Arm("houlsby", 2e-3, note="Houlsby at twice the learning rate"),
+    # issue 16, LyCORIS and orthogonal methods: each at its recipe (splice/methods/<name>.py)
+    "loha": Arm("loha", note="LoHa r 8, alpha 16, q and v"),
+    "lokr": Arm("lokr", note="LoKr r 8, alpha 16, q and v"),
+    "oft": Arm("oft", note="OFT block size 8, q and v"),
+    "boft": Arm("boft", note="BOFT block size 4, 2 butterfly factors, q and v"),
 }
 DEFAULT_ARMS = ("full", "probe", "pfeiffer", "pfeiffer-residual", "houlsby", "houlsby-2e-3", "parallel", "lora",
-                "lora-linear", "ia3", "prefix", "bitfit")
+                "lora-linear", "ia3", "prefix", "bitfit", "loha", "lokr", "oft", "boft")
 
 # Test accuracy (mean, sd over seeds 0-2) measured by issue 6's author with the peer libraries, same protocol:
 # full fine-tuning and the probe in plain PyTorch, Pfeiffer / Houlsby with `adapters`, LoRA with `peft`.

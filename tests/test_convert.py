@@ -228,7 +228,7 @@ def bert_lora(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"peft_type": "LOHA"}, ["peft_type 'LOHA'", "LORA"]),
+    ({"peft_type": "FOURIERFT"}, ["peft_type 'FOURIERFT'", "LORA"]),
     ({"use_dora": True}, ["use_dora", "DoRA"]),
     ({"bias": "all"}, ["bias='all'"]),
     ({"init_lora_weights": "pissa"}, ["init_lora_weights='pissa'", "base model's weights"]),

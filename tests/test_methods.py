@@ -1,7 +1,7 @@
 """Every architecture of the anatomy table × every method of the core.
 
 The methods come from the registry: every training recipe of splice's own methods
-whose deltas change a site's input or output (soft tokens, whose positions start
+whose deltas change a site's input or output, alone or in a composite program (soft tokens, whose positions start
 random, have their contract in test_prefix_prompt.py; a head alone has no site).
 A new method file joins this matrix by itself.
 
@@ -39,9 +39,17 @@ def site_methods() -> dict:
             make = functools.partial(recipe.config, COVERAGE.get(name, {}))
             config = make()
             deltas = [config.build(site, anatomy) for site in config.sites(anatomy)]
-            if deltas and all(delta.stage in ("input", "output") for delta in deltas):
+            if deltas and all(acts_at_site(delta) for delta in deltas):
                 found[name] = make
     return found
+
+
+def acts_at_site(delta) -> bool:
+    """A delta that changes its site's input or output (also a composite one, BOFT's rotation + scale), with no
+    soft positions."""
+    if delta.stage == "composite":
+        return not delta.program().has_soft
+    return delta.stage in ("input", "output")
 
 
 METHODS = site_methods()

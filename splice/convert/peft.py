@@ -29,26 +29,16 @@ from ..anatomy import Site
 from ..checkpoint import Contents, load_sequence
 from ..errors import AnatomyError, CheckpointError
 from ..file_names import PEFT_WEIGHTS
-from . import prompts
+from . import peft_products, prompts
 from .detect import FOREIGN_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces, rows_of
 from .options import UNSET, refuse_unknown
+from .peft_format import INERT, PREFIX
 from .weights import read_weights
 
 if TYPE_CHECKING:
     from ..anatomy import Anatomy
 
-PREFIX = "base_model.model."
-
-# Options that do not change what a loaded adapter computes: bookkeeping, initialisation,
-# training-time settings, and where the adapter lives (which the tensor names record).
-_INERT = {
-    "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
-    "inference_mode", "target_modules", "exclude_modules", "fan_in_fan_out", "modules_to_save",
-    "layers_to_transform", "layers_pattern", "megatron_core", "runtime_config", "qalora_group_size",
-    "eva_config", "corda_config", "lora_ga_config", "loftq_config", "ensure_weight_tying", "init_ia3_weights",
-    "feedforward_modules",  # IA3: the saved vector's shape, [1, in] or [out, 1], says which side it scales
-}
 # Options splice reads and honours.
 _READ = {"r", "lora_alpha", "lora_dropout", "use_rslora", "rank_pattern", "alpha_pattern", "bias", "init_lora_weights"}
 # Initialisations that leave the base model's weights alone (PiSSA, OLoRA, CorDA and LoftQ rewrite them).
@@ -73,13 +63,15 @@ def read_peft(anatomy: Anatomy, taken: Container[str], folder: Path, name: str |
     config = read_json(folder / FOREIGN_CONFIG)
     source = folder / FOREIGN_CONFIG
     readers: dict[str, Callable] = {"LORA": _read_lora, "IA3": _read_ia3,
-                                    **{kind: prompts.read for kind in prompts.KINDS}}
+                                    **{kind: prompts.read for kind in prompts.KINDS}, **peft_products.READERS}
     kind = config.get("peft_type")
     if kind not in readers:
         raise CheckpointError(f"{source}: peft_type {kind!r} is not one splice reads; it reads {', '.join(readers)}.")
     try:
         if kind in prompts.KINDS:
             prompts.check_options(anatomy, config, source)
+        elif kind in peft_products.READERS:
+            peft_products.check_options(config, source)
         else:
             _check_options(config, source)
     except AnatomyError as error:  # e.g. a prompt for a model that takes no token ids
@@ -113,7 +105,7 @@ def _check_options(config: dict[str, Any], source: Path) -> None:
             "LoftQ do), so the adapter does not work on the plain base. Convert it to a plain LoRA with peft first "
             "(save_pretrained(..., path_initial_model_for_weight_conversion=...))."
         )
-    refuse_unknown(config, source, f"peft {config.get('peft_type')}", _INERT | _READ, _WHAT, off=UNSET)
+    refuse_unknown(config, source, f"peft {config.get('peft_type')}", INERT | _READ, _WHAT, off=UNSET)
 
 
 def _read_lora(anatomy: Anatomy, config: dict, tensors: dict[str, torch.Tensor], source: Path):

@@ -11,20 +11,19 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
 from ..adapter import Adapter
-from ..anatomy import Anatomy, Site
+from ..anatomy import Anatomy
 from ..anatomy.linear import linear_shape
 from ..checkpoint import check_materialised
 from ..errors import AdapterError
 from ..file_names import FOREIGN_CONFIG, PEFT_WEIGHTS
 from ..folders import write_folder
-from . import prompts
-from .peft import PREFIX
+from . import peft_products, prompts
+from .peft_format import PREFIX, by_module, has_conv1d, peft_names, rows
 from .peft_heads import TaskHead, task_head
 
 
@@ -42,14 +41,14 @@ def write_peft(anatomy: Anatomy, adapter: Adapter, name: str, path: str | Path) 
     """
     check_materialised(adapter, name)
     writers: dict[str, Callable] = {"lora": _lora_export, "ia3": _ia3_export, "prompt": _prompt_export,
-                                    "prefix": _prompt_export}
+                                    "prefix": _prompt_export, **peft_products.WRITERS}
     if adapter.config.method not in writers:
         headed = "" if adapter.task_head is None else (
             " (with a head, as splice train's classification and tagging runs have: LoRA or IA3; train with "
             "splice train --method lora or --method ia3 for a run peft can read)")
         raise AdapterError(
             f"peft has no format for splice's {adapter.config.method!r} adapters; format='peft' writes LoRA, IA3, "
-            f"prompt and prefix tuning{headed}. Save it with format='splice'."
+            f"LoHa, LoKr, OFT, BOFT, prompt and prefix tuning{headed}. Save it with format='splice'."
         )
     head = task_head(anatomy, adapter, name) if adapter.task_head is not None else None
     config, tensors = writers[adapter.config.method](anatomy, adapter, head)
@@ -75,25 +74,10 @@ def write_peft(anatomy: Anatomy, adapter: Adapter, name: str, path: str | Path) 
     return write_folder(path, fill, marker=FOREIGN_CONFIG)
 
 
-def _by_module(anatomy: Anatomy, adapter: Adapter, head: TaskHead | None) -> dict[str, list[tuple[Site, Any]]]:
-    """The adapter's deltas by the path of their module in the model peft loads: the base, or ``head``'s task
-    model (where the base sits under a prefix)."""
-    prefix = head.base_prefix if head is not None else ""
-    grouped: dict[str, list[tuple[Site, Any]]] = {}
-    for site, delta in adapter.items():
-        grouped.setdefault(prefix + anatomy.module_path(site.module), []).append((site, delta))
-    return grouped
-
-
-def _rows(site: Site) -> torch.Tensor:
-    """Indices of ``site``'s rows in its module's output."""
-    return torch.arange(linear_shape(site.module)[1])[site.columns if site.columns is not None else slice(None)]
-
-
 def _lora_export(anatomy: Anatomy, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
     config = adapter.config
     tensors, ranks, alphas = {}, {}, {}
-    for path, items in _by_module(anatomy, adapter, head).items():
+    for path, items in by_module(anatomy, adapter, head).items():
         sites = [site for site, _ in items]
         out_rows = linear_shape(sites[0].module)[1]
         As = [delta.lora_A.weight.detach().cpu() for _, delta in items]
@@ -104,19 +88,19 @@ def _lora_export(anatomy: Anatomy, adapter: Adapter, head: TaskHead | None) -> t
             A, rank, alpha = As[0], config.rank_at(sites[0]), config.alpha_at(sites[0])
             B = torch.zeros(out_rows, rank, dtype=Bs[0].dtype)
             for site, part in zip(sites, Bs):
-                B.index_copy_(0, _rows(site), part)
+                B.index_copy_(0, rows(site), part)
         else:  # roles with their own A: stack the ranks, fold each role's scaling into its block of B
             A, rank = torch.cat(As), sum(a.shape[0] for a in As)
             alpha = math.sqrt(rank) if config.use_rslora else rank  # peft scaling 1
             B = torch.zeros(out_rows, rank, dtype=Bs[0].dtype)
             offset = 0
             for (site, delta), part in zip(items, Bs):
-                B[:, offset:offset + part.shape[1]].index_copy_(0, _rows(site), part * delta.scaling)
+                B[:, offset:offset + part.shape[1]].index_copy_(0, rows(site), part * delta.scaling)
                 offset += part.shape[1]
         tensors[f"{PREFIX}{path}.lora_A.weight"] = A
         tensors[f"{PREFIX}{path}.lora_B.weight"] = B
         ranks[path], alphas[path] = rank, alpha
-    targets, _ = _peft_names(anatomy, head, set(ranks), set())
+    targets, _ = peft_names(anatomy, head, set(ranks), set())
     return {
         "peft_type": "LORA",
         "r": config.r,
@@ -127,14 +111,14 @@ def _lora_export(anatomy: Anatomy, adapter: Adapter, head: TaskHead | None) -> t
         "rank_pattern": {re.escape(p): v for p, v in ranks.items() if v != config.r},
         "alpha_pattern": {re.escape(p): v for p, v in alphas.items() if v != config.alpha},
         "bias": "none",
-        "fan_in_fan_out": _has_conv1d(adapter),
+        "fan_in_fan_out": has_conv1d(adapter),
         "init_lora_weights": True,
     }, tensors
 
 
 def _ia3_export(anatomy: Anatomy, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
     tensors, inputs = {}, set()
-    for path, items in _by_module(anatomy, adapter, head).items():
+    for path, items in by_module(anatomy, adapter, head).items():
         (site, delta), *_ = items
         scale = delta.scale.detach().cpu()
         if delta.stage == "input":
@@ -148,15 +132,15 @@ def _ia3_export(anatomy: Anatomy, adapter: Adapter, head: TaskHead | None) -> tu
         else:
             vector = torch.ones(linear_shape(site.module)[1], dtype=scale.dtype)
             for part_site, part in items:
-                vector.index_copy_(0, _rows(part_site), part.scale.detach().cpu())
+                vector.index_copy_(0, rows(part_site), part.scale.detach().cpu())
             tensors[f"{PREFIX}{path}.ia3_l"] = vector.reshape(-1, 1)
     paths = {key.removeprefix(PREFIX).removesuffix(".ia3_l") for key in tensors}
-    targets, feedforward = _peft_names(anatomy, head, paths, inputs)
+    targets, feedforward = peft_names(anatomy, head, paths, inputs)
     return {
         "peft_type": "IA3",
         "target_modules": targets,
         "feedforward_modules": feedforward,
-        "fan_in_fan_out": _has_conv1d(adapter),
+        "fan_in_fan_out": has_conv1d(adapter),
     }, tensors
 
 
@@ -165,29 +149,3 @@ def _prompt_export(anatomy: Anatomy, adapter: Adapter, head: None) -> tuple[dict
     return prompts.export(anatomy, adapter)
 
 
-def _has_conv1d(adapter: Adapter) -> bool:
-    return any(type(site.module).__name__ == "Conv1D" for site, _ in adapter.items())
-
-
-def _peft_names(anatomy: Anatomy, head: TaskHead | None, targets: set[str], inputs: set[str]) -> tuple[Any, Any]:
-    """``target_modules`` (and IA3's ``feedforward_modules``) that make peft pick exactly these modules.
-
-    The shortest module-name suffixes that do (``["q_proj", "v_proj"]``), as users
-    write them; a full-match regular expression where no suffixes are exact. The
-    paths are those of the model peft loads: the base, or ``head``'s task model.
-    """
-    prefix = head.base_prefix if head is not None else ""
-    every = [prefix + name for name, _ in anatomy.model.named_modules() if name] + list(head.modules if head else ())
-    longest = max(len(path.split(".")) for path in targets)
-    for depth in range(1, longest + 1):
-        names = sorted({".".join(p.split(".")[-depth:]) for p in targets})
-        feedforward = sorted({".".join(p.split(".")[-depth:]) for p in inputs})
-        picked = {m for m in every if any(m == n or m.endswith("." + n) for n in names)}
-        scaled = {m for m in targets if any(m.endswith(n) for n in feedforward)}  # peft's feedforward test
-        if picked == targets and scaled == inputs:
-            return names, feedforward
-    return _full_match(targets), _full_match(inputs) if inputs else []
-
-
-def _full_match(paths: set[str]) -> str:
-    return "(" + "|".join(re.escape(p) for p in sorted(paths)) + ")"
