@@ -29,7 +29,7 @@ import torch
 from ..anatomy import Site
 from ..checkpoint import build_adapter, check_fingerprint, claim_name, install
 from ..errors import CheckpointError
-from . import adapters_soft
+from . import adapters_methods, adapters_soft
 from .bottleneck import bottleneck_from, is_bottleneck
 from .detect import FOREIGN_CONFIG, HEAD_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces
@@ -66,9 +66,12 @@ def load_adapters(model: AdaptedModel, folder: Path, name: str | None = None) ->
     options = meta.get("config")
     if not isinstance(options, dict):
         raise CheckpointError(f"{source} has no \"config\" object: the adapter's options are missing.")
-    bottleneck = is_bottleneck(options)
+    other = adapters_methods.handles(options)  # Compacter, ReFT, invertible adapters
+    bottleneck = not other and is_bottleneck(options)
     soft = options.get("architecture") in adapters_soft.ARCHITECTURES
-    if soft:
+    if other:
+        pass  # adapters_methods checks its own options
+    elif soft:
         adapters_soft.check_options(model, options, source)
     elif not bottleneck:
         _check_options(options, source)
@@ -76,7 +79,9 @@ def load_adapters(model: AdaptedModel, folder: Path, name: str | None = None) ->
     check_fingerprint({key: meta[key] for key in ("model_type", "hidden_size") if key in meta},
                       model.anatomy.fingerprint(), folder)
     weights_path, tensors = read_weights(folder, WEIGHTS_FILES)
-    if bottleneck:
+    if other:
+        method, state = adapters_methods.method_from(model, options, tensors, "version" in meta, weights_path)
+    elif bottleneck:
         method, state = bottleneck_from(model, options, tensors, "version" in meta, weights_path)
     elif soft:
         if options["architecture"] == "prompt_tuning":

@@ -137,11 +137,7 @@ class PHMLinear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """``H`` transposed: the ``[out, in]`` weight of the same linear map."""
-        rule, blocks = self.rule(), self.blocks()
-        n, (p, q) = self.n, blocks.shape[1:]
-        # (A ⊗ W)[a·p + c, b·q + d] = A[a, b] · W[c, d], summed over the n pairs
-        h = torch.einsum("iab,icd->acbd", rule.to(blocks.dtype), blocks).reshape(n * p, n * q)
-        return h.t()
+        return phm_matrix(self.rule(), self.blocks()).t()
 
     @property
     def bias(self) -> torch.Tensor:
@@ -149,6 +145,13 @@ class PHMLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.b)
+
+
+def phm_matrix(rule: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``H = Σ_i rule_i ⊗ blocks_i`` (``[n, n, n]`` rules, ``[n, p, q]`` blocks) as one ``[n·p, n·q]`` matrix."""
+    n, p, q = blocks.shape
+    # (A ⊗ W)[a·p + c, b·q + d] = A[a, b] · W[c, d]
+    return torch.einsum("iab,icd->acbd", rule.to(blocks.dtype), blocks).reshape(n * p, n * q)
 
 
 def _init_blocks(blocks: nn.Parameter, config: Compacter) -> None:
@@ -172,4 +175,4 @@ class CompacterDelta(BottleneckDelta):
         self.up = PHMLinear(units, features, config, zero=True)
 
 
-__all__ = ["Compacter", "CompacterDelta", "PHMLinear"]
+__all__ = ["Compacter", "CompacterDelta", "PHMLinear", "phm_matrix"]
