@@ -68,9 +68,13 @@ ARMS: dict[str, Arm] = {
                             note="Houlsby reading the residual stream, as AdapterHub does"),
     # every protocol run was still improving at its last epoch: a higher rate, towards the >= 76.0 goal
     "houlsby-2e-3": Arm("houlsby", 2e-3, note="Houlsby at twice the learning rate"),
+    "compacter": Arm("compacter", 1e-3, note="PHM bottlenecks after attention and FFN, reduction 32, phm_dim 4"),
+    "compacter++": Arm("compacter++", 1e-3, note="one PHM bottleneck after the FFN, residual stream, reduction 32"),
+    "loreft": Arm("loreft", 1e-3, note="LoReFT r 4 on the first 3 and last 3 tokens of every layer"),
+    "invertible": Arm("invertible", 1e-3, note="NICE coupling on the embeddings alone (MAD-X's language part)"),
 }
 DEFAULT_ARMS = ("full", "probe", "pfeiffer", "pfeiffer-residual", "houlsby", "houlsby-2e-3", "parallel", "lora",
-                "lora-linear", "ia3", "prefix", "bitfit")
+                "lora-linear", "ia3", "prefix", "bitfit", "compacter", "compacter++", "loreft", "invertible")
 
 # Test accuracy (mean, sd over seeds 0-2) measured by issue 6's author with the peer libraries, same protocol:
 # full fine-tuning and the probe in plain PyTorch, Pfeiffer / Houlsby with `adapters`, LoRA with `peft`.

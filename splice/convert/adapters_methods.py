@@ -160,6 +160,7 @@ def _reft(model: AdaptedModel, options: dict, tensors: dict[str, torch.Tensor], 
         subtract_projection=bool(options.get("subtract_projection", True)),
         tied_weights=bool(options.get("tied_weights")), dropout=float(options.get("dropout", 0.05) or 0.0),
         non_linearity=options.get("non_linearity"), layers=None if layers == "all" else tuple(layers),
+        init="random", orthogonal_map="householder",
     )
     return config, state
 

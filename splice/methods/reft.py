@@ -9,8 +9,10 @@ output ``h`` becomes ``dropout(h + (act(W h + b) - P h) Pᵀ)`` with ``P`` of ra
 - ``kind="direft"``: no orthogonality and no ``- P h`` term: ``dropout(h + act(W h + b) Pᵀ)``.
 
 As AdapterHub's ``LoReftConfig`` / ``NoReftConfig`` / ``DiReftConfig``: prefix and suffix positions
-have one unit each (``tied_weights``: one shared unit); where they overlap the suffix's wins; ``W``,
-``b`` and ``P`` start random, so a fresh ReFT adapter changes the output (as AdapterHub's does).
+have one unit each (``tied_weights``: one shared unit); where they overlap the suffix's wins.
+AdapterHub starts ``W``, ``b`` and ``P`` random, so its fresh adapters change the output
+(``init="random"`` here); splice's default ``init="identity"`` starts ``W = P``, ``b = 0`` (``W = 0`` for
+DiReFT), where the intervention adds nothing, and trains from there.
 The positions are the real tokens of this call; in a cached decoding step (``generate``) only
 prefix positions that fall in the new tokens are changed (the prompt's were changed at prefill).
 Rows with fewer real tokens than ``prefix_positions`` change only those (AdapterHub would also
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..anatomy import Anatomy, Site
@@ -57,6 +60,11 @@ class ReFT(MethodConfig):
     tied_weights: bool = False
     dropout: float = 0.05
     non_linearity: str | None = None
+    init: str = "identity"
+    # How torch parametrises the orthonormal P. AdapterHub's (torch's default for a non-square P) is
+    # "householder", which weight decay breaks (it reads the sign of P's diagonal with int(): a decayed -0.99
+    # becomes 0 and P all zeros); splice's own adapters use "matrix_exp", its readers "householder".
+    orthogonal_map: str = "matrix_exp"
 
     def validate(self) -> None:
         self._require_choice("kind", self.kind, KINDS)
@@ -75,6 +83,13 @@ class ReFT(MethodConfig):
             object.__setattr__(self, "orthogonality", orthogonal)
         if self.subtract_projection is None:
             object.__setattr__(self, "subtract_projection", subtract)
+        self._require_choice("init", self.init, {"identity", "random"})
+        self._require_choice("orthogonal_map", self.orthogonal_map, {"matrix_exp", "cayley", "householder"})
+        if self.init == "identity" and self.subtract_projection and self.non_linearity is not None:
+            raise ConfigError(
+                f"ReFT(init='identity') cannot start a {self.kind} intervention with non_linearity="
+                f"{self.non_linearity!r} at the identity (act(P h) != P h); use init='random' or no non_linearity."
+            )
 
     def sites(self, anatomy: Anatomy) -> list[Site]:
         stack = next(iter(anatomy.blocks))  # the encoder of an encoder-decoder model, else the only stack
@@ -111,15 +126,21 @@ class ReFTUnit(nn.Module):
         super().__init__()
         self.learned_source = nn.Linear(width, config.r)
         projection = nn.Linear(width, config.r, bias=False)
-        self.projection = nn.utils.parametrizations.orthogonal(projection) if config.orthogonality else projection
+        self.projection = (nn.utils.parametrizations.orthogonal(projection, orthogonal_map=config.orthogonal_map)
+                           if config.orthogonality else projection)
         self.subtract = config.subtract_projection
         self.act = ACTIVATIONS[config.non_linearity]() if config.non_linearity else nn.Identity()
+        if config.init == "identity":  # act(W h + b) - P h = 0 (subtracting kinds), or act(0) = 0 (DiReFT)
+            with torch.no_grad():
+                self.learned_source.bias.zero_()
+                self.learned_source.weight.copy_(self.projection.weight if self.subtract else 0.0)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        p = self.projection.weight
-        source = self.act(self.learned_source(h))
+        p, source = self.projection.weight.contiguous(), self.learned_source
+        # the same kernel for W h and P h, so that a fresh (W = P) intervention adds exactly zero
+        source = self.act(F.linear(h, source.weight) + source.bias)
         if self.subtract:
-            source = source - h @ p.t()
+            source = source - F.linear(h, p)
         return h + source @ p
 
 
