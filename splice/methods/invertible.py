@@ -63,8 +63,8 @@ class Invertible(MethodConfig):
 
     def sites(self, anatomy: Anatomy) -> list[Site]:
         module = get_module(anatomy.model, anatomy.layout.embeddings or "embeddings", suffix=True)
-        if module is None:
-            module = token_embedding(anatomy.model)
+        if module is None:  # the token embedding of the module that takes input_ids (T5: the encoder's)
+            module = token_embedding(anatomy.prompt_module())
         if module is None:
             raise AnatomyError(
                 f"Invertible adapters act on the embeddings' output; this {type(anatomy.model).__name__} has no "
