@@ -73,9 +73,15 @@ ARMS: dict[str, Arm] = {
     "lokr": Arm("lokr", note="LoKr r 8, alpha 16, q and v"),
     "oft": Arm("oft", note="OFT block size 8, q and v"),
     "boft": Arm("boft", note="BOFT block size 4, 2 butterfly factors, q and v"),
+    # issue 16, AdapterHub's methods
+    "compacter": Arm("compacter", 1e-3, note="PHM bottlenecks after attention and FFN, reduction 32, phm_dim 4"),
+    "compacter++": Arm("compacter++", 1e-3, note="one PHM bottleneck after the FFN, residual stream, reduction 32"),
+    "loreft": Arm("loreft", 1e-3, note="LoReFT r 4 on the first 3 and last 3 tokens of every layer"),
+    "invertible": Arm("invertible", 1e-3, note="NICE coupling on the embeddings alone (MAD-X's language part)"),
 }
 DEFAULT_ARMS = ("full", "probe", "pfeiffer", "pfeiffer-residual", "houlsby", "houlsby-2e-3", "parallel", "lora",
-                "lora-linear", "ia3", "prefix", "bitfit", "loha", "lokr", "oft", "boft")
+                "lora-linear", "ia3", "prefix", "bitfit", "loha", "lokr", "oft", "boft", "compacter", "compacter++",
+                "loreft", "invertible")
 
 # Test accuracy (mean, sd over seeds 0-2) measured by issue 6's author with the peer libraries, same protocol:
 # full fine-tuning and the probe in plain PyTorch, Pfeiffer / Houlsby with `adapters`, LoRA with `peft`.

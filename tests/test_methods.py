@@ -27,6 +27,10 @@ COVERAGE = {
     "houlsby": {"non_linearity": "swish"},
     "parallel": {"scale": 2.0, "ln_before": True},
     "lora": {"r": 4, "alpha": 8, "targets": "all-linear", "dropout": 0.0},
+    # the tiny models are 32 wide: a width of 8 that phm_dim 4 divides
+    "compacter": {"reduction_factor": 4},
+    "compacter++": {"reduction_factor": 4, "phm_rank": 2, "factorized_phm_rule": True},
+    "loreft": {"dropout": 0.0},
 }
 
 

@@ -17,7 +17,7 @@ sites on the fused module restricted to the role's output columns, so
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -61,6 +61,9 @@ class Site:
     out_features: int
     columns: slice | torch.Tensor | None = None
     norm: nn.Module | None = None  # residual roles on post-LN models: the norm the block applies to output + residual
+    # What the delta reads from ``input_module``'s call, given (args, kwargs), where that is not the hidden states
+    # (ReFT: the attention mask of the model's call); kept for the whole forward, so checkpointing recomputes with it.
+    reads: Callable[[tuple, dict], torch.Tensor] | None = None
 
     @property
     def is_projection(self) -> bool:

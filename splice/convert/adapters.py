@@ -32,7 +32,7 @@ from ..anatomy import Site
 from ..checkpoint import Contents, load_sequence
 from ..errors import CheckpointError
 from ..file_names import ADAPTERHUB_HEAD_WEIGHTS, ADAPTERHUB_WEIGHTS
-from . import adapters_soft
+from . import adapters_methods, adapters_soft
 from .bottleneck import bottleneck_from, is_bottleneck
 from .detect import FOREIGN_CONFIG, HEAD_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces
@@ -69,9 +69,12 @@ def read_adapterhub(anatomy: Anatomy, taken: Container[str], folder: Path,
     options = meta.get("config")
     if not isinstance(options, dict):
         raise CheckpointError(f"{source} has no \"config\" object: the adapter's options are missing.")
-    bottleneck = is_bottleneck(options)
+    other = adapters_methods.handles(options)  # Compacter, ReFT, invertible adapters
+    bottleneck = not other and is_bottleneck(options)
     soft = options.get("architecture") in adapters_soft.ARCHITECTURES
-    if soft:
+    if other:
+        pass  # adapters_methods checks its own options
+    elif soft:
         adapters_soft.check_options(anatomy, options, source)
     elif not bottleneck:
         _check_options(options, source)
@@ -79,7 +82,9 @@ def read_adapterhub(anatomy: Anatomy, taken: Container[str], folder: Path,
 
     def read() -> Contents:
         weights_path, tensors = read_weights(folder, ADAPTERHUB_WEIGHTS)
-        if bottleneck:
+        if other:
+            method, state = adapters_methods.method_from(anatomy, options, tensors, "version" in meta, weights_path)
+        elif bottleneck:
             method, state = bottleneck_from(anatomy, options, tensors, "version" in meta, weights_path)
         elif soft:
             if options["architecture"] == "prompt_tuning":

@@ -86,7 +86,7 @@ class HookSet:
             if site.input_module is not site.module:
                 program = self.plan.get(site.key)
                 if program is not None and program.reads_input and site.layer not in self.skip_layers:
-                    self._stash[site.key] = first_input(args, kwargs)
+                    self._stash[site.key] = (site.reads or first_input)(args, kwargs)
         for handler in self.soft.before.get(module, ()):  # call rewrites see the deltas' inputs
             rewritten = handler(args, kwargs)
             if rewritten is not None:
@@ -109,6 +109,8 @@ class HookSet:
                 continue
             if site.input_module is module:
                 x = first_input(args, kwargs)
+            elif site.reads is not None:  # read once per forward, upstream of a block checkpointing may re-run
+                x = self._stash.get(site.key)
             else:
                 x = self._stash.pop(site.key, None)
             y = program.post(x, take_columns(y_full, site.columns))
