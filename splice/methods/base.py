@@ -113,6 +113,15 @@ class MethodConfig:
         positions, which start random, excepted)."""
         raise NotImplementedError
 
+    def shared(self, anatomy: Anatomy) -> nn.Module | None:
+        """Tensors that every site of one adapter reads (VeRA's frozen random projections), or None (default).
+
+        Built once per adapter (not per site), kept as its ``shared`` module and handed to each of its deltas
+        by :meth:`Delta.use_shared`; its persistent buffers are saved once, under ``shared.``. Buffers, not
+        parameters: shared state never trains.
+        """
+        return None
+
     def folded(self) -> "MethodConfig":
         """The config a save writes (a delta's ``folded_state`` gives the matching tensors); usually itself."""
         return self
@@ -212,6 +221,7 @@ class Delta(nn.Module):
 
     Its optional capabilities each have a default here, so nothing outside a method asks whether a delta has one:
 
+    - shared state (configs whose ``shared`` gives a module): ``use_shared(shared)`` receives it once built;
     - saving: ``folded_state()``, the tensors a save writes (default: the state dict; a delta trained
       through a reparameterisation folds it away, matching its config's ``folded()``);
     - merging (configs with ``mergeable``): ``merge(site)`` / ``unmerge(site)`` fold the delta into, and back
@@ -246,6 +256,11 @@ class Delta(nn.Module):
     def folded_state(self) -> dict[str, torch.Tensor]:
         """The tensors a save writes, by name (default: the state dict)."""
         return self.state_dict(keep_vars=True)
+
+    def use_shared(self, shared: nn.Module) -> None:
+        """Take the adapter's shared module (configs whose :meth:`MethodConfig.shared` gives one); a delta
+        keeps it outside its own submodules, so it is saved, moved and counted once, with the adapter."""
+        raise NotImplementedError(f"{type(self).__name__} reads no shared state, but its config built some.")
 
     def check_merge(self, site: Site) -> None:
         """Raise, before any weight is written, where ``site`` cannot take this delta's merge (default: every
