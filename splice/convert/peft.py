@@ -38,7 +38,7 @@ from ..checkpoint import (
     write_folder,
 )
 from ..errors import AdapterError, AnatomyError, CheckpointError
-from . import prompts
+from . import peft_lora_family, prompts
 from .detect import FOREIGN_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces, rows_of
 from .peft_heads import TaskHead, task_head
@@ -85,14 +85,16 @@ def load_peft(model: AdaptedModel, folder: Path, name: str | None = None) -> str
     """
     config = read_json(folder / FOREIGN_CONFIG)
     source = folder / FOREIGN_CONFIG
-    readers: dict[str, Callable] = {"LORA": _read_lora, "IA3": _read_ia3,
+    readers: dict[str, Callable] = {"LORA": _read_lora, "IA3": _read_ia3, **peft_lora_family.READERS,
                                     **{kind: prompts.read for kind in prompts.KINDS}}
-    kind = config.get("peft_type")
+    kind = peft_lora_family.kind_of(config)
     if kind not in readers:
         raise CheckpointError(f"{source}: peft_type {kind!r} is not one splice reads; it reads {', '.join(readers)}.")
     try:
         if kind in prompts.KINDS:
             prompts.check_options(model, config, source)
+        elif kind in peft_lora_family.READERS:
+            peft_lora_family.check_options(config, source)
         else:
             _check_options(config, source)
         name = claim_name(model, name or folder.name, folder)
@@ -254,7 +256,7 @@ def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
     adapter = model._get(name)
     check_materialised(adapter, name)
     writers: dict[str, Callable] = {"lora": _lora_export, "ia3": _ia3_export, "prompt": _prompt_export,
-                                    "prefix": _prompt_export}
+                                    "prefix": _prompt_export, **peft_lora_family.WRITERS}
     if adapter.config.method not in writers:
         headed = "" if adapter.task_head is None else (
             " (with a head, as splice train's classification and tagging runs have: LoRA or IA3; train with "
@@ -303,13 +305,13 @@ def _rows(site: Site) -> torch.Tensor:
 
 
 def _lora_export(model: AdaptedModel, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
-    config = adapter.config
+    config = adapter.config.plain()  # a PiSSA / OLoRA start: the plain LoRA of twice the rank it computes
     tensors, ranks, alphas = {}, {}, {}
     for path, items in _by_module(model, adapter, head).items():
         sites = [site for site, _ in items]
         out_rows = linear_shape(sites[0].module)[1]
-        As = [delta.lora_A.weight.detach().cpu() for _, delta in items]
-        Bs = [delta.lora_B.weight.detach().cpu() for _, delta in items]
+        As = [delta.factors()[0].detach().cpu() for _, delta in items]
+        Bs = [delta.factors()[1].detach().cpu() for _, delta in items]
         shared = len({(config.rank_at(s), config.alpha_at(s)) for s in sites}) == 1 and all(
             torch.equal(A, As[0]) for A in As)
         if shared:  # one LoRA of the same rank over the whole module: A shared, B stacked by rows

@@ -196,7 +196,8 @@ class LoRADelta(Delta):
         self.lora_B = nn.Linear(r, out_features, bias=False)
         self.fixed = principal.is_principal(config.init)
         # A bank runs one dropout over both halves of [A; A₀], but the fixed half must see x without it.
-        self.banked = not (self.fixed and config.dropout > 0)
+        if self.fixed and config.dropout > 0:
+            self.banked = False
         if self.fixed:
             self.register_buffer("fixed_A", torch.empty_like(self.lora_A.weight))
             self.register_buffer("fixed_B", torch.empty_like(self.lora_B.weight))
