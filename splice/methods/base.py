@@ -363,6 +363,17 @@ def add_to_rows(module: nn.Module, columns, delta: torch.Tensor) -> None:
             columns_of(weight, columns, 0).add_(delta.to(weight.dtype))
 
 
+def set_rows(module: nn.Module, columns, value: torch.Tensor) -> None:
+    """``W[columns] = value`` on a linear-like module's ``[out, in]`` weight, in place (for merges that rescale
+    rows: adding the difference instead would round it at the scale of the old weight)."""
+    weight = linear_weight(module)
+    with torch.no_grad():
+        if isinstance(columns, torch.Tensor):
+            weight.index_copy_(0, columns.to(weight.device), value.to(weight.dtype))
+        else:
+            columns_of(weight, columns, 0).copy_(value.to(weight.dtype))
+
+
 def base_bias(site: Site, purpose: str) -> torch.Tensor:
     """The base module's bias, or a clear error where the layer has none."""
     bias = getattr(site.module, "bias", None)

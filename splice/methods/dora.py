@@ -27,7 +27,7 @@ from torch import nn
 from ..anatomy import Anatomy, Site, linear_weight
 from ..errors import ConfigError
 from . import principal
-from .base import Delta, Recipe, add_to_rows, columns_of
+from .base import Delta, Recipe, columns_of, set_rows
 from .lora import LoRA, LoRADelta
 from .registry import register
 
@@ -103,15 +103,15 @@ class DoRADelta(LoRADelta):
             base = y if bias is None else y - bias.to(y.dtype)
         return y + ((factor - 1) * base.to(factor.dtype) + factor * update).to(y.dtype)
 
+    # Both in float64: f can be small, and unmerging divides by it.
     def merge(self, site: Site) -> None:
-        factor = self.magnitude.detach() / self.weight_norm()
-        weight = self.base_weight().float()
-        new = factor.float()[:, None] * (weight + self.delta_weight())
-        add_to_rows(site.module, site.columns, new - weight)
+        factor = (self.magnitude.detach() / self.weight_norm()).double()
+        merged = factor[:, None] * (self.base_weight().double() + self.delta_weight().double())
+        set_rows(site.module, site.columns, merged)
         self._merged_factor = factor
 
     def unmerge(self, site: Site) -> None:
         factor = self._merged_factor  # the merge's own f: the norm of the merged weight is another number
-        weight = self.base_weight().float()
-        add_to_rows(site.module, site.columns, weight / factor.float()[:, None] - self.delta_weight() - weight)
+        base = self.base_weight().double() / factor[:, None] - self.delta_weight().double()
+        set_rows(site.module, site.columns, base)
         self._merged_factor = None
