@@ -382,3 +382,15 @@ def test_splice_train_with_lora_plus_ratio(tmp_path, capsys, monkeypatch):
     meta = json.loads((tmp_path / "run" / "adapter" / "adapter.json").read_text())
     assert meta["config"]["r"] == 2 and "lora_plus_ratio" not in meta["config"]
     assert meta["training"]["options"]["lora_plus_ratio"] == 16
+
+
+@pytest.mark.parametrize("config", [DoRA(r=2, targets=("q",)), LoRA(r=2, targets=("q",), init="pissa")])
+def test_methods_reading_the_base_weight_refuse_a_packed_one(config):
+    """DoRA's norm and PiSSA's start read W; a packed (quantized) weight is refused by name, the model unchanged."""
+    base = tiny_model("bert")
+    query = base.encoder.layer[0].attention.self.query
+    query.weight = torch.nn.Parameter(torch.zeros(query.weight.shape, dtype=torch.int8), requires_grad=False)
+    model = splice.attach(base)
+    with pytest.raises(splice.AdapterError, match="quantized layer"):
+        model.add("x", config)
+    assert not model.adapters

@@ -363,6 +363,18 @@ def add_to_rows(module: nn.Module, columns, delta: torch.Tensor) -> None:
             columns_of(weight, columns, 0).add_(delta.to(weight.dtype))
 
 
+def float_weight(site: Site, what: str) -> torch.Tensor:
+    """``site``'s module weight as ``[out, in]`` floats, for methods that read the base weight itself, or a
+    clear error where it is stored packed (a quantized base)."""
+    weight = linear_weight(site.module)
+    if not weight.is_floating_point():
+        raise AdapterError(
+            f"{what} reads the base weight at {site.key}, which is stored as {weight.dtype} "
+            f"({type(site.module).__name__}: a quantized layer); load the base unquantized for it."
+        )
+    return weight
+
+
 def set_rows(module: nn.Module, columns, value: torch.Tensor) -> None:
     """``W[columns] = value`` on a linear-like module's ``[out, in]`` weight, in place (for merges that rescale
     rows: adding the difference instead would round it at the scale of the old weight)."""

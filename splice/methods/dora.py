@@ -24,10 +24,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..anatomy import Anatomy, Site, linear_weight
+from ..anatomy import Anatomy, Site
 from ..errors import ConfigError
 from . import principal
-from .base import Delta, Recipe, columns_of, set_rows
+from .base import Delta, Recipe, columns_of, float_weight, set_rows
 from .lora import LoRA, LoRADelta
 from .registry import register
 
@@ -79,7 +79,7 @@ class DoRADelta(LoRADelta):
     def base_weight(self) -> torch.Tensor:
         """The site's rows of the base weight, ``[out, in]``, as it is now."""
         site = self._site[0]
-        return columns_of(linear_weight(site.module), site.columns, 0)
+        return columns_of(float_weight(site, "DoRA"), site.columns, 0)
 
     def base_bias(self) -> torch.Tensor | None:
         site = self._site[0]

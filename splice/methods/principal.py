@@ -18,9 +18,9 @@ import re
 import torch
 from torch import nn
 
-from ..anatomy import Site, linear_weight
+from ..anatomy import Site
 from ..errors import ConfigError
-from .base import MethodConfig, columns_of
+from .base import MethodConfig, columns_of, float_weight
 
 PLAIN = ("kaiming", "gaussian")
 _PRINCIPAL = re.compile(r"^(pissa|pissa_niter_[1-9][0-9]{0,2}|olora)$")
@@ -49,7 +49,7 @@ def start(delta: nn.Module, init: str, site: Site | None) -> None:
         return
     if site is None:
         raise ConfigError(f"LoRA init={init!r} starts from the base weight, so its delta needs the site it adapts.")
-    weight = columns_of(linear_weight(site.module), site.columns, 0).detach().float()
+    weight = columns_of(float_weight(site, f"LoRA init={init!r}"), site.columns, 0).detach().float()
     A, B = _decompose(weight, init, delta.lora_A.weight.shape[0], delta.scaling)
     with torch.no_grad():
         for trained, fixed, value in ((delta.lora_A.weight, delta.fixed_A, A), (delta.lora_B.weight, delta.fixed_B, B)):
