@@ -394,3 +394,22 @@ def test_methods_reading_the_base_weight_refuse_a_packed_one(config):
     with pytest.raises(splice.AdapterError, match="quantized layer"):
         model.add("x", config)
     assert not model.adapters
+
+
+@pytest.mark.parametrize("config", [DoRA(r=2, targets=("q", "v")), VeRA(r=4, targets=("q", "v"))],
+                         ids=["dora", "vera"])
+def test_splice_head_is_written_as_the_task_models_classifier(tmp_path, config):
+    """``splice train --method dora|vera``'s classifier goes to peft as the task model's own (as for LoRA)."""
+    from test_convert_peft_heads import inputs, peft_logits
+    from transformers import AutoModelForSequenceClassification
+
+    model = splice.attach(tiny_model("roberta"))
+    model.add("task", config, head=splice.heads.Classification(num_labels=3))
+    perturb(model.adapters["task"], seed=3)
+    model.eval().activate("task")
+    with torch.no_grad():
+        ours = model(**inputs()).logits
+    model.save("task", tmp_path / "peft", format="peft")
+    theirs, plain = peft_logits(model.base, tmp_path / "peft", AutoModelForSequenceClassification, 3, tmp_path)
+    assert (ours - theirs).abs().max() < 1e-5
+    assert (plain - theirs).abs().max() > 1e-2

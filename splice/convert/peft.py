@@ -259,11 +259,11 @@ def save_peft(model: AdaptedModel, name: str, path: str | Path) -> Path:
                                     "prefix": _prompt_export, **peft_lora_family.WRITERS}
     if adapter.config.method not in writers:
         headed = "" if adapter.task_head is None else (
-            " (with a head, as splice train's classification and tagging runs have: LoRA or IA3; train with "
-            "splice train --method lora or --method ia3 for a run peft can read)")
+            " (with a head, as splice train's classification and tagging runs have: LoRA, DoRA, VeRA or IA3; train "
+            "with splice train --method lora, dora, vera or ia3 for a run peft can read)")
         raise AdapterError(
-            f"peft has no format for splice's {adapter.config.method!r} adapters; format='peft' writes LoRA, IA3, "
-            f"prompt and prefix tuning{headed}. Save it with format='splice'."
+            f"peft has no format for splice's {adapter.config.method!r} adapters; format='peft' writes LoRA, DoRA, "
+            f"VeRA, IA3, prompt and prefix tuning{headed}. Save it with format='splice'."
         )
     head = task_head(model, adapter, name) if adapter.task_head is not None else None
     config, tensors = writers[adapter.config.method](model, adapter, head)
