@@ -1,4 +1,4 @@
-"""DoRA, VeRA, LoRA's PiSSA / OLoRA starts and LoRA+, against the real peft (a test dependency).
+"""DoRA, VeRA and LoRA's PiSSA / OLoRA starts, against the real peft (a test dependency).
 
 The method matrix (test_methods.py) checks the contract of the ``dora`` and ``vera`` recipes on
 every architecture; here: the peer fixtures, adapters written by peft with other options and
@@ -334,54 +334,6 @@ def test_dora_merge_order_is_enforced():
     model.merge("l")
     with pytest.raises(splice.AdapterError):
         model.unmerge("d")
-
-
-# -- LoRA+ ------------------------------------------------------------------------------------------------
-
-
-def test_lora_plus_groups_follow_peft(tmp_path):
-    from splice.train import lora_plus
-
-    model = splice.attach(tiny_model("bert"))
-    model.add("d", DoRA(r=2, targets=("q",)), head=splice.heads.Classification(num_labels=2))
-    model.train_adapter("d")
-    names = {id(p): n for n, p in model.named_parameters()}
-    decay = {n for n in names.values() if not n.endswith("bias")}
-    groups = lora_plus.parameter_groups(model, decay, lr=1e-3, weight_decay=0.01, ratio=16)
-    lr_of = {names[id(p)]: (group["lr"], group["weight_decay"]) for group in groups for p in group["params"]}
-    assert set(lr_of) == {n for n, p in model.named_parameters() if p.requires_grad}
-    for name, (lr, weight_decay) in lr_of.items():
-        fast = "lora_B" in name or "magnitude" in name or name.endswith("bias")  # peft: B and every vector
-        assert lr == pytest.approx(16e-3 if fast else 1e-3), name
-        assert weight_decay == (0.0 if name.endswith("bias") else 0.01), name
-    model.add("v", VeRA(r=4))
-    model.train_adapter("v")
-    with pytest.raises(ConfigError, match="lora_plus_ratio"):
-        lora_plus.parameter_groups(model, decay, lr=1e-3, weight_decay=0.0, ratio=16)
-    with pytest.raises(ConfigError, match="positive number"):
-        lora_plus.split_options({"r": 4, "lora_plus_ratio": -1})
-    assert lora_plus.split_options({"r": 4, "lora_plus_ratio": 16}) == ({"r": 4}, 16.0)
-
-
-def test_splice_train_with_lora_plus_ratio(tmp_path, capsys, monkeypatch):
-    """``splice train --method lora --option lora_plus_ratio=16``: the Trainer's optimiser has B at 16x the rate."""
-    from splice.cli import main
-    from splice.train import lora_plus
-
-    from train_fixtures import save_tiny, sentiment_csv
-
-    seen = []
-    groups_of = lora_plus.parameter_groups
-    monkeypatch.setattr(lora_plus, "parameter_groups", lambda *a, **k: seen.append(groups_of(*a, **k)) or seen[-1])
-    code = main([str(a) for a in (
-        "train", "--model", save_tiny("bert", tmp_path / "bert"), "--data", sentiment_csv(tmp_path / "s.csv"),
-        "--out", tmp_path / "run", "--method", "lora", "--option", "lora_plus_ratio=16", "--option", "r=2",
-        "--epochs", "1", "--batch-size", "16", "--learning-rate", "0.001", "-q")])
-    assert code == 0, capsys.readouterr().err
-    assert seen and sorted({group["lr"] for group in seen[0]}) == pytest.approx([1e-3, 16e-3])
-    meta = json.loads((tmp_path / "run" / "adapter" / "adapter.json").read_text())
-    assert meta["config"]["r"] == 2 and "lora_plus_ratio" not in meta["config"]
-    assert meta["training"]["options"]["lora_plus_ratio"] == 16
 
 
 @pytest.mark.parametrize("config", [DoRA(r=2, targets=("q",)), LoRA(r=2, targets=("q",), init="pissa")])
