@@ -68,6 +68,12 @@ ARMS: dict[str, Arm] = {
                             note="Houlsby reading the residual stream, as AdapterHub does"),
     # every protocol run was still improving at its last epoch: a higher rate, towards the >= 76.0 goal
     "houlsby-2e-3": Arm("houlsby", 2e-3, note="Houlsby at twice the learning rate"),
+    # the LoRA family (issue 16): the recipes' defaults, LoRA's protocol otherwise
+    "dora": Arm("dora", 5e-4, note="DoRA r 8, alpha 16, q and v, dropout 0.1"),
+    "vera": Arm("vera", 1e-2, note="VeRA r 256, q and v, shared random projections"),
+    "lora-pissa": Arm("lora", 5e-4, options={"init": "pissa"}, note="LoRA from the principal components (PiSSA)"),
+    "lora-olora": Arm("lora", 5e-4, options={"init": "olora"}, note="LoRA from a QR of the weight (OLoRA)"),
+    "lora-plus": Arm("lora", 5e-4, options={"lora_plus_ratio": 16}, note="LoRA+, B at 16x the learning rate"),
     # issue 16, LyCORIS and orthogonal methods: each at its recipe (splice/methods/<name>.py)
     "loha": Arm("loha", note="LoHa r 8, alpha 16, q and v"),
     "lokr": Arm("lokr", note="LoKr r 8, alpha 16, q and v"),
@@ -80,8 +86,8 @@ ARMS: dict[str, Arm] = {
     "invertible": Arm("invertible", 1e-3, note="NICE coupling on the embeddings alone (MAD-X's language part)"),
 }
 DEFAULT_ARMS = ("full", "probe", "pfeiffer", "pfeiffer-residual", "houlsby", "houlsby-2e-3", "parallel", "lora",
-                "lora-linear", "ia3", "prefix", "bitfit", "loha", "lokr", "oft", "boft", "compacter", "compacter++",
-                "loreft", "invertible")
+                "lora-linear", "ia3", "prefix", "bitfit", "dora", "vera", "lora-pissa", "lora-olora", "lora-plus",
+                "loha", "lokr", "oft", "boft", "compacter", "compacter++", "loreft", "invertible")
 
 # Test accuracy (mean, sd over seeds 0-2) measured by issue 6's author with the peer libraries, same protocol:
 # full fine-tuning and the probe in plain PyTorch, Pfeiffer / Houlsby with `adapters`, LoRA with `peft`.

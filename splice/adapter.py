@@ -52,6 +52,8 @@ class Adapter(nn.Module):
         sites = config.sites(anatomy)
         self.sites: dict[str, Site] = {site.key: site for site in sites}  # plain dict: base modules stay out
         self.deltas = nn.ModuleDict()
+        shared = config.shared(anatomy)
+        self.shared = shared  # saved as shared.*, beside the deltas (see MethodConfig.shared)
         for site in sites:
             *outer, leaf = _path(site)
             table = self.deltas
@@ -60,6 +62,8 @@ class Adapter(nn.Module):
                     table[part] = nn.ModuleDict()
                 table = table[part]
             table[leaf] = _checked(config.build(site, anatomy), config)
+            if shared is not None:
+                table[leaf].use_shared(shared)
         self.head_path: str | None = None
         self.head_site: Site | None = None
         self.head: nn.Module | None = None
@@ -106,6 +110,8 @@ class Adapter(nn.Module):
         for key, site in self.sites.items():
             delta, name = self.delta(key), ".".join(_path(site))
             tensors.update({f"{name}.{k}": v for k, v in delta.folded_state().items()})
+        if self.shared is not None:
+            tensors.update({f"shared.{k}": v for k, v in self.shared.state_dict(keep_vars=True).items()})
         if self.head is not None:
             tensors.update({f"head.{k}": v for k, v in self.head.state_dict(keep_vars=True).items()})
         return self.config.folded(), tensors

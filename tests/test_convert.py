@@ -314,7 +314,7 @@ def adapters_lora(tmp_path) -> Path:
     ({"vera_d": 0.1}, ["vera_d", "VeRA"]),
     ({"composition_mode": "mix"}, ["composition_mode 'mix'"]),
     ({"n_up_projection": 3}, ["n_up_projection"]),
-    ({"architecture": "reft"}, ["architecture 'reft'"]),
+    ({"architecture": "mystery"}, ["architecture 'mystery'"]),
 ])
 def test_adapters_option_refusals(adapters_lora, changes, words):
     edit_config(adapters_lora, **changes)

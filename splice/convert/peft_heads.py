@@ -50,7 +50,7 @@ _SEQUENCE = {
 # model types whose *ForTokenClassification is one linear "classifier" on every token's hidden state
 _TOKEN = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
 # peft methods whose adapters sit on the backbone's weights, so they work unchanged inside the task model
-_METHODS = ("lora", "ia3")
+_METHODS = ("lora", "ia3", "dora", "vera")
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,8 @@ def task_head(anatomy: Anatomy, adapter: Adapter, name: str) -> TaskHead:
     if adapter.config.method not in _METHODS:
         raise AdapterError(
             f"Adapter {name!r} is a {adapter.config.method} adapter with a splice head; peft carries a head only as "
-            f"the task model's classifier beside a LoRA or IA3 adapter. Train one with splice train --method lora "
-            f"(or ia3), {keep}."
+            f"the task model's classifier beside a LoRA, DoRA, VeRA or IA3 adapter. Train one with splice train "
+            f"--method lora (or dora, vera, ia3), {keep}."
         )
     if getattr(anatomy.model, "base_model", None) is not anatomy.model:
         raise AdapterError(

@@ -113,6 +113,15 @@ class MethodConfig:
         positions, which start random, excepted)."""
         raise NotImplementedError
 
+    def shared(self, anatomy: Anatomy) -> nn.Module | None:
+        """Tensors that every site of one adapter reads (VeRA's frozen random projections), or None (default).
+
+        Built once per adapter (not per site), kept as its ``shared`` module and handed to each of its deltas
+        by :meth:`Delta.use_shared`; its persistent buffers are saved once, under ``shared.``. Buffers, not
+        parameters: shared state never trains.
+        """
+        return None
+
     def folded(self) -> "MethodConfig":
         """The config a save writes (a delta's ``folded_state`` gives the matching tensors); usually itself."""
         return self
@@ -213,6 +222,7 @@ class Delta(nn.Module):
 
     Its optional capabilities each have a default here, so nothing outside a method asks whether a delta has one:
 
+    - shared state (configs whose ``shared`` gives a module): ``use_shared(shared)`` receives it once built;
     - saving: ``folded_state()``, the tensors a save writes (default: the state dict; a delta trained
       through a reparameterisation folds it away, matching its config's ``folded()``);
     - merging (configs with ``mergeable``): ``merge(site)`` / ``unmerge(site)`` fold the delta into, and back
@@ -247,6 +257,11 @@ class Delta(nn.Module):
     def folded_state(self) -> dict[str, torch.Tensor]:
         """The tensors a save writes, by name (default: the state dict)."""
         return self.state_dict(keep_vars=True)
+
+    def use_shared(self, shared: nn.Module) -> None:
+        """Take the adapter's shared module (configs whose :meth:`MethodConfig.shared` gives one); a delta
+        keeps it outside its own submodules, so it is saved, moved and counted once, with the adapter."""
+        raise NotImplementedError(f"{type(self).__name__} reads no shared state, but its config built some.")
 
     def check_merge(self, site: Site) -> None:
         """Raise, before any weight is written, where ``site`` cannot take this delta's merge (default: every
@@ -347,6 +362,29 @@ def add_to_rows(module: nn.Module, columns, delta: torch.Tensor) -> None:
             weight.index_add_(0, columns.to(weight.device), delta.to(weight.dtype))
         else:
             columns_of(weight, columns, 0).add_(delta.to(weight.dtype))
+
+
+def float_weight(site: Site, what: str) -> torch.Tensor:
+    """``site``'s module weight as ``[out, in]`` floats, for methods that read the base weight itself, or a
+    clear error where it is stored packed (a quantized base)."""
+    weight = linear_weight(site.module)
+    if not weight.is_floating_point():
+        raise AdapterError(
+            f"{what} reads the base weight at {site.key}, which is stored as {weight.dtype} "
+            f"({type(site.module).__name__}: a quantized layer); load the base unquantized for it."
+        )
+    return weight
+
+
+def set_rows(module: nn.Module, columns, value: torch.Tensor) -> None:
+    """``W[columns] = value`` on a linear-like module's ``[out, in]`` weight, in place (for merges that rescale
+    rows: adding the difference instead would round it at the scale of the old weight)."""
+    weight = linear_weight(module)
+    with torch.no_grad():
+        if isinstance(columns, torch.Tensor):
+            weight.index_copy_(0, columns.to(weight.device), value.to(weight.dtype))
+        else:
+            columns_of(weight, columns, 0).copy_(value.to(weight.dtype))
 
 
 def base_bias(site: Site, purpose: str) -> torch.Tensor:

@@ -6,6 +6,13 @@ is the identity. Mergeable: ``W += (alpha / r) * B @ A`` and back.
 ``rank_pattern`` / ``alpha_pattern`` give some sites their own rank or alpha
 (peft's options of the same names), keyed by role (``"q"``) or by site key
 (``"layers.3.q"``, as in checkpoint tensor names); a site key wins over its role.
+
+``init`` picks the starting ``A``, ``B``: ``"kaiming"`` / ``"gaussian"`` (``B = 0``),
+or ``"pissa"`` / ``"olora"``, which start from the principal part of the base weight
+(:mod:`.principal`). peft subtracts that part from the base weight; splice never
+writes the base, so such a delta keeps the starting pair as fixed buffers
+(``fixed_A``, ``fixed_B``) and subtracts their product itself:
+``y + s·B·A·x - s·B₀·A₀·x``, the identity at the start, the same output as peft's after.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from .. import kernels
 from ..anatomy import PROJECTION_ROLES, Anatomy, Site
 from ..errors import AdapterError, AnatomyError, ConfigError
 from ..kernels import RowSlots
+from . import principal
 from .base import Delta, MethodConfig, Recipe, add_to_rows, expand_targets, normalise_targets
 from .registry import register
 
@@ -68,7 +76,7 @@ class LoRA(MethodConfig):
             raise ConfigError(f"LoRA.r must be a positive integer, got {self.r!r}.")
         self._require_positive("alpha", self.alpha)
         self._require_fraction("dropout", self.dropout)
-        self._require_choice("init", self.init, {"kaiming", "gaussian"})
+        principal.check_init(self, self.init)
         normalise_targets(self, "targets", PROJECTION_ROLES)
         self._normalise_pattern("rank_pattern", _is_rank, "a positive integer rank")
         self._normalise_pattern("alpha_pattern", _is_positive, "a positive number")
@@ -128,10 +136,26 @@ class LoRA(MethodConfig):
         return sites
 
     def build(self, site: Site, anatomy: Anatomy) -> Delta:
-        return LoRADelta(site.in_features, site.out_features, self.rank_at(site), self.scaling_at(site), self)
+        return LoRADelta(site.in_features, site.out_features, self.rank_at(site), self.scaling_at(site), self,
+                         site)
+
+    def plain(self) -> LoRA:
+        """The plain LoRA computing what this one computes from :meth:`LoRADelta.factors`: itself, or for a
+        PiSSA / OLoRA start, twice the ranks (``[A; A₀]``, ``[B, -B₀]``) at the same scalings, as peft writes
+        such an adapter after its conversion (``path_initial_model_for_weight_conversion``)."""
+        if not principal.is_principal(self.init):
+            return self
+        grow = 2 ** 0.5 if self.use_rslora else 2  # alpha / r (or / sqrt r) unchanged at twice the rank
+        return dataclasses.replace(
+            self, init="kaiming", r=2 * self.r, alpha=grow * self.alpha,
+            rank_pattern={key: 2 * r for key, r in self.rank_pattern},
+            alpha_pattern={key: grow * alpha for key, alpha in self.alpha_pattern})
 
     def averaged(self, configs: Sequence[MethodConfig]) -> LoRA:
         """One LoRA with the ranks of ``configs`` stacked, and scaling 1 (their scalings go into ``B``)."""
+        if any(principal.is_principal(c.init) for c in configs):
+            raise AdapterError("Exact LoRA averaging stacks trained pairs; a PiSSA / OLoRA start also holds a fixed "
+                               "pair. Average with mode='parameters', or save it (format='peft') as a plain LoRA.")
         shapes = [dataclasses.replace(c, r=1, alpha=1.0, rank_pattern=(), alpha_pattern=()) for c in configs]
         if any(c != shapes[0] for c in shapes) or any(c.rank_pattern or c.alpha_pattern for c in configs):
             raise AdapterError("Exact LoRA averaging needs the same targets, layers and options (ranks may differ; "
@@ -156,25 +180,38 @@ def _lookup(pattern: Pattern, site: Site, default):
 
 
 class LoRADelta(Delta):
-    """The pair ``lora_A`` (``[r, in]``) and ``lora_B`` (``[out, r]``) at one projection."""
+    """The pair ``lora_A`` (``[r, in]``) and ``lora_B`` (``[out, r]``) at one projection (and, for a PiSSA /
+    OLoRA start, the fixed pair ``fixed_A``, ``fixed_B`` that the hooks subtract)."""
 
     stage = "output"
     reads_input = True
     banked = True
 
-    def __init__(self, in_features: int, out_features: int, r: int, scaling: float, config: LoRA):
+    def __init__(self, in_features: int, out_features: int, r: int, scaling: float, config: LoRA,
+                 site: Site | None = None):
         super().__init__()
         self.scaling = scaling
         self.dropout = nn.Dropout(config.dropout)
         self.lora_A = nn.Linear(in_features, r, bias=False)
         self.lora_B = nn.Linear(r, out_features, bias=False)
-        if config.init == "gaussian":
-            nn.init.normal_(self.lora_A.weight, std=1 / r)
+        self.fixed = principal.is_principal(config.init)
+        # A bank runs one dropout over both halves of [A; A₀], but the fixed half must see x without it.
+        if self.fixed and config.dropout > 0:
+            self.banked = False
+        if self.fixed:
+            self.register_buffer("fixed_A", torch.empty_like(self.lora_A.weight))
+            self.register_buffer("fixed_B", torch.empty_like(self.lora_B.weight))
+            principal.start(self, config.init, site)
         else:
-            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B.weight)
+            if config.init == "gaussian":
+                nn.init.normal_(self.lora_A.weight, std=1 / r)
+            else:
+                nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.fixed:
+            return self._forward_from_start(x, y)
         h = self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype)))
         if y.dtype != h.dtype:
             return y + (self.lora_B(h) * self.scaling).to(y.dtype)
@@ -183,13 +220,29 @@ class LoRADelta(Delta):
                           alpha=self.scaling)
         return out.view(y.shape)
 
+    def _forward_from_start(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``y + s·(B·A·dropout(x) - B₀·A₀·x)``, the difference taken first so that it is exactly 0 at the start
+        (peft's residual base weight sees ``x`` without dropout, so the fixed pair does too)."""
+        x = x.to(self.lora_A.weight.dtype)
+        trained = self.lora_B(self.lora_A(self.dropout(x)))
+        start = nn.functional.linear(nn.functional.linear(x, self.fixed_A), self.fixed_B)
+        return y + ((trained - start) * self.scaling).to(y.dtype)
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` of the plain LoRA this delta computes at its scaling: its own pair, or for a PiSSA / OLoRA
+        start ``[A; A₀]`` and ``[B, -B₀]`` (twice the rank; see :meth:`LoRA.plain`)."""
+        if not self.fixed:
+            return self.lora_A.weight, self.lora_B.weight
+        return (torch.cat([self.lora_A.weight, self.fixed_A]), torch.cat([self.lora_B.weight, -self.fixed_B], 1))
+
     @staticmethod
     def route_key(delta: "LoRADelta") -> tuple:
         return (delta.dropout.p,)
 
     @staticmethod
     def bank_sources(delta: "LoRADelta") -> dict[str, torch.Tensor | float]:
-        return {"a": delta.lora_A.weight, "b": delta.lora_B.weight, "scale": delta.scaling}
+        a, b = delta.factors()
+        return {"a": a, "b": b, "scale": delta.scaling}
 
     @staticmethod
     def routed(first: "LoRADelta", table: dict[str, torch.Tensor], rows: RowSlots, x: torch.Tensor,
@@ -198,8 +251,9 @@ class LoRADelta(Delta):
         return kernels.lora(first.dropout(x), y, table["a"], table["b"], table["scale"], rows)
 
     def delta_weight(self) -> torch.Tensor:
-        """The ``[out, in]`` update this pair adds to the base weight."""
-        return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
+        """The ``[out, in]`` update this delta adds to the base weight."""
+        a, b = self.factors()
+        return (b.float() @ a.float()) * self.scaling
 
     def merge(self, site: Site) -> None:
         add_to_rows(site.module, site.columns, self.delta_weight())

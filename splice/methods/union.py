@@ -83,6 +83,12 @@ class Union(MethodConfig):
             found.update({site.key: site for site in member.sites(anatomy) if site.key not in found})
         return list(found.values())
 
+    def shared(self, anatomy: Anatomy) -> nn.Module | None:
+        """The members' shared state (VeRA's projections), by method name."""
+        found = {m.method: m.shared(anatomy) for m in self.members}
+        found = {method: module for method, module in found.items() if module is not None}
+        return nn.ModuleDict(found) if found else None
+
     def build(self, site: Site, anatomy: Anatomy) -> Delta:
         acting = {m.method: m.build(site, anatomy) for m in self.members
                   if any(s.key == site.key for s in m.sites(anatomy))}
@@ -113,6 +119,11 @@ class UnionDelta(Delta):
         super().__init__()
         self.members = nn.ModuleDict(members)
         self.gates = nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in members}) if gates else None
+
+    def use_shared(self, shared: nn.Module) -> None:
+        for name, delta in self.members.items():
+            if name in shared:
+                delta.use_shared(shared[name])
 
     def program(self) -> Program:
         """The members one after another at this site (each gated when the union has gates)."""

@@ -31,6 +31,7 @@ from ..errors import SpliceError
 from ..folders import write_folder
 from ..methods import recipe
 from ..model import attach
+from . import lora_plus
 from .backbone import load_backbone, task_head
 from .config import TrainConfig
 from .curves import plot_curves
@@ -68,7 +69,8 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
     if config.resume and resume_from is None:
         raise SpliceError(f"--resume: no checkpoint in {checkpoints} to resume from; run without --resume to start.")
     plan = recipe(config.method)
-    method = plan.config(config.options)
+    options, lora_plus_ratio = lora_plus.split_options(config.options)
+    method = plan.config(options)
 
     splits = read_splits(config)
     for note in splits.notes:
@@ -115,7 +117,8 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
     )
     record = run_record(config, splits, counts, command)
     trainer = AdapterTrainer(
-        model=model, args=args, adapter_name=name, record=record, train_dataset=datasets["train"],
+        model=model, args=args, adapter_name=name, record=record, lora_plus_ratio=lora_plus_ratio,
+        train_dataset=datasets["train"],
         eval_dataset=datasets["validation"], data_collator=Collator(pad_id(tokenizer)),
         compute_metrics=None if config.task == "causal-lm" else compute_metrics(config.task, splits.labels),
         preprocess_logits_for_metrics=None if config.task == "causal-lm" else keep_predictions,

@@ -27,6 +27,7 @@ from transformers import Trainer
 
 from ..checkpoint import write_adapter
 from ..errors import CheckpointError
+from . import lora_plus
 
 TRAINABLE_FILE = "trainable.safetensors"
 ADAPTER_DIR = "adapter"
@@ -36,12 +37,24 @@ class AdapterTrainer(Trainer):
     """``Trainer`` for a :class:`splice.AdaptedModel` whose adapter ``adapter_name`` trains.
 
     ``record`` (how the run was set up) goes into each checkpoint's adapter.json, so a
-    checkpoint's adapter can be evaluated like the final one.
+    checkpoint's adapter can be evaluated like the final one. ``lora_plus_ratio`` trains LoRA's ``B`` at that
+    multiple of the learning rate (LoRA+, :mod:`.lora_plus`).
     """
 
-    def __init__(self, *args, adapter_name: str, record: dict | None = None, **kwargs):
+    def __init__(self, *args, adapter_name: str, record: dict | None = None, lora_plus_ratio: float | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self.adapter_name, self.record = adapter_name, record
+        self.adapter_name, self.record, self.lora_plus_ratio = adapter_name, record, lora_plus_ratio
+
+    def create_optimizer(self, *args):  # transformers 5 passes the model, 4.x nothing
+        if self.lora_plus_ratio is None or self.optimizer is not None:
+            return super().create_optimizer(*args)
+        model = args[0] if args and args[0] is not None else self.model
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        groups = lora_plus.parameter_groups(model, self.get_decay_parameter_names(model), self.args.learning_rate,
+                                            self.args.weight_decay, self.lora_plus_ratio)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
