@@ -10,10 +10,14 @@ Two modes:
   BitFit average their vectors, which is exact because the model is linear in each
   of them at its site.
 - ``"parameters"``: every tensor averaged as is (FedAvg); configs must be identical.
+
+peft's combination modes for LoRA adapters (``"cat"``, ``"ties"``, ``"dare_linear"``, the ``*_svd`` modes, ...)
+use the weights as given and live in :mod:`splice.combine_adapters`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -28,14 +32,32 @@ if TYPE_CHECKING:
 
 
 def average_adapters(model: "AdaptedModel", name: str, adapters: Sequence[str],
-                     weights: Sequence[float] | None = None, mode: str = "exact") -> Adapter:
-    """Add adapter ``name`` whose weights average ``adapters`` (weights default to equal, sum to 1)."""
+                     weights: Sequence[float] | None = None, mode: str = "exact", **options) -> Adapter:
+    """Add adapter ``name`` whose weights average ``adapters`` (weights default to equal, sum to 1).
+
+    ``options`` (``density``, ``svd_rank``, ``seed``, ...) belong to the combination modes of
+    :mod:`splice.combine`, which take the weights as given.
+    """
+    from .combine import MODES, CombineOptions
+
+    if mode in MODES:
+        from .combine_adapters import combine_adapters
+
+        try:
+            combination = CombineOptions(**options)
+        except TypeError:
+            raise AdapterError(f"Unknown option(s) {sorted(options)} for mode {mode!r}; the options are "
+                               f"{', '.join(f.name for f in dataclasses.fields(CombineOptions))}.") from None
+        return combine_adapters(model, name, adapters, weights, mode, combination)
+    if options:
+        raise AdapterError(f"Mode {mode!r} takes no options ({sorted(options)}); they belong to the combination "
+                           f"modes {', '.join(MODES)}.")
     sources = [model._get(a) for a in adapters]
     weights = [1.0 / len(sources)] * len(sources) if weights is None else [float(w) for w in weights]
     if len(sources) < 2 or len(weights) != len(sources) or abs(sum(weights) - 1) > 1e-6:
         raise AdapterError(f"Averaging needs two or more adapters and one weight each, summing to 1; got {weights}.")
     if mode not in ("exact", "parameters"):
-        raise AdapterError(f"Averaging mode must be 'exact' or 'parameters', got {mode!r}.")
+        raise AdapterError(f"Averaging mode must be 'exact', 'parameters' or one of {', '.join(MODES)}; got {mode!r}.")
     configs = [s.config for s in sources]
     heads = {repr(s.head_spec()) for s in sources}
     if len(heads) > 1:

@@ -259,6 +259,20 @@ class Delta(nn.Module):
         """Take this delta back out of ``site``'s base weight, in place."""
         raise AdapterError(f"{type(self).__name__} has no merge into the base weights.")
 
+    def weight_change(self, site: Site) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What :meth:`merge` adds to ``site``'s ``[out, in]`` weight (its rows of a fused one) and to its bias
+        (None where it has none), in float64, leaving the base untouched (used to convert to LoRA).
+
+        Default: merge into a float64 copy of the site's weight and bias and subtract, so every mergeable
+        method has it, whether its update is additive (LoRA) or a rescaling (IA³).
+        """
+        copy = _WeightCopy(site.module)
+        self.merge(dataclasses.replace(site, module=copy, input_module=copy))
+        weight = columns_of(copy.weight, site.columns, 0) - columns_of(copy.original_weight, site.columns, 0)
+        if copy.bias is None:
+            return weight, None
+        return weight, columns_of(copy.bias, site.columns, 0) - columns_of(copy.original_bias, site.columns, 0)
+
     def average_of(self, parts: Sequence["Delta"], weights: Sequence[float]) -> None:
         """Make this fresh delta the weighted average of ``parts`` (default: every tensor averaged)."""
         with torch.no_grad():
@@ -287,6 +301,18 @@ class Delta(nn.Module):
     def adapter_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """What this delta reads at its site (``fusable`` deltas)."""
         raise NotImplementedError(f"{type(self).__name__} is not fusable.")
+
+
+class _WeightCopy(nn.Module):
+    """A float64 stand-in for a linear-like module, weight laid out ``[out, in]``, for a trial merge."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.original_weight = linear_weight(module).detach().to(torch.float64)
+        self.weight = nn.Parameter(self.original_weight.clone(), requires_grad=False)
+        bias = getattr(module, "bias", None)
+        self.original_bias = None if bias is None else bias.detach().to(torch.float64)
+        self.bias = None if bias is None else nn.Parameter(self.original_bias.clone(), requires_grad=False)
 
 
 def _numbers(value: Any) -> Iterator[int | float]:

@@ -1,0 +1,100 @@
+"""Convert any mergeable adapter to a LoRA of a chosen rank, for servers that run only LoRA (vLLM, LoRAX).
+
+At each site the adapter's weight change ``ΔW`` (what merging it would add: :meth:`Delta.weight_change`)
+is factored by SVD and cut to ``rank``; the LoRA computes ``B @ A``, the best rank-``rank`` approximation
+of ``ΔW``. How close it is, is reported per site as the relative Frobenius error
+``|ΔW - B A| / |ΔW|`` (0 where the method's change already has rank ≤ ``rank``: a LoRA of its own rank, or
+IA³ at full rank). A change of the bias (IA³ on a projection with a bias, BitFit) has no LoRA form and is
+refused by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .adapter import Adapter
+from .combine import svd_factors
+from .errors import AdapterError, SpliceError
+from .methods.lora import LoRA
+
+if TYPE_CHECKING:
+    from .model import AdaptedModel
+
+# A bias change this small is float64 noise from the trial merge, not a change.
+_BIAS_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class LoRAApproximation:
+    """The LoRA made by :func:`to_lora`, its rank, and its relative Frobenius error at each site."""
+
+    adapter: Adapter
+    rank: int
+    errors: dict[str, float]
+
+    @property
+    def max_error(self) -> float:
+        return max(self.errors.values())
+
+    @property
+    def mean_error(self) -> float:
+        return sum(self.errors.values()) / len(self.errors)
+
+    def describe(self) -> str:
+        """One line: the rank and the error, for a log or the CLI."""
+        worst = max(self.errors, key=self.errors.get)
+        return (f"LoRA rank {self.rank}: relative error max {self.max_error:.2e} ({worst}), "
+                f"mean {self.mean_error:.2e} over {len(self.errors)} sites")
+
+
+def to_lora(model: "AdaptedModel", name: str, new_name: str, rank: int) -> LoRAApproximation:
+    """Add ``new_name``, a LoRA of ``rank`` approximating the mergeable adapter ``name`` (see the module)."""
+    source = model._get(name)
+    config = source.config
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise AdapterError(f"The LoRA rank must be a positive integer; got {rank!r}.")
+    if not config.mergeable:
+        raise AdapterError(f"{name!r} is a {type(config).__name__} adapter, which has no weight change to factor "
+                           "(it is not mergeable); only mergeable adapters (LoRA, IA3, ...) convert to LoRA.")
+    if model.merged:
+        raise AdapterError(f"Adapters {list(model.merged)} are merged into the base, which would change the weight "
+                           f"change measured for {name!r}; unmerge them first (model.unmerge).")
+    lora = _lora_config_for(model, name, source, rank)
+    changes = {}
+    with torch.no_grad():
+        for site, delta in source.items():
+            delta.check_merge(site)
+            weight, bias = delta.weight_change(site)
+            if bias is not None and bias.abs().max() > _BIAS_TOLERANCE:
+                raise AdapterError(
+                    f"{name!r} changes the bias at {site.key}, which a LoRA cannot hold ({type(config).__name__} "
+                    "on a projection with a bias); keep it as it is, or convert an adapter on bias-free projections.")
+            changes[site.key] = weight
+    target = model.add(new_name, lora)
+    errors = {}
+    with torch.no_grad():
+        for key, weight in changes.items():
+            a, b = svd_factors(weight, rank)
+            delta = target.delta(key)
+            delta.lora_A.weight.copy_(a)
+            delta.lora_B.weight.copy_(b / delta.scaling)
+            norm = torch.linalg.matrix_norm(weight)
+            errors[key] = float(torch.linalg.matrix_norm(weight - b @ a) / norm) if norm > 0 else 0.0
+    return LoRAApproximation(target, rank, errors)
+
+
+def _lora_config_for(model: "AdaptedModel", name: str, source: Adapter, rank: int) -> LoRA:
+    """A LoRA (scaling 1) on exactly the source's sites, or a clear refusal where the roles cannot say them."""
+    roles = tuple(dict.fromkeys(site.role for site in source.sites.values()))
+    try:
+        config = LoRA(r=rank, alpha=float(rank), targets=roles, layers=source.config.layers)
+        sites = {site.key for site in config.sites(model.anatomy)}
+    except SpliceError as error:  # a role LoRA does not take (e.g. a soft prompt's)
+        raise AdapterError(f"{name!r} acts on {list(roles)}, which a LoRA cannot target: {error}") from None
+    if sites != set(source.sites):
+        raise AdapterError(f"A LoRA on roles {list(roles)} would adapt {sorted(sites - set(source.sites))} too, which "
+                           f"{name!r} leaves alone; this adapter's sites have no LoRA config.")
+    return config
