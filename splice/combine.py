@@ -78,18 +78,20 @@ class CombineOptions:
         stray = [option for option, applies in used.items()
                  if not applies and getattr(self, option) != getattr(CombineOptions, option)]
         if stray:
-            raise AdapterError(f"Mode {mode!r} takes no {', '.join(stray)}; drop {'it' if len(stray) == 1 else 'them'}.")
+            raise AdapterError(f"Mode {mode!r} takes no {', '.join(stray)}; leave those options out.")
         if pruned and not (_is_number(self.density) and 0 < self.density <= 1):
             raise AdapterError(f"Mode {mode!r} needs density=, the fraction of entries kept, in (0, 1]; "
                                f"got {self.density!r}.")
         if self.majority_sign_method not in SIGN_METHODS:
-            raise AdapterError(f"majority_sign_method must be 'total' or 'frequency'; got {self.majority_sign_method!r}.")
+            raise AdapterError("majority_sign_method must be 'total' or 'frequency'; "
+                               f"got {self.majority_sign_method!r}.")
         if self.svd_rank is not None and not (_is_integer(self.svd_rank) and self.svd_rank > 0):
             raise AdapterError(f"svd_rank must be a positive integer; got {self.svd_rank!r}.")
         if self.svd_clamp is not None and not (_is_number(self.svd_clamp) and 0 < self.svd_clamp <= 1):
             raise AdapterError(f"svd_clamp is a quantile in (0, 1]; got {self.svd_clamp!r}.")
         if self.svd_driver is not None and self.svd_driver not in SVD_DRIVERS:
-            raise AdapterError(f"svd_driver must be one of {', '.join(SVD_DRIVERS)} (CUDA only); got {self.svd_driver!r}.")
+            raise AdapterError(f"svd_driver must be one of {', '.join(SVD_DRIVERS)} (CUDA only); "
+                               f"got {self.svd_driver!r}.")
         if self.seed is not None and not _is_integer(self.seed):
             raise AdapterError(f"seed must be an integer; got {self.seed!r}.")
 
