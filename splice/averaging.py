@@ -49,6 +49,8 @@ def average_adapters(model: "AdaptedModel", name: str, adapters: Sequence[str],
             raise AdapterError(f"Unknown option(s) {sorted(options)} for mode {mode!r}; the options are "
                                f"{', '.join(f.name for f in dataclasses.fields(CombineOptions))}.") from None
         return combine_adapters(model, name, adapters, weights, mode, combination)
+    if mode not in ("exact", "parameters"):
+        raise AdapterError(f"Averaging mode must be 'exact', 'parameters' or one of {', '.join(MODES)}; got {mode!r}.")
     if options:
         raise AdapterError(f"Mode {mode!r} takes no options ({sorted(options)}); they belong to the combination "
                            f"modes {', '.join(MODES)}.")
@@ -56,8 +58,6 @@ def average_adapters(model: "AdaptedModel", name: str, adapters: Sequence[str],
     weights = [1.0 / len(sources)] * len(sources) if weights is None else [float(w) for w in weights]
     if len(sources) < 2 or len(weights) != len(sources) or abs(sum(weights) - 1) > 1e-6:
         raise AdapterError(f"Averaging needs two or more adapters and one weight each, summing to 1; got {weights}.")
-    if mode not in ("exact", "parameters"):
-        raise AdapterError(f"Averaging mode must be 'exact', 'parameters' or one of {', '.join(MODES)}; got {mode!r}.")
     configs = [s.config for s in sources]
     heads = {repr(s.head_spec()) for s in sources}
     if len(heads) > 1:

@@ -29,8 +29,10 @@ _BIAS_TOLERANCE = 1e-9
 
 @dataclass(frozen=True)
 class LoRAApproximation:
-    """The LoRA made by :func:`to_lora`, its rank, and its relative Frobenius error at each site."""
+    """The LoRA made by :func:`to_lora` (its name and adapter), its rank, and its relative Frobenius error at
+    each site (by site key)."""
 
+    name: str
     adapter: Adapter
     rank: int
     errors: dict[str, float]
@@ -83,7 +85,7 @@ def to_lora(model: "AdaptedModel", name: str, new_name: str, rank: int) -> LoRAA
             delta.lora_B.weight.copy_(b / delta.scaling)
             norm = torch.linalg.matrix_norm(weight)
             errors[key] = float(torch.linalg.matrix_norm(weight - b @ a) / norm) if norm > 0 else 0.0
-    return LoRAApproximation(target, rank, errors)
+    return LoRAApproximation(new_name, target, rank, errors)
 
 
 def _lora_config_for(model: "AdaptedModel", name: str, source: Adapter, rank: int) -> LoRA:
