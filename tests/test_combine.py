@@ -209,3 +209,24 @@ def test_adapters_with_heads_are_refused():
     model.add("b", LoRA(r=2), head="classifier")
     with pytest.raises(AdapterError, match="carry a head"):
         model.average("m", ["a", "b"], [1.0, 1.0], mode="cat")
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_mode_runs_on_the_adapters_device(device):
+    generator = torch.Generator().manual_seed(0)
+    parts = [LoRAFactors(torch.randn(3, 40, generator=generator).to(device),
+                         torch.randn(30, 3, generator=generator).to(device), 0.5) for _ in range(2)]
+    for mode in ("cat", "ties", "dare_ties", "svd", "dare_linear_svd"):
+        options = CombineOptions(density=None if mode in ("cat", "svd") else 0.5,
+                                 seed=1 if "dare" in mode else None, svd_rank=3 if "svd" in mode else None)
+        runs = [combine_site(mode, parts, [1.0, -0.5], options, torch.Generator(device).manual_seed(1))
+                for _ in range(2)]
+        assert runs[0][0].device.type == device and torch.equal(runs[0][0], runs[1][0])  # seeded: the same draws
+    if device == "cuda":  # the cuSOLVER drivers peft offers give the same factorisation's product
+        want = combine_site("svd", parts, [1.0, 0.5], CombineOptions(svd_rank=3))
+        for driver in ("gesvd", "gesvdj", "gesvda"):
+            a, b = combine_site("svd", parts, [1.0, 0.5], CombineOptions(svd_rank=3, svd_driver=driver))
+            torch.testing.assert_close(b @ a, want[1] @ want[0], atol=1e-4, rtol=1e-4)
