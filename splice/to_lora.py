@@ -83,8 +83,10 @@ def to_lora(model: "AdaptedModel", name: str, new_name: str, rank: int) -> LoRAA
             delta = target.delta(key)
             delta.lora_A.weight.copy_(a)
             delta.lora_B.weight.copy_(b / delta.scaling)
+            # measured on the factors as stored (the adapter's dtype), not on the float64 SVD
+            stored = (delta.lora_B.weight.double() * delta.scaling) @ delta.lora_A.weight.double()
             norm = torch.linalg.matrix_norm(weight)
-            errors[key] = float(torch.linalg.matrix_norm(weight - b @ a) / norm) if norm > 0 else 0.0
+            errors[key] = float(torch.linalg.matrix_norm(weight - stored) / norm) if norm > 0 else 0.0
     return LoRAApproximation(new_name, target, rank, errors)
 
 
