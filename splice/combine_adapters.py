@@ -9,6 +9,7 @@ so the random draws of the dare modes line up with peft's for the same seed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -32,6 +33,8 @@ def combine_adapters(model: "AdaptedModel", name: str, adapters: Sequence[str], 
         raise AdapterError(f"Mode {mode!r} needs two or more adapters and one weight each (used as given, not "
                            f"normalised, as in peft); got adapters {list(adapters)} and weights {weights}.")
     weights = [float(w) for w in weights]
+    if not all(math.isfinite(w) for w in weights):
+        raise AdapterError(f"Weights must be finite numbers; got {weights}.")
     _check_sources(list(adapters), sources, mode)
     sites = _in_module_order(model, sources[0].sites.values())
     parts = {site.key: [_factors(source, site) for source in sources] for site in sites}

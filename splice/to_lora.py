@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .adapter import Adapter
+from .averaging import _head_like
 from .combine import svd_factors
 from .errors import AdapterError, SpliceError
 from .methods.lora import LoRA
@@ -75,7 +76,9 @@ def to_lora(model: "AdaptedModel", name: str, new_name: str, rank: int) -> LoRAA
                     f"{name!r} changes the bias at {site.key}, which a LoRA cannot hold ({type(config).__name__} "
                     "on a projection with a bias); keep it as it is, or convert an adapter on bias-free projections.")
             changes[site.key] = weight
-    target = model.add(new_name, lora)
+    target = model.add(new_name, lora, _head_like(source))
+    if source.head is not None:  # the same head, so the LoRA computes what the adapter computes end to end
+        target.head.load_state_dict(source.head.state_dict())
     errors = {}
     with torch.no_grad():
         for key, weight in changes.items():

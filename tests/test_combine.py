@@ -189,6 +189,7 @@ REFUSALS = [
     (("a", "b"), [1, 1], "svd", {"rank": 2}, ("Unknown option", "svd_rank")),
     (("a", "b"), None, "cat", {}, ("one weight each",)),
     (("a",), [1], "cat", {}, ("two or more",)),
+    (("a", "b"), [1, float("nan")], "cat", {}, ("finite",)),
     (("a", "b"), [1, 1], "linear", {}, ("'exact', 'parameters'", "ties")),
     (("a", "b"), [0.5, 0.5], "exact", {"density": 0.5}, ("takes no options",)),
 ]

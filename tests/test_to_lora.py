@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 import splice
 from splice import IA3, AdapterError, BitFit, Bottleneck, LoRA
 from splice.cli import main
+from splice.heads import Classification
 
 from helpers import assert_same_state, main_output, perturb, state_copy
 from tiny_models import tiny_inputs, tiny_model
@@ -69,6 +70,19 @@ def test_a_fused_projection_converts(tmp_path):
     want = main_output(model, inputs)
     model.activate("y")
     assert (main_output(model, inputs) - want).abs().max() < TOLERANCE
+
+
+def test_the_head_comes_along():
+    inputs = tiny_inputs("bert", padded=True)
+    for head in ("classifier", Classification(num_labels=3)):
+        model = splice.attach(tiny_model("bert", "classification").eval())
+        model.add("x", LoRA(r=2, targets=("q", "v")), head=head)
+        perturb(model.adapters["x"], seed=1, std=0.2)
+        model.to_lora("x", "y", 2)
+        model.activate("x")
+        want = main_output(model, inputs)
+        model.activate("y")
+        assert (main_output(model, inputs) - want).abs().max() < TOLERANCE
 
 
 def test_the_lora_loads_in_peft(tmp_path):
