@@ -82,7 +82,7 @@ def to_lora(model: "AdaptedModel", name: str, new_name: str, rank: int) -> LoRAA
     errors = {}
     with torch.no_grad():
         for key, weight in changes.items():
-            a, b = svd_factors(weight, rank)
+            a, b = svd_factors(weight, rank, full_matrices=False)  # same product, no unused columns
             delta = target.delta(key)
             delta.lora_A.weight.copy_(a)
             delta.lora_B.weight.copy_(b / delta.scaling)
