@@ -216,7 +216,8 @@ class Delta(nn.Module):
       through a reparameterisation folds it away, matching its config's ``folded()``);
     - merging (configs with ``mergeable``): ``merge(site)`` / ``unmerge(site)`` fold the delta into, and back
       out of, the base weight in place; ``check_merge(site)`` raises before any weight is written where a
-      site cannot take the merge;
+      site cannot take the merge; ``weight_change(site)`` says what a merge would add to the weight and bias
+      (default: a trial merge into a float64 copy), which :mod:`splice.to_lora` factors into a LoRA;
     - averaging (configs with ``averages_exactly``): ``average_of(parts, weights)`` makes this fresh delta the
       weighted average of ``parts``, the same site's deltas of other adapters (default: tensor by tensor);
     - per-row routing (``banked = True``): the static ``bank_sources(delta)`` — the tensors (and per-adapter
