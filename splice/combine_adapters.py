@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 
 def combine_adapters(model: "AdaptedModel", name: str, adapters: Sequence[str], weights: Sequence[float] | None,
                      mode: str, options: CombineOptions) -> Adapter:
-    """Add adapter ``name``: ``adapters`` (LoRA, same targets) combined by ``mode`` with ``weights`` as given."""
+    """Add adapter ``name``: ``adapters`` (LoRA) combined by ``mode`` with ``weights`` as given.
+
+    ``cat`` needs the adapters on the same sites; the other modes, like peft, combine at each site the
+    adapters that adapt it, so the result adapts every site any of them does.
+    """
     options.check(mode)
     sources = [model._get(a) for a in adapters]
     if len(sources) < 2 or weights is None or len(weights) != len(sources):
@@ -36,15 +40,19 @@ def combine_adapters(model: "AdaptedModel", name: str, adapters: Sequence[str], 
     if not all(math.isfinite(w) for w in weights):
         raise AdapterError(f"Weights must be finite numbers; got {weights}.")
     _check_sources(list(adapters), sources, mode)
-    sites = _in_module_order(model, sources[0].sites.values())
-    parts = {site.key: [_factors(source, site) for source in sources] for site in sites}
+    config = _union_config(model, list(adapters), sources)
+    sites = _in_module_order(model, {key: site for s in sources for key, site in s.sites.items()}.values())
+    # peft combines, at each site, the adapters that have one there (with their weights)
+    parts = {site.key: [(w, _factors(s, site)) for w, s in zip(weights, sources) if site.key in s.sites]
+             for site in sites}
     if mode in SVD_MODES and options.svd_rank is None:  # peft's default: the largest rank of any adapter
-        options = dataclasses.replace(options, svd_rank=max(p.A.shape[0] for ps in parts.values() for p in ps))
-    device = sources[0].delta(sites[0].key).lora_A.weight.device
+        options = dataclasses.replace(options, svd_rank=max(p.A.shape[0] for ps in parts.values() for _, p in ps))
+    device = sources[0].delta(next(iter(sources[0].sites))).lora_A.weight.device
     generator = None if options.seed is None else torch.Generator(device).manual_seed(options.seed)
     with torch.no_grad():
-        pairs = {key: combine_site(mode, site_parts, weights, options, generator) for key, site_parts in parts.items()}
-    target = model.add(name, _config_for(sources[0].config, {key: a.shape[0] for key, (a, _) in pairs.items()}))
+        pairs = {key: combine_site(mode, [p for _, p in site_parts], [w for w, _ in site_parts], options, generator)
+                 for key, site_parts in parts.items()}
+    target = model.add(name, _config_for(config, {key: a.shape[0] for key, (a, _) in pairs.items()}))
     with torch.no_grad():
         for key, (a, b) in pairs.items():
             delta = target.delta(key)
@@ -62,15 +70,34 @@ def _check_sources(names: list[str], sources: list[Adapter], mode: str) -> None:
             "a LoRA first (model.to_lora), or use mode='exact' for adapters of one other method."
         )
     keys = [sorted(s.sites) for s in sources]
-    if any(k != keys[0] for k in keys):
+    if mode == "cat" and any(k != keys[0] for k in keys):
         raise AdapterError(
-            f"Mode {mode!r} needs adapters on the same sites; {names} target different projections or layers "
-            f"({', '.join(f'{n}: {s.config.targets} layers {s.config.layers}' for n, s in zip(names, sources))})."
+            f"Mode 'cat' needs adapters on the same sites; {names} target different projections or layers "
+            f"({_where(names, sources)}). The other modes combine, at each site, the adapters found there."
         )
     headed = [n for n, s in zip(names, sources) if s.head is not None]
     if headed:
         raise AdapterError(f"Mode {mode!r} combines LoRA weights only, and {headed} carry a head; use mode='exact' "
                            "(a weighted average that includes heads) or combine adapters without heads.")
+
+
+def _union_config(model: "AdaptedModel", names: list[str], sources: list[Adapter]) -> LoRA:
+    """The first adapter's options on every site any of them adapts, or a refusal where no LoRA config says
+    exactly those sites (e.g. q in block 0 only and v in block 1 only)."""
+    roles = tuple(dict.fromkeys(site.role for s in sources for site in s.sites.values()))
+    layers = None if any(s.config.layers is None for s in sources) else tuple(
+        sorted({layer for s in sources for layer in s.config.layers}))
+    config = dataclasses.replace(sources[0].config, targets=roles, layers=layers)
+    union = {key for s in sources for key in s.sites}
+    extra = {site.key for site in config.sites(model.anatomy)} - union
+    if extra:
+        raise AdapterError(f"{names} adapt sites ({_where(names, sources)}) whose union no one LoRA covers without "
+                           f"also adapting {sorted(extra)}; combine adapters on matching roles and layers.")
+    return config
+
+
+def _where(names: list[str], sources: list[Adapter]) -> str:
+    return ", ".join(f"{n}: {s.config.targets} layers {s.config.layers}" for n, s in zip(names, sources))
 
 
 def _in_module_order(model: "AdaptedModel", sites) -> list["Site"]:

@@ -63,11 +63,14 @@ PEFT_NAMES = {"svd_rank": "svd_rank", "svd_clamp": "svd_clamp", "svd_full_matric
               "density": "density", "majority_sign_method": "majority_sign_method"}
 
 
-def peft_pair(tmp_path, ranks):
+ALL_THREE = ("q_proj", "v_proj", "down_proj")
+
+
+def peft_pair(tmp_path, ranks, targets=(ALL_THREE, ALL_THREE)):
     """Two random LoRA adapters ``one`` and ``two`` made and saved by peft, on a copy of one tiny Llama."""
     base = tiny_model("llama", "lm")
-    configs = [peft.LoraConfig(r=r, lora_alpha=2 * r + 1, target_modules=["q_proj", "v_proj", "down_proj"])
-               for r in ranks]
+    configs = [peft.LoraConfig(r=r, lora_alpha=2 * r + 1, target_modules=list(modules))
+               for r, modules in zip(ranks, targets)]
     peft_model = peft.get_peft_model(copy.deepcopy(base), configs[0], adapter_name="one")
     peft_model.add_adapter("two", configs[1])
     generator = torch.Generator().manual_seed(3)
@@ -79,10 +82,19 @@ def peft_pair(tmp_path, ranks):
     return base, peft_model
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# Adapters on different projections: peft combines, at each site, the adapters found there.
+UNION_CASES = {
+    "ties-union": ("ties", {"density": 0.5}, (4, 4), [1.0, 0.5]),
+    "svd-union": ("svd", {}, (4, 2), [1.0, 0.5]),
+    "dare_ties_svd-union": ("dare_ties_svd", {"density": 0.5, "seed": SEED}, (4, 2), [1.0, 0.5]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES) + list(UNION_CASES))
 def test_mode_matches_peft(tmp_path, monkeypatch, case):
-    mode, options, ranks, weights = CASES[case]
-    base, peft_model = peft_pair(tmp_path, ranks)
+    mode, options, ranks, weights = {**CASES, **UNION_CASES}[case]
+    targets = (("q_proj", "v_proj"), ("v_proj", "down_proj")) if case in UNION_CASES else (ALL_THREE, ALL_THREE)
+    base, peft_model = peft_pair(tmp_path, ranks, targets)
     inputs = tiny_inputs("llama", padded=True)
 
     # peft draws DARE's masks from torch's global generator, after the new adapter's own random init:
@@ -169,13 +181,15 @@ def three():
     model.add("a", LoRA(r=4, targets=("q", "v")))
     model.add("b", LoRA(r=2, targets=("q", "v")))
     model.add("c", LoRA(r=4, targets=("q", "k")))
+    model.add("d", LoRA(r=4, targets=("k",), layers=(1,)))  # with a (q, v everywhere): no LoRA says just those
     model.add("i", IA3())
     return model
 
 
 REFUSALS = [
     (("a", "i"), [1, 1], "cat", {}, ("'i'", "not LoRA", "to_lora")),
-    (("a", "c"), [1, 1], "cat", {}, ("same sites",)),
+    (("a", "c"), [1, 1], "cat", {}, ("'cat' needs adapters on the same sites",)),
+    (("a", "d"), [1, 1], "ties", {"density": 0.5}, ("no one LoRA covers", "layers.0.k")),
     (("a", "b"), [1, 1], "ties", {"density": 0.5}, ("one rank", "ranks [2, 4]")),
     (("a", "b"), [1, 1], "ties", {}, ("density",)),
     (("a", "b"), [1, 1], "ties", {"density": 0.0}, ("density", "(0, 1]")),
