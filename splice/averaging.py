@@ -10,30 +10,50 @@ Two modes:
   BitFit average their vectors, which is exact because the model is linear in each
   of them at its site.
 - ``"parameters"``: every tensor averaged as is (FedAvg); configs must be identical.
+
+peft's combination modes for LoRA adapters (``"cat"``, ``"ties"``, ``"dare_linear"``, the ``*_svd`` modes, ...)
+use the weights as given and live in :mod:`splice.combine_adapters`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 
 from .adapter import Adapter
 from .anatomy import Anatomy
+from .combine import MODES, CombineOptions
+from .combine_adapters import combine_adapters
 from .errors import AdapterError
 from .heads import head_from_dict
 from .methods import METHODS, MethodConfig
 
 
 def average_adapters(anatomy: Anatomy, adapters: Sequence[str], sources: Sequence[Adapter],
-                     weights: Sequence[float] | None = None, mode: str = "exact") -> Adapter:
+                     weights: Sequence[float] | None = None, mode: str = "exact", **options) -> Adapter:
     """A new adapter for ``anatomy`` whose weights average ``sources`` (named ``adapters``; weights default to
-    equal, sum to 1). The caller adds it to the model."""
+    equal, sum to 1). The caller adds it to the model.
+
+    ``options`` (``density``, ``svd_rank``, ``seed``, ...) belong to the combination modes of
+    :mod:`splice.combine`, which take the weights as given.
+    """
+    if mode in MODES:
+        try:
+            combination = CombineOptions(**options)
+        except TypeError:
+            raise AdapterError(f"Unknown option(s) {sorted(options)} for mode {mode!r}; the options are "
+                               f"{', '.join(f.name for f in dataclasses.fields(CombineOptions))}.") from None
+        return combine_adapters(anatomy, adapters, sources, weights, mode, combination)
+    if mode not in ("exact", "parameters"):
+        raise AdapterError(f"Averaging mode must be 'exact', 'parameters' or one of {', '.join(MODES)}; got {mode!r}.")
+    if options:
+        raise AdapterError(f"Mode {mode!r} takes no options ({sorted(options)}); they belong to the combination "
+                           f"modes {', '.join(MODES)}.")
     weights = [1.0 / len(sources)] * len(sources) if weights is None else [float(w) for w in weights]
     if len(sources) < 2 or len(weights) != len(sources) or abs(sum(weights) - 1) > 1e-6:
         raise AdapterError(f"Averaging needs two or more adapters and one weight each, summing to 1; got {weights}.")
-    if mode not in ("exact", "parameters"):
-        raise AdapterError(f"Averaging mode must be 'exact' or 'parameters', got {mode!r}.")
     configs = [s.config for s in sources]
     heads = {repr(s.head_spec()) for s in sources}
     if len(heads) > 1:

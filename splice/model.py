@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import weakref
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ from .routing.batch import batch_size, replicate
 from .routing.capture import GraphCapture
 from .routing.compose import BatchSplit, Parallel, Setup
 from .routing.planner import HeadGroups, Planner
+
+if TYPE_CHECKING:
+    from .to_lora import LoRAApproximation
 
 _ATTACHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
@@ -258,18 +261,31 @@ class AdaptedModel(GraphCapture, nn.Module):
         self.train_adapter(name)
 
     def average(self, name: str, adapters: Sequence[str], weights: Sequence[float] | None = None,
-                mode: str = "exact") -> Adapter:
+                mode: str = "exact", **options) -> Adapter:
         """Add ``name``, a weighted average of ``adapters``' weights (see :mod:`splice.averaging`).
 
         ``mode="exact"`` (LoRA, IA3, BitFit) computes what ``Average(...)`` computes, as one
         adapter; ``mode="parameters"`` averages every tensor of identically configured adapters (FedAvg).
+        peft's modes for LoRA adapters (``"cat"``, ``"svd"``, ``"ties"``, ``"dare_ties"``, ...; options
+        ``density``, ``majority_sign_method``, ``svd_rank``, ``seed``, ...: see :mod:`splice.combine`) use
+        ``weights`` as given, as peft's ``add_weighted_adapter`` does.
         """
         from .averaging import average_adapters
 
         self._check_new(name)
-        adapter = average_adapters(self.anatomy, adapters, [self._get(a) for a in adapters], weights, mode)
+        adapter = average_adapters(self.anatomy, adapters, [self._get(a) for a in adapters], weights, mode, **options)
         self._register(name, adapter)
         return adapter
+
+    def to_lora(self, name: str, new_name: str, rank: int) -> "LoRAApproximation":
+        """Add ``new_name``, a LoRA of ``rank`` approximating the mergeable adapter ``name`` (SVD of its weight
+        change at each site), for servers that run only LoRA; the result says how close it is per site."""
+        from .to_lora import to_lora
+
+        self._check_new(new_name)
+        approximation = to_lora(self.anatomy, name, self._get(name), new_name, rank, self.merged)
+        self._register(new_name, approximation.adapter)
+        return approximation
 
     # -- merging -------------------------------------------------------------------------
     def merge(self, name: str) -> None:

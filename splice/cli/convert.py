@@ -9,6 +9,7 @@ written.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import Steps, adapter_path, add_command, add_model_options, attach_base
 
@@ -26,6 +27,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     parser.add_argument("--to", required=True, choices=FORMATS, help="format to write")
     parser.add_argument("--name", help="adapter name to load it under (and record in a splice folder)")
+    parser.add_argument("--lora-rank", type=int, metavar="R",
+                        help="write a LoRA of rank R approximating the adapter (SVD of its weight change; any "
+                             "mergeable method), for servers that run only LoRA; the error is reported")
     parser.set_defaults(run=run)
 
 
@@ -34,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
     model = attach_base(args, steps)
     with steps(f"reading {args.source}"):
         name = model.load(adapter_path(args.source), name=args.name)
+    if args.lora_rank is not None:
+        with steps(f"approximating {name!r} by a LoRA of rank {args.lora_rank}"):
+            approximation = model.to_lora(name, f"{name}-lora", args.lora_rank)
+        print(f"splice: {approximation.describe()}", file=sys.stderr)  # the result's quality: shown even with -q
+        name = approximation.name
     with steps(f"writing {name!r} as {args.to} to {args.dest}"):
         model.save(name, args.dest, format=args.to)
     if args.to == "peft" and model.adapters[name].task_head is not None:

@@ -227,7 +227,8 @@ class Delta(nn.Module):
       through a reparameterisation folds it away, matching its config's ``folded()``);
     - merging (configs with ``mergeable``): ``merge(site)`` / ``unmerge(site)`` fold the delta into, and back
       out of, the base weight in place; ``check_merge(site)`` raises before any weight is written where a
-      site cannot take the merge;
+      site cannot take the merge; ``weight_change(site)`` says what a merge would add to the weight and bias
+      (default: a trial merge into a float64 copy), which :mod:`splice.to_lora` factors into a LoRA;
     - averaging (configs with ``averages_exactly``): ``average_of(parts, weights)`` makes this fresh delta the
       weighted average of ``parts``, the same site's deltas of other adapters (default: tensor by tensor);
     - per-row routing (``banked = True``): the static ``bank_sources(delta)`` — the tensors (and per-adapter
@@ -275,6 +276,20 @@ class Delta(nn.Module):
         """Take this delta back out of ``site``'s base weight, in place."""
         raise AdapterError(f"{type(self).__name__} has no merge into the base weights.")
 
+    def weight_change(self, site: Site) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What :meth:`merge` adds to ``site``'s ``[out, in]`` weight (its rows of a fused one) and to its bias
+        (None where it has none), in float64, leaving the base untouched (used to convert to LoRA).
+
+        Default: merge into a float64 copy of the site's weight and bias and subtract, so every mergeable
+        method has it, whether its update is additive (LoRA) or a rescaling (IA³).
+        """
+        copy = _WeightCopy(site.module)
+        self.merge(dataclasses.replace(site, module=copy, input_module=copy))
+        weight = columns_of(copy.weight, site.columns, 0) - columns_of(copy.original_weight, site.columns, 0)
+        if copy.bias is None:
+            return weight, None
+        return weight, columns_of(copy.bias, site.columns, 0) - columns_of(copy.original_bias, site.columns, 0)
+
     def average_of(self, parts: Sequence["Delta"], weights: Sequence[float]) -> None:
         """Make this fresh delta the weighted average of ``parts`` (default: every tensor averaged)."""
         with torch.no_grad():
@@ -303,6 +318,18 @@ class Delta(nn.Module):
     def adapter_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """What this delta reads at its site (``fusable`` deltas)."""
         raise NotImplementedError(f"{type(self).__name__} is not fusable.")
+
+
+class _WeightCopy(nn.Module):
+    """A float64 stand-in for a linear-like module, weight laid out ``[out, in]``, for a trial merge."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.original_weight = linear_weight(module).detach().to(torch.float64)
+        self.weight = nn.Parameter(self.original_weight.clone(), requires_grad=False)
+        bias = getattr(module, "bias", None)
+        self.original_bias = None if bias is None else bias.detach().to(torch.float64)
+        self.bias = None if bias is None else nn.Parameter(self.original_bias.clone(), requires_grad=False)
 
 
 def _numbers(value: Any) -> Iterator[int | float]:
