@@ -4,7 +4,8 @@
 splice's own folders go to :mod:`splice.checkpoint`, ``peft`` folders to
 :mod:`.peft` (read and write), AdapterHub folders to :mod:`.adapters` (read), :mod:`.bottleneck`
 (bottleneck read and write) and :mod:`.fusion` (AdapterFusion read).
-A ``name@version`` that is not a folder is looked up in the local hub.
+A ``name@version`` that is not a folder is looked up in the local hub, an ``org/name`` on the
+Hugging Face Hub (:mod:`splice.hub_ids`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..checkpoint import CONFIG_FILE, load_adapter, save_adapter
 from ..errors import AdapterError
 from ..files import exists, is_folder
-from ..hub import Hub, is_reference
+from ..hub_ids import locate
 from .adapters import load_adapters
 from .bottleneck import save_adapters
 from .detect import detect_format
@@ -33,13 +34,12 @@ WRITERS = {"splice": save_adapter, "peft": save_peft, "adapters": save_adapters}
 
 
 def load_any(model: AdaptedModel, path: str | os.PathLike, name: str | None = None) -> str:
-    """Add the adapter at ``path`` (a splice, peft or AdapterHub folder, or a hub ``name@version``).
+    """Add the adapter at ``path`` (a splice, peft or AdapterHub folder, a local-registry ``name@version``,
+    or a Hugging Face Hub id ``org/name[@revision]``: see :func:`splice.hub_ids.locate`).
 
     Returns its name.
     """
-    folder = Path(path)
-    if not exists(folder) and is_reference(str(path)):
-        folder = Hub().resolve(str(path))
+    folder = locate(path)
     if is_folder(folder) and is_fusion_folder(folder) and not any(exists(folder / f) for f in ADAPTER_CONFIGS):
         return load_fusion(model, folder, name)  # an AdapterHub AdapterFusion (its fused adapters loaded first)
     return READERS[detect_format(folder)](model, folder, name)

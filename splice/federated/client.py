@@ -19,6 +19,8 @@ from ..train.trainer import AdapterTrainer
 from .setup import build
 from .tensors import adapter_arrays, load_arrays
 
+_TIMINGS = ("runtime", "per_second", "preparation_time", "epoch")  # the Trainer's bookkeeping, not metrics
+
 
 class LocalTrainer:
     """One client: shard ``partition`` of ``partitions`` of ``config``'s train and validation splits.
@@ -62,7 +64,7 @@ class LocalTrainer:
         with redirect_stdout(sys.stderr):
             found = self._trainer().evaluate(self.validation_rows, metric_key_prefix="eval")
         metrics = {key.removeprefix("eval_").replace("_", "-"): float(value) for key, value in found.items()
-                   if isinstance(value, (int, float)) and not key.endswith(("runtime", "per_second"))}
+                   if isinstance(value, (int, float)) and not key.endswith(_TIMINGS)}
         return {**metrics, "num-examples": len(self.validation_rows)}
 
     def _tensors(self) -> dict[str, torch.Tensor]:
