@@ -1,8 +1,8 @@
-"""Print the README's table of method costs, computed by ``summary()`` on real-sized configs.
+"""Print the table of method costs, computed by ``summary()`` on real-sized configs.
 
 The models are built on PyTorch's meta device (shapes only, no memory), so this
-runs in seconds: ``python scripts/method_costs.py``. A test checks the README
-holds exactly this output.
+runs in seconds: ``python scripts/method_costs.py``. A test checks that the methods
+page of the documentation (docs/methods/index.md) holds exactly this output.
 """
 
 from __future__ import annotations

@@ -333,13 +333,22 @@ class AdaptedModel(GraphCapture, nn.Module):
         """Load an adapter (under its saved name, or ``name``); returns the name. Does not activate it.
 
         ``path`` is a splice, peft or AdapterHub folder (recognised by its files), or a
-        ``name@version`` in the local hub (:mod:`splice.hub`).
+        ``name@version`` in the local hub (:mod:`splice.hub`), or a Hugging Face Hub id ``org/name[@revision]``
+        (:mod:`splice.hub_ids`).
         """
         from .convert import read_any
 
         name, adapter = read_any(self.anatomy, self.adapters, path, name)
         self._register(name, adapter)
         return name
+
+    def push_to_hub(self, name: str, repo_id: str, format: str = "splice", private: bool | None = None,
+                    token: str | None = None) -> str:
+        """Upload adapter ``name`` to the Hugging Face Hub repo ``repo_id`` in ``format`` (``"splice"`` or
+        ``"peft"``), with its model card; returns the commit URL. ``model.load(repo_id)`` reads it back."""
+        from .hub_push import push
+
+        return push(self.anatomy, self._get(name), name, repo_id, format, private, token)
 
     def summary(self, print_table: bool = True):
         """Print (and return) a table: adapter, method, trainable params, % of base, MB on disk."""

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from ..file_names import ADAPTERHUB_HEAD_WEIGHTS, ADAPTERHUB_WEIGHTS, PEFT_WEIGHTS
 from ..files import exists
-from ..hub import Hub, is_reference
 from .common import adapter_path, add_command, describe_base, human_size
 
 # The readers below import splice.checkpoint and splice.convert where they are used: those import torch,
@@ -49,12 +48,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def describe(source: str) -> dict:
-    """Facts about the adapter at ``source`` (a folder, or a hub ``name@version``) as plain JSON values."""
+    """Facts about the adapter at ``source`` (a folder, a registry ``name@version`` or a Hub id), as JSON values."""
     from ..convert import detect_format
+    from ..hub_ids import locate
 
-    folder, ref = Path(source), None
-    if not exists(folder) and is_reference(source):
-        folder, ref = Hub().resolve(source), source
+    folder = locate(source)
+    ref = source if folder != Path(source) else None  # a registry or Hugging Face Hub name
     kind = detect_format(folder)  # also refuses a missing folder, or one no library wrote
     report = {"path": str(folder), "ref": ref, "format": kind}
     report.update(_DESCRIBERS[kind](folder))

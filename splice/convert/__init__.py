@@ -4,7 +4,8 @@
 splice's own folders go to :mod:`splice.checkpoint`, ``peft`` folders to
 :mod:`.peft` (read and write), AdapterHub folders to :mod:`.adapters` (read), :mod:`.bottleneck`
 (bottleneck read and write) and :mod:`.fusion` (AdapterFusion read).
-A ``name@version`` that is not a folder is looked up in the local hub.
+A ``name@version`` that is not a folder is looked up in the local hub, an ``org/name`` on the
+Hugging Face Hub (:mod:`splice.hub_ids`).
 
 Readers and writers see an anatomy and the adapter table, never the model: a reader returns
 the adapter it built (the model adds it), a writer is handed the adapter to write.
@@ -21,7 +22,7 @@ from ..anatomy import Anatomy
 from ..checkpoint import CONFIG_FILE, read_adapter, write_adapter
 from ..errors import AdapterError
 from ..files import exists, is_folder
-from ..hub import Hub, is_reference
+from ..hub_ids import locate
 from .adapters import read_adapterhub
 from .bottleneck import write_adapterhub
 from .detect import FOREIGN_CONFIG, detect_format
@@ -37,14 +38,13 @@ WRITERS = {"splice": write_adapter, "peft": write_peft, "adapters": write_adapte
 
 def read_any(anatomy: Anatomy, adapters: Mapping[str, Adapter], path: str | os.PathLike,
              name: str | None = None) -> tuple[str, Adapter]:
-    """The adapter at ``path`` (a splice, peft or AdapterHub folder, or a hub ``name@version``) for ``anatomy``.
+    """The adapter at ``path`` (a splice, peft or AdapterHub folder, a local-registry ``name@version``, or a
+    Hugging Face Hub id ``org/name[@revision]``: see :func:`splice.hub_ids.locate`) for ``anatomy``.
 
     ``adapters``: the model's, whose names are taken (and which an AdapterFusion fuses). Returns the
     name and the adapter, for the caller to add.
     """
-    folder = Path(path)
-    if not exists(folder) and is_reference(str(path)):
-        folder = Hub().resolve(str(path))
+    folder = locate(path)
     if holds_fusion(folder):
         return read_fusion(anatomy, adapters, folder, name)  # AdapterHub AdapterFusion (fused adapters loaded)
     return READERS[detect_format(folder)](anatomy, adapters, folder, name)

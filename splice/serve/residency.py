@@ -34,6 +34,7 @@ from ..errors import CheckpointError, SpliceError
 from ..files import read_json
 from ..folders import recover
 from ..hub import Hub, check_version, is_reference, parse_reference
+from ..hub_ids import download, is_hub_id, served_name
 from .errors import BadRequest, Conflict, NotFound, shown
 
 if TYPE_CHECKING:
@@ -154,6 +155,10 @@ class Residency:
             public = name or source
             def locate() -> Path:
                 return registry.resolve(source)
+        elif is_hub_id(source):  # Hugging Face Hub: downloaded on the loader thread, like any slow read
+            public = name or served_name(source)
+            def locate() -> Path:
+                return download(source)
         else:
             raise BadRequest(UNREADABLE_SOURCE)  # the same words whether the path exists or not: no probing
         check_public_name(public)

@@ -10,6 +10,7 @@ from ..errors import SpliceError
 from ..files import exists, is_folder
 from ..folders import clean_up
 from ..hub import Hub
+from ..hub_ids import download, is_hub_id, served_name
 from .residency import folder_name
 
 Found = tuple[str, Callable[[], Path]]  # public name, and how to get its folder when it is first used
@@ -28,13 +29,16 @@ def discover(spec: str) -> tuple[list[Found], Hub | None]:
     ``spec`` is a folder whose sub-folders are adapters (each served under its saved
     name, else the folder's name) or ``splice train`` runs (``RUN/adapter``, served
     as ``RUN``), one adapter folder, a registry root (a folder with the hub's
-    ``index.json``: every ``name@version`` in it), or ``hub`` for the default registry.
+    ``index.json``: every ``name@version`` in it), ``hub`` for the default registry, or a Hugging Face Hub id
+    ``org/name[@revision]`` (served as ``name``).
     Hidden sub-folders (``.name``) are skipped: they hold no adapter of the user's,
     but e.g. the staging folder of a save that was killed (which is cleaned up here).
     """
     if spec in REGISTRY_WORDS:
         return _registry(Hub())
     folder = Path(spec).expanduser()
+    if not exists(folder) and is_hub_id(spec):  # one adapter on the Hugging Face Hub
+        return [(served_name(spec), lambda: download(spec))], None
     if not is_folder(folder):
         raise SpliceError(f"--adapters {spec!r} is not a folder; pass a folder of adapter folders, one adapter "
                           "folder, a registry folder, or 'hub' for the default registry.")

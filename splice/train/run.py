@@ -58,7 +58,7 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
     the bars and the log lines go to stderr (the Trainer prints its log lines to stdout, which we redirect),
     so that stdout holds only what the caller prints: ``splice train > results.txt`` keeps just the results.
     """
-    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+    from transformers import EarlyStoppingCallback, set_seed
 
     started = time.time()
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate: report once, from the first process
@@ -96,25 +96,7 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
     datasets = {split: encode(splits.split(split), config.task, tokenizer, config.tokens, splits.labels)
                 for split in ("train", "validation", "test")}
     metric = TASK_METRIC[config.task]
-    by_steps = config.eval_every is not None
-    args = TrainingArguments(
-        output_dir=str(checkpoints), num_train_epochs=config.epochs, max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation,
-        learning_rate=config.rate,
-        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-        lr_scheduler_type=config.scheduler, seed=config.seed, logging_steps=config.logging_steps,
-        eval_strategy="steps" if by_steps else "epoch", save_strategy="steps" if by_steps else "epoch",
-        eval_steps=config.eval_every, save_steps=config.eval_every, save_total_limit=config.save_total_limit,
-        load_best_model_at_end=True, metric_for_best_model=metric, greater_is_better=metric != "loss",
-        report_to="none", remove_unused_columns=False, label_names=["labels"],
-        prediction_loss_only=config.task == "causal-lm", dataloader_num_workers=config.workers,
-        dataloader_pin_memory=torch.cuda.is_available(), disable_tqdm=not progress,
-        # On CPU, say so: only then does torchrun / accelerate launch run data-parallel (gloo) instead of N copies.
-        use_cpu=not torch.cuda.is_available(), ddp_backend=distributed_backend(),
-        ddp_find_unused_parameters=False,  # every trainable tensor is used in each forward
-        **precision_flags(config.precision), **warmup(config.warmup_ratio),
-    )
+    args = training_arguments(config, checkpoints, progress)
     record = run_record(config, splits, counts, command)
     trainer = AdapterTrainer(
         model=model, args=args, adapter_name=name, record=record, lora_plus_ratio=lora_plus_ratio,
@@ -165,6 +147,34 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
     plot = plot_curves(trainer.state.log_history, metric, out / "curves.png",
                        f"{config.method} on {splits.source} ({config.model})")
     return TrainResult(out=out, adapter=adapter_dir, metrics=summary, curves=plot)
+
+
+def training_arguments(config: TrainConfig, checkpoints: Path, progress: bool = True, **overrides):
+    """The ``TrainingArguments`` of ``config``: what ``splice train`` runs, and what a federated client trains
+    with each round (``overrides`` there turn off per-epoch evaluation and checkpoints)."""
+    from transformers import TrainingArguments
+
+    metric = TASK_METRIC[config.task]
+    by_steps = config.eval_every is not None
+    values = dict(
+        output_dir=str(checkpoints), num_train_epochs=config.epochs, max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.rate,
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+        lr_scheduler_type=config.scheduler, seed=config.seed, logging_steps=config.logging_steps,
+        eval_strategy="steps" if by_steps else "epoch", save_strategy="steps" if by_steps else "epoch",
+        eval_steps=config.eval_every, save_steps=config.eval_every, save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True, metric_for_best_model=metric, greater_is_better=metric != "loss",
+        report_to="none", remove_unused_columns=False, label_names=["labels"],
+        prediction_loss_only=config.task == "causal-lm", dataloader_num_workers=config.workers,
+        dataloader_pin_memory=torch.cuda.is_available(), disable_tqdm=not progress,
+        # On CPU, say so: only then does torchrun / accelerate launch run data-parallel (gloo) instead of N copies.
+        use_cpu=not torch.cuda.is_available(), ddp_backend=distributed_backend(),
+        ddp_find_unused_parameters=False,  # every trainable tensor is used in each forward
+        **precision_flags(config.precision), **warmup(config.warmup_ratio),
+    )
+    return TrainingArguments(**{**values, **overrides})
 
 
 def distributed_backend() -> str | None:

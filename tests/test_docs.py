@@ -1,0 +1,60 @@
+"""The documentation site: ``mkdocs build --strict`` passes (a broken link, a missing page or an API entry
+without a docstring fails it), the CLI reference holds every command, and the quality chart is current."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from splice.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("mkdocs", reason="the docs extra: pip install 'splice[docs]'")
+
+
+def build(docs_root: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "NO_MKDOCS_2_WARNING": "1"}
+    # no -q: mkdocs counts strict-mode warnings only when it logs them
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
+                          cwd=docs_root, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_site_builds_strict_with_a_generated_cli_reference(tmp_path):
+    result = build(ROOT, tmp_path / "site")
+    assert result.returncode == 0, result.stderr[-3000:]
+    cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name in commands.choices:
+        assert f"splice {name}" in cli
+    assert "--gradient-checkpointing" in cli  # option text comes from the parsers themselves
+    assert "push_to_hub" in (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
+
+
+def test_a_broken_link_fails_the_build(tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "docs", copy / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", copy / "mkdocs.yml")
+    page = copy / "docs" / "hub.md"
+    page.write_text(page.read_text() + "\nSee [nowhere](no-such-page.md).\n")
+    result = build(copy, tmp_path / "site")
+    assert result.returncode != 0 and "no-such-page.md" in result.stderr
+
+
+def test_quality_chart_is_drawn_from_the_current_results():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import quality_chart
+    finally:
+        sys.path.pop(0)
+    drawn = quality_chart.draw(json.loads(quality_chart.RESULTS.read_text()))
+    assert (ROOT / "docs" / "images" / "quality.svg").read_text() == drawn, \
+        "benchmarks/quality_results.json changed: run python scripts/quality_chart.py and commit the chart"
