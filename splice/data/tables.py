@@ -34,7 +34,10 @@ _CHUNK = 1 << 20
 
 @dataclass
 class Places:
-    """Where row ``i`` of a table is, computed on demand (no list of strings for a million-row file)."""
+    """Where row ``i`` of a table is, computed on demand (no list of strings for a million-row file).
+
+    Iterating never ends (a streamed table's length is unknown): zip it with the rows.
+    """
 
     unit: str  # "line", "row" or "item"
     first: int  # the number of the first row: 2 for a CSV (line 1 is the header), else 1
