@@ -32,13 +32,15 @@ from train_step import memory_now, memory_peak  # noqa: E402
 ARMS = ("splice", "peft")
 
 
-def pairs(rows: int):
+def pairs(rows: int, max_length: int):
+    """Preference pairs from bbc-headlines, each prompt cut to its last ~half of ``max_length`` tokens (at ~4
+    characters a token) so that truncation leaves the answers whole."""
     import datasets
 
     from splice.data import load_data
 
     records = load_data("bbc-headlines", "causal-lm", sizes=(rows + 1, 0, 0)).train
-    return datasets.Dataset.from_list([{"prompt": r["prompt"][-400:], "chosen": r["completion"],
+    return datasets.Dataset.from_list([{"prompt": r["prompt"][-2 * max_length:], "chosen": r["completion"],
                                         "rejected": o["completion"]} for r, o in zip(records, records[1:])])
 
 
@@ -55,7 +57,7 @@ def build(arm: str, folder: Path, args, out: str):
     config = DPOConfig(output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                        max_length=args.max_length, learning_rate=5e-4, logging_steps=1, save_strategy="no",
                        report_to=[], use_cpu=device == "cpu", disable_tqdm=True, seed=0)
-    data = pairs(args.steps * args.batch_size)
+    data = pairs(args.steps * args.batch_size, args.max_length)
     if arm == "peft":
         from peft import LoraConfig
         from trl import DPOTrainer
