@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from .adapter import Adapter, check_name
 from .anatomy import Anatomy
+from .card import model_card
 from .errors import AnatomyError, CheckpointError, ConfigError
 from .file_names import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from .files import exists, read_json
@@ -58,7 +59,8 @@ def write_adapter(anatomy: Anatomy, adapter: Adapter, name: str, path: str | os.
     def fill(staging: Path) -> None:
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        (staging / CARD_FILE).write_text(model_card(meta, os.path.getsize(staging / WEIGHTS_FILE)))
+        size = os.path.getsize(staging / WEIGHTS_FILE)
+        (staging / CARD_FILE).write_text(model_card(meta, size, getattr(anatomy.model, "name_or_path", None)))
 
     return write_folder(path, fill, CONFIG_FILE)
 
@@ -259,48 +261,3 @@ def check_layout(found: Mapping[str, Sequence[int]], expected: Mapping[str, torc
                 f"{source}: tensor {key} has shape {list(found[key])}, but the adapter's config on this model "
                 f"needs {list(expected[key].shape)}."
             )
-
-
-def model_card(meta: dict, size: int) -> str:
-    config = meta["config"]
-    base = meta["base"]
-    options = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.items() if k != "method")
-    head = f"`{meta['head']}`" if meta.get("head") else "none (the base model's own outputs)"
-    if isinstance(meta.get("head"), dict):
-        head = f"`{meta['head'].get('kind')}`"
-    return f"""# {meta['name']}
-
-A **{config['method']}** adapter made with [splice](https://pypi.org/project/splice/) {meta['splice_version']}.
-
-- Trainable parameters: {meta['parameters']:,}
-- Size on disk: {size / 1e6:.2f} MB (`{WEIGHTS_FILE}`)
-- Base model: `{base.get('model_type')}`, hidden size {base.get('hidden_size')}, {base.get('num_layers')} layers, \
-{base.get('num_heads')} heads, vocabulary {base.get('vocab_size')}
-- Prediction head: {head}
-
-```python
-import splice
-model = splice.attach(base_model)
-name = model.load("path/to/this/folder")
-model.activate(name)
-```
-
-| option | value |
-|---|---|
-{options}
-{training_section(meta.get("training"))}"""
-
-
-def training_section(training: dict | None) -> str:
-    """The model card's account of how the adapter was trained (empty if it was not trained by splice train)."""
-    if not training:
-        return ""
-    rows = "\n".join(f"| {key} | `{json.dumps(value) if not isinstance(value, str) else value}` |"
-                      for key, value in training.items())
-    return f"""
-## Training
-
-| | |
-|---|---|
-{rows}
-"""

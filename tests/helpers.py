@@ -97,3 +97,11 @@ def greedy(model, inputs, steps):
         done |= nxt == model.generation_config.eos_token_id
         ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
     return ids
+
+
+# Options some recipes need on the tiny test models, which are 32 wide: Compacter's recipes (reduction 32) would
+# leave a bottleneck 1 wide, which phm_dim 4 cannot divide; reduction 4 gives a width of 8.
+TINY_OPTIONS = {
+    "compacter": {"reduction_factor": 4},
+    "compacter++": {"reduction_factor": 4, "phm_rank": 2, "factorized_phm_rule": True},
+}

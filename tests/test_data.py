@@ -345,12 +345,12 @@ def test_invalid_json_line(tmp_path):
         load_data(path, "classification")
 
 
-def test_missing_pyarrow_is_named(tmp_path, monkeypatch):
+@pytest.mark.parametrize("missing", ["pyarrow", "datasets"])
+def test_missing_datasets_or_pyarrow_names_the_extra(tmp_path, monkeypatch, missing):
     path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"text": ["a"], "label": ["b"]}), path)
-    for module in ("pyarrow", "pyarrow.parquet"):
-        monkeypatch.setitem(sys.modules, module, None)  # None in sys.modules makes the import fail
-    with pytest.raises(DataError, match="pip install pyarrow"):
+    monkeypatch.setitem(sys.modules, missing, None)  # None in sys.modules makes the import fail
+    with pytest.raises(DataError, match=r"needs 🤗 datasets and pyarrow: pip install 'splice\[train\]'"):
         load_data(path, "classification")
 
 

@@ -19,7 +19,7 @@ import torch
 import splice
 from splice.methods import BUILT_IN
 
-from helpers import assert_same_state, descend, perturb, state_copy
+from helpers import TINY_OPTIONS, assert_same_state, descend, perturb, state_copy
 from tiny_models import ARCHITECTURES, DECODERS, tiny_inputs, tiny_model
 
 # Options the matrix adds to some recipes' defaults, to cover more of a method than the CLI's defaults do.
@@ -27,9 +27,7 @@ COVERAGE = {
     "houlsby": {"non_linearity": "swish"},
     "parallel": {"scale": 2.0, "ln_before": True},
     "lora": {"r": 4, "alpha": 8, "targets": "all-linear", "dropout": 0.0},
-    # the tiny models are 32 wide: a width of 8 that phm_dim 4 divides
-    "compacter": {"reduction_factor": 4},
-    "compacter++": {"reduction_factor": 4, "phm_rank": 2, "factorized_phm_rule": True},
+    **TINY_OPTIONS,
     "loreft": {"dropout": 0.0},
 }
 

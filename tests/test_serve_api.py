@@ -155,9 +155,10 @@ def test_health_and_metrics(encoder_client):
     response = client.get("/metrics")
     assert response.headers["content-type"] == CONTENT_TYPE
     text = response.text
-    assert 'splice_requests_total{endpoint="/v1/classify",adapter="a0",status="200"} 1' in text
-    assert 'splice_requests_total{endpoint="/v1/classify",adapter="",status="404"} 1' in text
-    assert 'splice_batch_size_bucket{kind="encode",le="2"} 1' in text
+    # as prometheus_client writes them: labels in name order, numbers as floats
+    assert 'splice_requests_total{adapter="a0",endpoint="/v1/classify",status="200"} 1.0' in text
+    assert 'splice_requests_total{adapter="",endpoint="/v1/classify",status="404"} 1.0' in text
+    assert 'splice_batch_size_bucket{kind="encode",le="2.0"} 1' in text
     assert 'splice_request_latency_seconds_count{adapter="a0"} 1' in text
     assert 'splice_resident_adapters{tier="device"} 1' in text
     assert "splice_queue_depth 0" in text

@@ -48,10 +48,12 @@ def test_metrics_text_format():
     for value in (0.05, 0.5, 5.0):
         histogram.observe(value)
     lines = counter.render() + histogram.render()
-    assert lines[:4] == ["# HELP x_total Things.", "# TYPE x_total counter", 'x_total{kind="a\\"b"} 1',
-                         'x_total{kind="c"} 2']
-    assert 'h_seconds_bucket{le="0.1"} 1' in lines and 'h_seconds_bucket{le="1"} 2' in lines
-    assert 'h_seconds_bucket{le="+Inf"} 3' in lines and "h_seconds_count 3" in lines and "h_seconds_sum 5.55" in lines
+    # prometheus_client writes every number as a float (1.0, le="1.0")
+    assert lines[:4] == ["# HELP x_total Things.", "# TYPE x_total counter", 'x_total{kind="a\\"b"} 1.0',
+                         'x_total{kind="c"} 2.0']
+    assert 'h_seconds_bucket{le="0.1"} 1.0' in lines and 'h_seconds_bucket{le="1.0"} 2.0' in lines
+    assert 'h_seconds_bucket{le="+Inf"} 3.0' in lines and "h_seconds_count 3.0" in lines
+    assert "h_seconds_sum 5.55" in lines and counter.value(kind="c") == 2 and histogram.count() == 3
 
 
 def test_row_sampling_greedy_rows_keep_only_the_argmax_and_top_p_cuts_the_tail():

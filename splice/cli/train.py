@@ -71,7 +71,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (keys as below, - or _)")
     group = parser.add_argument_group("what to train")
     option(group, "--model", "local model folder or built-in name (minilm, smollm2)", metavar="NAME_OR_PATH")
-    option(group, "--data", "CSV, JSONL, Parquet, folder of <label>/*.txt, CoNLL file, or a built-in set "
+    option(group, "--data", "CSV, JSONL, Parquet, a datasets save_to_disk folder, folder of <label>/*.txt, CoNLL "
+           "file, or a built-in set "
            "(tweet-sentiment, bbc-news, wnut16, bbc-headlines)", metavar="PATH_OR_BUILTIN")
     option(group, "--task", "what the data teaches", choices=["classification", "tagging", "causal-lm"])
     option(group, "--method", "adapter method (see below)", choices=_Methods(), metavar="METHOD")
@@ -92,6 +93,8 @@ def register(commands: argparse._SubParsersAction) -> None:
            type=split_sizes, metavar="A,B,C")
     option(group, "--limit", "subsample the data to this many rows before splitting", type=int, metavar="N")
     option(group, "--data-seed", "seed of the train/validation/test shuffle", type=int, metavar="N")
+    option(group, "--streaming", "read a CSV/JSONL/Parquet file row by row instead of first "
+           "writing an Arrow copy of it to the datasets cache", action="store_true")
     option(group, "--max-length", "tokens per example (default 64; 256 for causal-lm)", type=int, metavar="N")
     group = parser.add_argument_group("optimisation")
     option(group, "--epochs", "training epochs", type=float, metavar="N")

@@ -7,23 +7,38 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from .builtin import BUILTIN_DATA
-from .readers import ACCEPTED, CONLL_SUFFIXES, TABLE_SUFFIXES, read_conll, read_folder, read_lines, read_table
+from .readers import ACCEPTED, CONLL_SUFFIXES, read_conll, read_folder, read_lines
 from .records import Columns, as_string, check_task, decide_labels, is_empty, missing_column, table_records
 from .splits import Splits, split_records
+from .tables import (
+    TABLE_SUFFIXES,
+    Table,
+    dataset_name,
+    dataset_table,
+    is_dataset,
+    is_saved_dataset,
+    load_saved,
+    read_table,
+)
 
 
-def load_data(source: str | os.PathLike, task: str, *, columns: Columns = Columns(),
+def load_data(source: str | os.PathLike | Any, task: str, *, columns: Columns = Columns(),
               sizes: tuple[float | int, float | int, float | int] = (0.8, 0.1, 0.1), seed: int = 0,
-              labels: Sequence[str] | None = None, limit: int | None = None) -> Splits:
+              labels: Sequence[str] | None = None, limit: int | None = None, streaming: bool = False) -> Splits:
     """Read ``source`` for ``task`` and split it into train, validation and test.
 
     ``source`` is a built-in name (:data:`BUILTIN_DATA`; it wins over a file of the same
-    name, so write ``./name`` for the file), a CSV / TSV / JSON-lines /
-    Parquet file, a CoNLL-style ``token<TAB>tag`` file (tagging), a text file of one
-    text per line (causal-lm), or a folder with one subfolder of .txt files per label.
+    name, so write ``./name`` for the file), a 🤗 ``datasets`` ``Dataset`` or ``DatasetDict``
+    (or a folder ``save_to_disk`` wrote; a DatasetDict's own train / validation / test
+    splits are kept, see :func:`_dataset_dict`), a CSV / TSV / JSON-lines / Parquet
+    file (read by ``datasets``: converted to Arrow once and memory-mapped, or with
+    ``streaming`` read row by row without converting), a CoNLL-style ``token<TAB>tag``
+    file (tagging), a text file of one text per line (causal-lm), or a folder with one
+    subfolder of .txt files per label.
     Rows with nothing to learn from (empty text) are dropped; then the rows are
     shuffled with ``seed``, the first ``limit`` kept, and cut by ``sizes`` (fractions,
     or row counts when all three are ints). ``labels`` fixes the label set, e.g. to the
@@ -33,23 +48,86 @@ def load_data(source: str | os.PathLike, task: str, *, columns: Columns = Column
     """
     check_task(task)
     notes: list[str] = []
-    name = os.fspath(source)
-    if name in BUILTIN_DATA:
-        records, places, where = _builtin(name, task, notes)
+    if not is_dataset(source) and Path(os.fspath(source)).is_dir() and is_saved_dataset(Path(os.fspath(source))):
+        source = load_saved(Path(os.fspath(source)))
+    if is_dataset(source) and hasattr(source, "keys"):
+        return _dataset_dict(source, task, columns, sizes, seed, labels, limit)
+    if is_dataset(source):
+        records, places = _table_records(dataset_table(source, describe(source)), task, columns)
+        where = describe(source)
+        _note_repeats(records, notes)
+    elif os.fspath(source) in BUILTIN_DATA:
+        records, places, where = _builtin(os.fspath(source), task, notes)
     else:
-        path = Path(name)
-        records, places = _from_path(path, task, columns)
+        path = Path(os.fspath(source))
+        records, places = _from_path(path, task, columns, streaming)
         where = str(path)
         _note_repeats(records, notes)
+    records, places = _drop_empty(records, places, where, task, notes)
+    label_set = decide_labels(task, records, places, where, labels)
+    train, validation, test = split_records(records, sizes, seed, limit, notes)
+    return Splits(task, train, validation, test, label_set, where, notes)
+
+
+def _drop_empty(records: list[dict], places: Sequence[str], where: str, task: str,
+                notes: list[str]) -> tuple[list[dict], list[str]]:
+    """The records with something to learn from, and their places; an error if none has."""
     kept = [(record, place) for record, place in zip(records, places) if not is_empty(record)]
     if len(kept) < len(records):
         notes.append(f"dropped {len(records) - len(kept):,} rows with empty text")
     if not kept:
         raise DataError(f"{where} has no rows with text for {task}.")
-    records, places = [record for record, _ in kept], [place for _, place in kept]
-    label_set = decide_labels(task, records, places, where, labels)
-    train, validation, test = split_records(records, sizes, seed, limit, notes)
-    return Splits(task, train, validation, test, label_set, where, notes)
+    return [record for record, _ in kept], [place for _, place in kept]
+
+
+def _dataset_dict(splits_in, task: str, columns: Columns, sizes: Sequence[float | int], seed: int,
+                  labels: Sequence[str] | None, limit: int | None) -> Splits:
+    """A DatasetDict's own splits, kept as given; the ones it lacks are cut from its train split.
+
+    ``validation`` may also be called ``valid`` or ``dev``. A lacking split gets the
+    share of the train split that ``sizes`` gives it relative to train (a dict with
+    train and test, and sizes 0.8 / 0.1 / 0.1, keeps test and cuts 1/9 of train for
+    validation); ``limit`` subsamples the train split.
+    """
+    where, notes = describe(splits_in), []
+    keys: dict[str, str] = {}
+    for key in splits_in:
+        keys.setdefault(SPLIT_KEYS.get(str(key), ""), key)
+    if "train" not in keys:
+        raise DataError(f"{where} has splits {', '.join(map(repr, splits_in))} but none called 'train'; rename one "
+                        "(DatasetDict({'train': ...})) or pass a single Dataset to be split.")
+    parts, located = {}, ([], [])
+    for split in ("train", "validation", "test"):
+        if split in keys:
+            part_where = f"{where}[{keys[split]!r}]"
+            records, places = _table_records(dataset_table(splits_in[keys[split]], part_where), task, columns)
+            parts[split], places = _drop_empty(records, places, part_where, task, notes)
+            located[0].extend(parts[split])
+            located[1].extend(f"[{keys[split]!r}] {place}" for place in places)
+    label_set = decide_labels(task, *located, where, labels)
+    lacking = [split for split in ("validation", "test") if split not in parts]
+    shares = [size if split == "train" or split in lacking else type(size)(0)
+              for split, size in zip(("train", "validation", "test"), sizes)]
+    if not all(isinstance(share, int) for share in shares):
+        shares = [share / sum(shares) for share in shares]
+    cut = dict(zip(("train", "validation", "test"), split_records(parts["train"], shares, seed, limit, notes)))
+    given = [split for split in ("validation", "test") if split in parts]
+    if given:
+        notes.append(f"{' and '.join(given)} as the DatasetDict gives them "
+                     f"({' / '.join(f'{len(parts[split]):,}' for split in given)} rows)")
+    parts = {**cut, **{split: parts[split] for split in given}}
+    return Splits(task, parts["train"], parts["validation"], parts["test"], label_set, where, notes)
+
+
+def describe(dataset) -> str:
+    """A ``datasets`` object in a few words, for messages and model cards: its kind, name and size."""
+    name = dataset_name(dataset)
+    kind = type(dataset).__name__
+    return f"{kind} {name!r}" if name else f"a {kind}"
+
+
+# How a DatasetDict may name its splits.
+SPLIT_KEYS = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
 
 
 def _builtin(name: str, task: str, notes: list[str]) -> tuple[list[dict], list[str], str]:
@@ -84,7 +162,7 @@ def _note_repeats(records: list[dict], notes: list[str]) -> None:
         notes.append(f"{repeats:,} rows repeat an earlier text; the copies are kept and may fall in different splits")
 
 
-def _from_path(path: Path, task: str, columns: Columns) -> tuple[list[dict], list[str]]:
+def _from_path(path: Path, task: str, columns: Columns, streaming: bool) -> tuple[list[dict], Sequence[str]]:
     """The records and their places in a user's file or folder."""
     if path.is_dir():
         if task == "tagging":
@@ -111,10 +189,14 @@ def _from_path(path: Path, task: str, columns: Columns) -> tuple[list[dict], lis
                         f"{alternatives}.")
     if suffix not in TABLE_SUFFIXES:
         raise DataError(f"Cannot read {path}: unknown file type {path.suffix or '(no extension)'!r}; give {ACCEPTED}.")
-    table = read_table(path)
-    if not table.rows:
-        raise DataError(f"{path} has no rows (only a header, or nothing): nothing to train or evaluate on.")
-    return table_records(table, task, columns), table.places
+    return _table_records(read_table(path, streaming=streaming), task, columns)
+
+
+def _table_records(table: Table, task: str, columns: Columns) -> tuple[list[dict], Sequence[str]]:
+    records = table_records(table, task, columns)
+    if not records:
+        raise DataError(f"{table.where} has no rows (only a header, or nothing): nothing to train or evaluate on.")
+    return records, table.places
 
 
 def read_texts(source: str | os.PathLike, *, column: str = "text") -> list[str]:

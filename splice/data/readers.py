@@ -1,4 +1,6 @@
-"""Reading a user's data file into located rows, before any task gives the columns a meaning.
+"""Reading the data files that are not tables: CoNLL token<TAB>tag files, text lines, folders of .txt files.
+
+Tables (CSV, TSV, JSON lines, Parquet) are read by 🤗 datasets in :mod:`.tables`.
 
 Every row keeps a *place* ("line 7", "row 3", "business/001.txt") so that an
 error about one row can say where to look. Text must be UTF-8: a file that is
@@ -8,30 +10,14 @@ turning characters into replacement marks.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
 
-# Suffixes read as tables of named columns; ".tsv" is a table too unless the task is tagging (then CoNLL).
-TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 CONLL_SUFFIXES = (".conll", ".txt", ".tsv")
 ACCEPTED = "a .csv, .tsv, .jsonl, .json (JSON lines) or .parquet table, a .conll/.txt/.tsv token<TAB>tag file " \
            "(tagging), a .txt file of one text per line (causal-lm), or a folder with one subfolder of .txt files " \
            "per label"
-
-
-@dataclass
-class Table:
-    """The rows of a data file as column -> value dicts, the columns it has, and where each row is in it."""
-
-    path: Path
-    columns: tuple[str, ...]
-    rows: list[dict]
-    places: list[str]
 
 
 def decode(path: Path, data: bytes) -> str:
@@ -41,10 +27,13 @@ def decode(path: Path, data: bytes) -> str:
         return data[3 if bom else 0:].decode("utf-8")
     except UnicodeDecodeError as error:
         offset = error.start + (3 if bom else 0)
-        raise DataError(
-            f"{path} is not valid UTF-8: byte {offset} (0x{data[offset]:02x}) does not decode. Re-encode the file "
-            f"as UTF-8, e.g. iconv -f cp1252 -t utf-8 {path} > {path.with_suffix('.utf8' + path.suffix)}"
-        ) from None
+        raise not_utf8(path, offset, data[offset]) from None
+
+
+def not_utf8(path: Path, offset: int, byte: int) -> DataError:
+    """The error for a file whose byte at ``offset`` (value ``byte``) is the first that is not UTF-8."""
+    return DataError(f"{path} is not valid UTF-8: byte {offset} (0x{byte:02x}) does not decode. Re-encode the file "
+                     f"as UTF-8, e.g. iconv -f cp1252 -t utf-8 {path} > {path.with_suffix('.utf8' + path.suffix)}")
 
 
 def read_text(path: Path) -> str:
@@ -55,75 +44,6 @@ def read_text(path: Path) -> str:
     if not text.strip():
         raise DataError(f"Data file {path} is empty.")
     return text
-
-
-def read_table(path: Path) -> Table:
-    """The rows of a CSV, TSV, JSON-lines or Parquet file."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return _read_parquet(path)
-    text = read_text(path)
-    if suffix in (".jsonl", ".json"):
-        return _read_json(path, text)
-    return _read_delimited(path, text, "\t" if suffix == ".tsv" else ",")
-
-
-def _read_delimited(path: Path, text: str, delimiter: str) -> Table:
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    rows, places = [], []
-    # The csv module refuses fields over 128 KiB by default; a long document is a fine training text.
-    limit = csv.field_size_limit(2**31 - 1)
-    try:
-        for row in reader:
-            rows.append(row)
-            places.append(f"line {reader.line_num}")
-    except csv.Error as error:
-        raise DataError(f"{path} line {reader.line_num} is not valid {'CSV' if delimiter == ',' else 'TSV'}: "
-                        f"{error}") from None
-    finally:
-        csv.field_size_limit(limit)
-    return Table(path, tuple(reader.fieldnames or ()), rows, places)
-
-
-def _read_json(path: Path, text: str) -> Table:
-    """JSON lines (one object per line), or a single JSON array of objects."""
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path} is not valid JSON: {error}") from None
-        located = [(f"item {i + 1}", item) for i, item in enumerate(items)]
-    else:
-        located = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    located.append((f"line {number}", json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path} line {number} is not valid JSON ({error}); a .jsonl file holds one "
-                                    "JSON object per line.") from None
-    columns: dict[str, None] = {}
-    for place, item in located:
-        if not isinstance(item, dict):
-            raise DataError(f"{path} {place} is {type(item).__name__}, not a JSON object of column: value.")
-        columns.update(dict.fromkeys(item))
-    return Table(path, tuple(columns), [item for _, item in located], [place for place, _ in located])
-
-
-def _read_parquet(path: Path) -> Table:
-    if not path.is_file():
-        raise DataError(f"Data file {path} does not exist.")
-    try:
-        from pyarrow import parquet
-    except ImportError:
-        raise DataError(f"Reading {path} needs pyarrow: pip install pyarrow (or pip install 'splice[parquet]')."
-                        ) from None
-    try:
-        table = parquet.read_table(path)
-    except Exception as error:  # pyarrow raises several unrelated types for a damaged or foreign file
-        raise DataError(f"{path} could not be read as Parquet: {error}") from None
-    rows = table.to_pylist()
-    return Table(path, tuple(table.column_names), rows, [f"row {i + 1}" for i in range(len(rows))])
 
 
 def read_conll(path: Path) -> tuple[list[dict], list[str]]:

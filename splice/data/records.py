@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import DataError
-from .readers import Table
+from .tables import Table
 
 TASKS = ("classification", "tagging", "causal-lm")
 
@@ -50,7 +50,7 @@ def table_records(table: Table, task: str, columns: Columns) -> list[dict]:
         for row, place in zip(table.rows, table.places):
             record = {"tokens": _as_sequence(row.get(tokens), table, place, tokens),
                       "tags": _as_sequence(row.get(tags), table, place, tags)}
-            check_tags(record, f"{table.path} {place}")
+            check_tags(record, f"{table.where} {place}")
             records.append(record)
         return records
     if columns.prompt in table.columns and columns.completion in table.columns:
@@ -58,7 +58,7 @@ def table_records(table: Table, task: str, columns: Columns) -> list[dict]:
                 for row in table.rows]
     if columns.text not in table.columns:
         raise DataError(
-            f"{table.path} has neither a {columns.text!r} column nor {columns.prompt!r} and {columns.completion!r} "
+            f"{table.where} has neither a {columns.text!r} column nor {columns.prompt!r} and {columns.completion!r} "
             f"columns (its columns: {_listed(table.columns)}). Name them with --text-column, or --prompt-column and "
             "--completion-column (Columns(text=...) / Columns(prompt=..., completion=...) in Python)."
         )
@@ -76,7 +76,7 @@ def _require(table: Table, columns: Columns, *fields: str) -> list[str]:
 
 def missing_column(table: Table, column: str, field: str) -> DataError:
     """The error for a table without ``column``, read for ``field``: it lists the columns there are and the option."""
-    return DataError(f"{table.path} has no column {column!r} for the {field} (its columns: {_listed(table.columns)}). "
+    return DataError(f"{table.where} has no column {column!r} for the {field} (its columns: {_listed(table.columns)}). "
                      f"Name the {field} column with --{field}-column NAME (Columns({field}=NAME) in Python).")
 
 
@@ -99,13 +99,13 @@ def _as_sequence(value, table: Table, place: str, column: str) -> list[str]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as error:
-            raise DataError(f"{table.path} {place}: column {column!r} starts like a JSON list but is not one "
+            raise DataError(f"{table.where} {place}: column {column!r} starts like a JSON list but is not one "
                             f"({error}).") from None
     if isinstance(value, str) or value is None:
         return (value or "").split()
     if isinstance(value, (list, tuple)):
         return [as_string(item) for item in value]
-    raise DataError(f"{table.path} {place}: column {column!r} holds {type(value).__name__}; expected a list of "
+    raise DataError(f"{table.where} {place}: column {column!r} holds {type(value).__name__}; expected a list of "
                     "strings, a JSON list, or a space-separated string.")
 
 

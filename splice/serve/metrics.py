@@ -1,168 +1,152 @@
-"""Prometheus metrics in the text exposition format (version 0.0.4), written here: no client library needed.
+"""The server's Prometheus metrics, kept and written by ``prometheus_client``.
 
-Three kinds, each with optional labels: :class:`Counter` (only goes up),
-:class:`Gauge` (set, or read from a callback when scraped) and :class:`Histogram`
-(cumulative buckets, sum and count). :class:`Metrics` holds the server's set and
-renders them all for ``GET /metrics``. Every update takes a lock: the HTTP threads
-and the engine's worker update the same series.
+:class:`Metrics` holds the server's series in a registry of its own (two apps in
+one process, as in tests, do not collide) and renders them for ``GET /metrics``.
+With ``PROMETHEUS_MULTIPROC_DIR`` set before the server starts (the client's
+multiprocess mode), every process (each worker, each Ray Serve replica) writes
+its values to files in that folder and ``/metrics``, answered by any of them,
+sums every process's counts; ``mark_process_dead`` tidies a stopped replica's
+gauges. The thin :class:`Counter`, :class:`Gauge` and :class:`Histogram` keep the
+calls the engine makes (``inc(amount, **labels)``, ``observe``, ``count``).
 """
 
 from __future__ import annotations
 
-import math
-import threading
+import os
 from collections.abc import Callable, Iterable
 
+from ..errors import SpliceError
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(str(v))}"' for n, v in zip(names, values)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+def _client():
+    try:
+        import prometheus_client
+    except ImportError:
+        raise SpliceError("splice serve's /metrics needs prometheus_client: pip install 'splice[serve]'.") from None
+    return prometheus_client
 
 
 class _Metric:
+    """One prometheus_client metric with its label names, in ``registry`` (a new one of its own if none)."""
+
     kind = ""
 
-    def __init__(self, name: str, help: str, labels: Iterable[str] = ()):
-        self.name, self.help, self.label_names = name, help, tuple(labels)
-        self._lock = threading.Lock()
+    def __init__(self, name: str, help: str, labels: Iterable[str] = (), registry=None, **options):
+        client = _client()
+        self.name, self.label_names = name, tuple(labels)
+        self.registry = registry if registry is not None else client.CollectorRegistry()
+        self._metric = getattr(client, self.kind)(name, help, self.label_names, registry=self.registry, **options)
 
-    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
+    def _series(self, labels: dict[str, str]):
         if set(labels) != set(self.label_names):
             raise ValueError(f"{self.name} takes labels {self.label_names}, got {tuple(labels)}")
-        return tuple(str(labels[n]) for n in self.label_names)
+        return self._metric.labels(**{n: str(v) for n, v in labels.items()}) if self.label_names else self._metric
 
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+    def _sample(self, suffix: str, labels: dict[str, str]) -> float:
+        wanted = {n: str(v) for n, v in labels.items()}
+        for family in self._metric.collect():
+            for sample in family.samples:
+                if sample.name == self.name + suffix and sample.labels == wanted:
+                    return sample.value
+        return 0.0
+
+    def render(self) -> list[str]:
+        """This metric's lines in the text exposition format."""
+        return _client().generate_latest(self._metric).decode().splitlines()
 
 
 class Counter(_Metric):
-    """A count that only goes up (requests, tokens)."""
+    """A count that only goes up (requests, tokens); its name ends in ``_total``."""
 
-    kind = "counter"
+    kind = "Counter"
 
-    def __init__(self, name: str, help: str, labels: Iterable[str] = ()):
-        super().__init__(name, help, labels)
-        self._values: dict[tuple[str, ...], float] = {}
+    def __init__(self, name: str, help: str, labels: Iterable[str] = (), registry=None,
+                 then: Callable[[], None] | None = None):
+        super().__init__(name, help, labels, registry)
+        self._then = then  # called after each increment
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
+        self._series(labels).inc(amount)
+        if self._then is not None:
+            self._then()
 
     def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return self.header() + [f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in items]
+        return self._sample("" if self.name.endswith("_total") else "_total", labels)
 
 
 class Gauge(_Metric):
-    """A value that goes up and down; ``read`` (label values -> value) is called at scrape time instead."""
+    """A value that goes up and down; across processes the live ones' values are summed."""
 
-    kind = "gauge"
+    kind = "Gauge"
 
-    def __init__(self, name: str, help: str, labels: Iterable[str] = (),
-                 read: Callable[[], dict[tuple[str, ...], float]] | None = None):
-        super().__init__(name, help, labels)
-        self._values: dict[tuple[str, ...], float] = {}
-        self._read = read
+    def __init__(self, name: str, help: str, labels: Iterable[str] = (), registry=None):
+        super().__init__(name, help, labels, registry, multiprocess_mode="livesum")
 
     def set(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = value
-
-    def render(self) -> list[str]:
-        if self._read is not None:
-            values = self._read()
-        else:
-            with self._lock:
-                values = dict(self._values)
-        return self.header() + [f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
-                                for k, v in sorted(values.items())]
+        self._series(labels).set(value)
 
 
 class Histogram(_Metric):
     """Observations counted into cumulative buckets (``le``), with their sum and count."""
 
-    kind = "histogram"
+    kind = "Histogram"
 
-    def __init__(self, name: str, help: str, buckets: Iterable[float], labels: Iterable[str] = ()):
-        super().__init__(name, help, labels)
-        self.buckets = tuple(sorted(buckets)) + (math.inf,)
-        self._series: dict[tuple[str, ...], list[float]] = {}  # per-bucket counts, then sum, then count
+    def __init__(self, name: str, help: str, buckets: Iterable[float], labels: Iterable[str] = (), registry=None):
+        super().__init__(name, help, labels, registry, buckets=tuple(buckets))
 
     def observe(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            series = self._series.setdefault(key, [0.0] * (len(self.buckets) + 2))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    series[i] += 1
-            series[-2] += value
-            series[-1] += 1
+        self._series(labels).observe(value)
 
     def count(self, **labels: str) -> int:
-        with self._lock:
-            return int(self._series.get(self._key(labels), [0.0])[-1])
-
-    def render(self) -> list[str]:
-        lines = self.header()
-        with self._lock:
-            items = sorted((k, list(v)) for k, v in self._series.items())
-        for key, series in items:
-            for bound, count in zip(self.buckets, series):
-                le = 'le="' + _number(bound) + '"'
-                lines.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {_number(count)}")
-            lines.append(f"{self.name}_sum{_labels(self.label_names, key)} {_number(series[-2])}")
-            lines.append(f"{self.name}_count{_labels(self.label_names, key)} {_number(series[-1])}")
-        return lines
+        return int(self._sample("_count", labels))
 
 
 class Metrics:
-    """The server's metrics. ``queue_depth`` and ``resident`` are read from the engine when scraped."""
+    """The server's metrics. ``queue_depth`` and ``resident`` are read from the engine when scraped.
+
+    In multiprocess mode a scrape reaches one process, so the two gauges are also
+    refreshed whenever a request is counted: the files then hold every process's
+    depth as of its latest answer.
+    """
 
     def __init__(self, queue_depth: Callable[[], int] = lambda: 0,
                  resident: Callable[[], dict[str, int]] = dict):
+        self._queue_depth, self._resident = queue_depth, resident
+        self.registry = _client().CollectorRegistry()
+        each = {"registry": self.registry}
         self.requests = Counter("splice_requests_total", "Requests answered, by endpoint, adapter and HTTP status.",
-                                ("endpoint", "adapter", "status"))
-        self.queue_depth = Gauge("splice_queue_depth", "Requests accepted and not yet answered.",
-                                 read=lambda: {(): float(queue_depth())})
+                                ("endpoint", "adapter", "status"), then=self.refresh, **each)
+        self.queue_depth = Gauge("splice_queue_depth", "Requests accepted and not yet answered.", **each)
         self.batch_rows = Histogram("splice_batch_size", "Rows per forward (or generate) the engine ran.",
-                                    BATCH_BUCKETS, ("kind",))
+                                    BATCH_BUCKETS, ("kind",), **each)
         self.latency = Histogram("splice_request_latency_seconds", "Time from acceptance to answer, per adapter.",
-                                 LATENCY_BUCKETS, ("adapter",))
+                                 LATENCY_BUCKETS, ("adapter",), **each)
         self.resident = Gauge("splice_resident_adapters", "Adapters held, by tier (device: on the model; "
-                              "memory: off the model, in host memory).", ("tier",),
-                              read=lambda: {(tier,): float(n) for tier, n in resident().items()})
-        self.tokens = Counter("splice_tokens_generated_total", "Tokens generated, per adapter.", ("adapter",))
+                              "memory: off the model, in host memory).", ("tier",), **each)
+        self.tokens = Counter("splice_tokens_generated_total", "Tokens generated, per adapter.", ("adapter",), **each)
         self.loads = Counter("splice_adapter_loads_total", "Adapter loads from disk or the registry, by result.",
-                             ("result",))
+                             ("result",), **each)
 
-    def all(self) -> list[_Metric]:
-        return [self.requests, self.queue_depth, self.batch_rows, self.latency, self.resident, self.tokens,
-                self.loads]
+    def refresh(self) -> None:
+        """Read the queue depth and the resident adapters from the engine into their gauges."""
+        self.queue_depth.set(float(self._queue_depth()))
+        for tier, count in self._resident().items():
+            self.resident.set(float(count), tier=tier)
 
     def render(self) -> str:
-        """Every metric in the Prometheus text format."""
-        return "\n".join(line for metric in self.all() for line in metric.render()) + "\n"
+        """Every metric in the Prometheus text format: this process's, or every process's in multiprocess mode."""
+        client = _client()
+        self.refresh()
+        if os.environ.get(MULTIPROCESS_DIR):
+            from prometheus_client import multiprocess
+
+            registry = client.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return client.generate_latest(registry).decode()
+        return client.generate_latest(self.registry).decode()

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data import Columns
+from ..data.load import describe
+from ..data.tables import dataset_name, is_dataset
 from ..errors import ConfigError
 
 TASKS = ("classification", "tagging", "causal-lm")
@@ -29,7 +31,9 @@ class TrainConfig:
 
     # what to train
     model: str = "minilm"                 # local folder or built-in demo model name (splice.assets.BUILTIN_MODELS)
-    data: str = "tweet-sentiment"         # file, folder or built-in dataset name (splice.data.BUILTIN_DATA)
+    # file, folder (save_to_disk ones too), built-in dataset name (splice.data.BUILTIN_DATA), or a 🤗 datasets
+    # Dataset / DatasetDict object (a DatasetDict's own splits are kept)
+    data: Any = "tweet-sentiment"
     task: str = "classification"
     method: str = "pfeiffer"              # a training recipe: see splice.methods.recipes()
     options: dict[str, Any] = field(default_factory=dict)  # method config options, e.g. {"reduction_factor": 16}
@@ -49,6 +53,7 @@ class TrainConfig:
     sizes: tuple[float, float, float] | None = None  # train/validation/test: fractions or row counts (see split_sizes)
     limit: int | None = None              # subsample the data to this many rows before splitting
     data_seed: int = 0                    # the split's shuffle; fixed across training seeds
+    streaming: bool = False               # read CSV/JSON/Parquet row by row instead of converting to Arrow first
     max_length: int | None = None         # tokens per example (default 64 for classification/tagging, 256 for LM)
     # optimisation
     epochs: float = 3.0
@@ -73,7 +78,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.sizes is None:
-            self.sizes = DEFAULT_SIZES.get(str(self.data), (0.8, 0.1, 0.1))
+            self.sizes = DEFAULT_SIZES.get(self.data if isinstance(self.data, str) else "", (0.8, 0.1, 0.1))
         if isinstance(self.sizes, list):
             self.sizes = tuple(self.sizes)
         if self.task not in TASKS:
@@ -104,7 +109,14 @@ class TrainConfig:
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        return Path("out") / f"{Path(str(self.data)).stem}-{self.method}"
+        return Path("out") / f"{self.data_name}-{self.method}"
+
+    @property
+    def data_name(self) -> str:
+        """A short name for the data: a file's or built-in's name, or a Dataset's own name (else "dataset")."""
+        if is_dataset(self.data):
+            return dataset_name(self.data) or "dataset"
+        return Path(str(self.data)).stem
 
     @property
     def rate(self) -> float:
@@ -119,7 +131,8 @@ class TrainConfig:
         return self.max_length or (256 if self.task == "causal-lm" else 64)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = dataclasses.asdict(dataclasses.replace(self, data=""))  # a Dataset is not copied, but described
+        data["data"] = describe(self.data) if is_dataset(self.data) else self.data
         data["sizes"] = list(self.sizes)
         return data
 

@@ -1,14 +1,16 @@
-"""Task metrics, in plain Python: accuracy, macro-F1 and a per-class table; entity-level F1 for tagging.
+"""Task metrics: accuracy, macro-F1 and a per-class table; entity-level F1 for tagging, by seqeval.
 
-Entity F1 follows seqeval's default (conlleval) reading of BIO tags: an entity
-starts at ``B-X``, or at an ``I-X`` that does not continue an entity of type X;
-a prediction counts only if its span and type both match exactly.
+Entity F1 is seqeval's default (conlleval) reading of BIO tags: an entity starts
+at ``B-X``, or at an ``I-X`` that does not continue an entity of type X; a
+prediction counts only if its span and type both match exactly.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import warnings
 from collections.abc import Sequence
+
+from ..errors import SpliceError
 
 
 def classification_metrics(predicted: Sequence[int], gold: Sequence[int], labels: Sequence[str]) -> dict:
@@ -25,38 +27,22 @@ def classification_metrics(predicted: Sequence[int], gold: Sequence[int], labels
     return {"accuracy": accuracy, "macro_f1": macro_f1, "per_class": per_class}
 
 
-def entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
-    """(type, start, end) spans in a BIO tag sequence (end exclusive)."""
-    spans, kind, start = set(), None, 0
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, _, name = tag.partition("-")
-        continues = prefix == "I" and name == kind
-        if kind is not None and not continues:
-            spans.add((kind, start, i))
-            kind = None
-        if prefix in ("B", "I") and not continues:
-            kind, start = name, i
-    return spans
-
-
 def entity_metrics(predicted: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> dict:
-    """Micro precision/recall/F1 over entities, ``per_type`` rows, and token accuracy."""
-    found, true = Counter(), Counter()
-    hits = Counter()
-    correct_tokens = total_tokens = 0
-    for p_tags, g_tags in zip(predicted, gold):
-        p_spans, g_spans = entities(p_tags), entities(g_tags)
-        for span in p_spans:
-            found[span[0]] += 1
-        for span in g_spans:
-            true[span[0]] += 1
-        for span in p_spans & g_spans:
-            hits[span[0]] += 1
-        correct_tokens += sum(a == b for a, b in zip(p_tags, g_tags))
-        total_tokens += len(g_tags)
-    overall = _prf(sum(hits.values()), sum(found.values()), sum(true.values()))
-    per_type = {kind: _prf(hits[kind], found[kind], true[kind]) for kind in sorted(set(true) | set(found))}
-    return {**overall, "token_accuracy": correct_tokens / max(total_tokens, 1), "per_type": per_type}
+    """Micro precision/recall/F1 over entities, ``per_type`` rows, and token accuracy, scored by seqeval."""
+    try:
+        from seqeval.metrics import accuracy_score, classification_report
+    except ImportError:
+        raise SpliceError("Entity F1 needs seqeval: pip install 'splice[train]'.") from None
+    gold, predicted = [list(tags) for tags in gold], [list(tags) for tags in predicted]
+    with warnings.catch_warnings():  # seqeval warns about scores of 0/0 (no entities); those are 0, as before
+        warnings.simplefilter("ignore")
+        report = classification_report(gold, predicted, output_dict=True, zero_division=0)
+        token_accuracy = accuracy_score(gold, predicted) if any(gold) else 0.0
+    rows = {name: {"precision": float(row["precision"]), "recall": float(row["recall"]), "f1": float(row["f1-score"]),
+                   "support": int(row["support"])} for name, row in report.items()}
+    overall = rows.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0})
+    per_type = {name: row for name, row in rows.items() if not name.endswith(" avg")}
+    return {**overall, "token_accuracy": float(token_accuracy), "per_type": per_type}
 
 
 def _prf(tp: int, predicted: int, support: int) -> dict:

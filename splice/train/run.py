@@ -196,12 +196,12 @@ def last_checkpoint(folder: Path) -> str | None:
 
 def read_splits(config: TrainConfig) -> Splits:
     return load_data(config.data, config.task, columns=config.columns, sizes=config.sizes, seed=config.data_seed,
-                     limit=config.limit)
+                     limit=config.limit, streaming=config.streaming)
 
 
 def adapter_name(config: TrainConfig) -> str:
     """The adapter's name: the dataset's name, made a valid adapter name."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", Path(str(config.data)).stem)[:128] or "adapter"
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", config.data_name)[:128] or "adapter"
 
 
 def parameter_counts(model, name: str) -> dict:
@@ -244,9 +244,9 @@ def peak_memory_mb() -> float:
 
 def run_record(config: TrainConfig, splits: Splits, counts: dict, command: str | None) -> dict:
     """What adapter.json and the model card record about the run: enough to evaluate it or run it again."""
-    source = Path(str(config.data))
+    source = config.data if isinstance(config.data, (str, os.PathLike)) else splits.source  # a Dataset: described
     return {"model": config.model, "task": config.task, "data": splits.source,
-            "data_source": str(source.resolve()) if source.exists() else str(config.data),
+            "data_source": str(Path(source).resolve()) if Path(source).exists() else str(source),
             "rows": {split: len(splits.split(split)) for split in ("train", "validation", "test")},
             "method": config.method, "options": config.options, "max_length": config.tokens,
             "epochs": config.epochs, "learning_rate": config.rate,

@@ -1,0 +1,1 @@
+"""Glue that lets other libraries' trainers drive a :class:`splice.AdaptedModel` (imported on demand)."""
