@@ -17,8 +17,6 @@ import torch
 
 from .generation import Row, nucleus
 
-MAX_TOP_LOGPROBS = 5  # OpenAI's limit for completions' logprobs
-
 
 def generator_for(seed: int | None, device: torch.device) -> torch.Generator | None:
     """A generator seeded with ``seed`` on ``device``; None (the global one) without a seed."""
