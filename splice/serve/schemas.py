@@ -124,7 +124,7 @@ class _Sampling(_Body):
                              "differ; send one of them.")
         least = 0 if self.echo_prompt else 1
         if not least <= self.new_tokens <= max_new_tokens:
-            hint = "" if least else " (0 only with echo)"
+            hint = " (0 only with echo)" if least else ""
             raise BadRequest(f"{field} must be between {least} and {max_new_tokens}{hint}, got {self.new_tokens}.")
         if not 1 <= self.n <= MAX_N:
             raise BadRequest(f"n must be between 1 and {MAX_N}, got {self.n}.", param="n")
