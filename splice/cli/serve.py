@@ -39,6 +39,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--memory-slots", type=int, default=32,
                         help="further adapters kept built in host memory (default: 32)")
     parser.add_argument("--pin", action="append", default=[], metavar="NAME", help="keep this adapter on the model")
+    parser.add_argument("--kv-cache-mb", type=float, default=2048,
+                        help="key/value cache of the completions running at once, padded rows at their longest; "
+                             "requests that do not fit wait, larger ones are refused (default: 2048)")
+    parser.add_argument("--prefill-tokens", type=int, default=512,
+                        help="prompt tokens prefilled between two decode steps at most (default: 512)")
+    parser.add_argument("--no-continuous", dest="continuous", action="store_false",
+                        help="run completions as one generate call per batch instead of continuous batching "
+                             "(no logprobs, echo, n or seed; the benchmarks' baseline)")
     parser.set_defaults(run=run)
 
 
@@ -88,7 +96,8 @@ def build_engine(args: argparse.Namespace, steps: Steps):
         model = attach(load_base(str(folder), model_class).to(device))
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     engine = Engine(model, tokenizer, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                    max_queue=args.max_queue, device_slots=args.device_slots, memory_slots=args.memory_slots)
+                    max_queue=args.max_queue, device_slots=args.device_slots, memory_slots=args.memory_slots,
+                    continuous=args.continuous, cache_mb=args.kv_cache_mb, prefill_tokens=args.prefill_tokens)
     return engine, Path(str(args.model)).name or str(args.model)
 
 
