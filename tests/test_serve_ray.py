@@ -66,3 +66,15 @@ def test_two_replicas_answer_as_one_process_and_keep_an_adapter_on_one_replica(r
     assert base.json()["choices"][0]["text"] == greedy_alone(reference, "__base__", "hey", 5)
     refused = httpx.put(f"{url}/v1/aliases/x", json={"targets": {"g0": 1}}, timeout=60)
     assert refused.status_code == 400 and "--adapters" in refused.json()["error"]["message"]
+
+
+def test_without_ray_the_command_says_which_extra_to_install(monkeypatch, capsys):
+    import splice.serve.ray_serve as ray_serve
+    from splice.cli import main
+
+    monkeypatch.setattr(ray_serve, "serve", None)
+    assert main(["serve", "--model", "unused", "--replicas", "2"]) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "pip install 'splice[ray]'" in error[0]
+    assert main(["serve", "--model", "unused", "--replicas", "0"]) != 0
+    assert "--replicas must be at least 1" in capsys.readouterr().err
