@@ -9,8 +9,8 @@ ever held around a forward. Each turn of its loop it
 1. lets the residency put the adapters queued jobs want on the model (starting
    reads of those on disk on the loader thread, which does not block this loop);
 2. admits the oldest completions whose adapters are resident into the running
-   batch of :class:`~splice.serve.scheduler.Scheduler` while its cache budget
-   allows (prefilling them), up to ``prefill_tokens`` prompt tokens a turn so that
+   batch of :class:`~splice.serve.scheduler.Scheduler` while its key/value cache
+   budget (``cache_mb``) allows (prefilling them), up to ``prefill_tokens`` prompt tokens a turn so that
    running rows are not held up long;
 3. takes the oldest encode jobs (classify, embed) whose adapters are resident, up to
    ``max_batch_size`` rows — waiting up to ``max_wait_ms`` for more once the first has

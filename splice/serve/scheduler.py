@@ -80,7 +80,6 @@ class Scheduler:
         self.explicit_positions = anatomy.positions == "explicit"
         self.eos = end_of_sequence_ids(model, tokenizer)
         self.decode = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)
-        self.token_text = lambda token: tokenizer.decode([token])
         self.device = next(model.base.parameters()).device
         self.running: list[Running] = []
         self.batch: BatchCache | None = None
