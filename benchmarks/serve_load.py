@@ -12,6 +12,13 @@ scenarios call /v1/classify.
     python benchmarks/serve_load.py                      # CPU, small counts
     python benchmarks/serve_load.py --device cuda --requests 2000 --rate 400 --clients 64
 
+``--workload generate`` measures streamed completions instead (:mod:`serve_generate`):
+SmolLM2 by default, adapters of four methods, the continuous-batching scheduler
+against the one-``generate``-per-batch engine (``--no-continuous``) in the same run.
+
+    python benchmarks/serve_load.py --workload generate  # CPU, about 4 minutes
+    python benchmarks/serve_load.py --workload generate --quick --model PATH  # seconds, for the test
+
 Prints a table and writes JSON (``--out``).
 """
 
@@ -115,12 +122,12 @@ def batches_run(url: str) -> int:
 
 
 @contextlib.contextmanager
-def server(args: argparse.Namespace, adapters: Path):
+def server(args: argparse.Namespace, adapters: Path, *extra: str):
     """``splice serve`` in its own process (so the load generator does not share its interpreter); yields the URL."""
     command = [sys.executable, "-m", "splice", "serve", "--model", args.model, "--adapters", str(adapters),
                "--port", "0", "--device", args.device, "--max-batch-size", str(args.max_batch_size),
                "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(4 * args.requests),
-               "--device-slots", str(args.adapters), "--quiet"]
+               "--device-slots", str(args.adapters), "--quiet", *extra]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
@@ -132,20 +139,32 @@ def server(args: argparse.Namespace, adapters: Path):
         process.wait(timeout=60)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--workload", choices=["classify", "generate"], default="classify")
+    parser.add_argument("--quick", action="store_true", help="generate: a few short requests (for the test)")
+    parser.add_argument("--model", default=None, help="default: minilm (classify), smollm2 (generate)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--adapters", type=int, default=8, help="N in the N-adapter scenario")
     parser.add_argument("--popularity", choices=["uniform", "skewed"], default="uniform")
     parser.add_argument("--requests", type=int, default=200, help="requests per scenario")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--rate", type=float, default=40.0, help="arrivals per second, all clients together")
+    parser.add_argument("--clients", type=int, default=None, help="default: 8 (classify), 32 (generate)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="arrivals per second, all clients together (default: 40 classify, 1.5 generate)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="serve_load.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    generate = args.workload == "generate"
+    args.model = args.model or ("smollm2" if generate else "minilm")
+    args.clients = args.clients or (32 if generate else 8)
+    args.rate = args.rate or (1.5 if generate else 40.0)
+    if generate:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, also when imported by the test
+        from serve_generate import compare
+
+        return compare(args, server)
 
     results = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -172,6 +191,7 @@ def main() -> None:
               f"{r['mean_batch_rows']:>12.1f}")
     Path(args.out).write_text(json.dumps({"settings": vars(args), "results": results}, indent=2) + "\n")
     print(f"wrote {args.out}")
+    return {"settings": vars(args), "results": results}
 
 
 if __name__ == "__main__":

@@ -52,6 +52,21 @@ def decoder(adapters: int = 2, seed: int = 0) -> splice.AdaptedModel:
     return model.eval()
 
 
+MIXED_METHODS = {"lora0": lambda: splice.LoRA(r=4, targets="all-linear"), "lora1": lambda: splice.LoRA(r=2),
+                 "bottleneck": lambda: splice.Bottleneck(r=8), "ia3": lambda: splice.IA3(),
+                 "prefix": lambda: splice.PrefixTuning(length=3), "prompt": lambda: splice.PromptTuning(length=2)}
+
+
+def mixed_decoder(adapters: int = len(MIXED_METHODS), seed: int = 0) -> splice.AdaptedModel:
+    """A tiny Llama with the first ``adapters`` of :data:`MIXED_METHODS` (5 methods: LoRA twice, bottleneck, IA3,
+    prefix and prompt tuning), each perturbed so it changes the model's answers."""
+    model = splice.attach(tiny_model("llama", head="lm", seed=seed))
+    for i, (name, config) in enumerate(list(MIXED_METHODS.items())[:adapters]):
+        model.add(name, config())
+        perturb(model.adapters[name], seed=i + 31, std=1.0)
+    return model.eval()
+
+
 def save_adapters(model: splice.AdaptedModel, folder: Path) -> list[Path]:
     """Each adapter of ``model`` saved to ``folder/<name>``, then deleted from it (the server loads them)."""
     paths = []
@@ -77,6 +92,11 @@ def encoder_app(tmp_path: Path, adapters: int = 2, **engine_options):
 def decoder_app(tmp_path: Path, adapters: int = 2, **engine_options):
     """As :func:`encoder_app`, over a tiny Llama causal LM with adapters ``g0, g1, ...``."""
     return _app(decoder, "tiny-llama", tmp_path, adapters, engine_options)
+
+
+def mixed_decoder_app(tmp_path: Path, **engine_options):
+    """As :func:`decoder_app`, with adapters of every kind of method (:func:`mixed_decoder`)."""
+    return _app(mixed_decoder, "tiny-llama", tmp_path, len(MIXED_METHODS), engine_options)
 
 
 def _app(build, base_name: str, tmp_path: Path, adapters: int, engine_options: dict):

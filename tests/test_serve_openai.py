@@ -111,15 +111,16 @@ def test_stream_options_include_usage_ends_with_a_usage_chunk(decoder_server, ch
     ("chat", {"response_format": {"type": "json_object"}}, "response_format"),
     ("chat", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
     ("chat", {"tool_choice": "auto"}, "tool_choice"),
-    ("chat", {"logprobs": True, "top_logprobs": 2}, "top_logprobs"),
+    ("chat", {"logprobs": True, "top_logprobs": 21}, "top_logprobs must be between 0 and 20"),
+    ("chat", {"top_logprobs": 2}, "top_logprobs needs logprobs"),
     ("chat", {"logit_bias": {"5": 10}}, "logit_bias"),
-    ("chat", {"seed": 1}, "seed"),
-    ("chat", {"n": 2}, "n other than 1"),
+    ("chat", {"seed": -1}, "seed must be between"),
+    ("chat", {"n": 9}, "n must be between 1 and 8"),
     ("chat", {"stream_options": {"include_usage": True}}, "stream_options without stream"),
-    ("completions", {"echo": True}, "echo"),
+    ("completions", {"max_tokens": 0}, r"max_tokens must be between 1 and .* \(0 only with echo\)"),
     ("completions", {"best_of": 2}, "best_of"),
     ("completions", {"suffix": "end"}, "suffix"),
-    ("completions", {"logprobs": 2}, "logprobs"),
+    ("completions", {"logprobs": 6}, "logprobs must be between 0 and 5"),
 ])
 def test_fields_splice_does_not_implement_are_refused_by_name(decoder_server, endpoint, fields, named):
     client, _, _ = decoder_server

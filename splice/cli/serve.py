@@ -39,14 +39,40 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--memory-slots", type=int, default=32,
                         help="further adapters kept built in host memory (default: 32)")
     parser.add_argument("--pin", action="append", default=[], metavar="NAME", help="keep this adapter on the model")
+    parser.add_argument("--kv-cache-mb", type=float, default=2048,
+                        help="key/value cache of the completions running at once, padded rows at their longest; "
+                             "requests that do not fit wait, larger ones are refused (default: 2048)")
+    parser.add_argument("--prefill-tokens", type=int, default=512,
+                        help="prompt tokens prefilled between two decode steps at most (default: 512)")
+    parser.add_argument("--no-continuous", dest="continuous", action="store_false",
+                        help="run completions as one generate call per batch instead of continuous batching "
+                             "(no logprobs, echo, n or seed; the benchmarks' baseline)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="run this many engine replicas under Ray Serve (the ray extra), requests for one adapter "
+                             "kept on the replicas that hold it (default: 1, a single process without Ray)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="with --replicas: the Ray cluster to join (default: start a local one)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.replicas < 1:
+        raise SpliceError(f"--replicas must be at least 1, got {args.replicas}.")
+    if args.replicas > 1 or args.ray_address:
+        from ..serve.ray_serve import serve_replicas  # needs the ray extra; refuses in one line without it
+
+        return serve_replicas(args)
+    steps = Steps(args.quiet)
+    app, engine, base_name, found = build_app(args, steps)
+    _serve(app, args, engine, base_name, found)
+    return 0
+
+
+def build_app(args: argparse.Namespace, steps: Steps):
+    """The app, its engine, the base's name and the adapters found (name -> where from), as ``args`` describe."""
     from ..serve import create_app  # needs the serve extra; import splice does not
     from ..serve.sources import discover
 
-    steps = Steps(args.quiet)
     engine, base_name = build_engine(args, steps)
     hub, found = None, {}
     for spec in args.adapters:
@@ -67,9 +93,7 @@ def run(args: argparse.Namespace) -> int:
         failures = engine.residency.preload(first)
     for name, why in failures.items():
         steps.say(f"adapter {name!r} failed to load: {why}")
-    app = create_app(engine, base_name=base_name, hub=hub)
-    _serve(app, args, engine, base_name, found)
-    return 0
+    return create_app(engine, base_name=base_name, hub=hub), engine, base_name, found
 
 
 def build_engine(args: argparse.Namespace, steps: Steps):
@@ -88,7 +112,8 @@ def build_engine(args: argparse.Namespace, steps: Steps):
         model = attach(load_base(str(folder), model_class).to(device))
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     engine = Engine(model, tokenizer, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                    max_queue=args.max_queue, device_slots=args.device_slots, memory_slots=args.memory_slots)
+                    max_queue=args.max_queue, device_slots=args.device_slots, memory_slots=args.memory_slots,
+                    continuous=args.continuous, cache_mb=args.kv_cache_mb, prefill_tokens=args.prefill_tokens)
     return engine, Path(str(args.model)).name or str(args.model)
 
 

@@ -189,6 +189,9 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         return {"object": "list", "model": _public(adapter) or base_name, "data": data,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
+    def token_text(token: int) -> str:
+        return engine.tokenizer.decode([token])
+
     async def complete(request: Request, body, prompts: list[str], chat: bool):
         if not engine.can_generate:
             raise BadRequest(f"The base model {base_name!r} does not generate text; serve a causal language model "
@@ -196,16 +199,18 @@ def create_app(engine: Engine, base_name: str = "base", hub: Hub | None = None,
         body.check(limits.max_new_tokens)
         adapter = resolve(request, body.model, body.user)
         job = GenerateJob(adapter, prompts=prompts, special_tokens=not chat, max_tokens=body.new_tokens,
-                          temperature=float(body.temperature), top_p=float(body.top_p), stop=body.stops)
+                          temperature=float(body.temperature), top_p=float(body.top_p), stop=body.stops,
+                          n=body.n, logprobs=body.top_logprobs_wanted, echo=body.echo_prompt, seed=body.seed)
         name = _public(adapter) or base_name
         headers = {"X-Splice-Adapter": name}
         if body.stream:
             pieces = openai.attach_stream(job)
             await submit(job)
-            return StreamingResponse(openai.events(job, pieces, name, chat, request_timeout, body.include_usage),
+            return StreamingResponse(openai.events(job, pieces, name, chat, request_timeout, token_text,
+                                                   body.include_usage),
                                      media_type="text/event-stream", headers=headers)
         choices = await answer(job)
-        return JSONResponse(openai.response(job, choices, name, chat), headers=headers)
+        return JSONResponse(openai.response(job, choices, name, chat, token_text), headers=headers)
 
     @app.post("/v1/completions", responses={**STREAMED, **INFERENCE_ERRORS})
     async def completions(body: CompletionRequest, request: Request):

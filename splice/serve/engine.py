@@ -8,11 +8,20 @@ ever held around a forward. Each turn of its loop it
 
 1. lets the residency put the adapters queued jobs want on the model (starting
    reads of those on disk on the loader thread, which does not block this loop);
-2. takes the oldest jobs whose adapters are resident, of one kind (encode or
-   generate), up to ``max_batch_size`` rows — waiting up to ``max_wait_ms`` for more
-   once the first has arrived, to fill the batch — and runs them as one forward
-   (or one ``generate``), each row routed to its own adapter and head;
-3. answers every job exactly once: its result, or the error that refused it.
+2. admits the oldest completions whose adapters are resident into the running
+   batch of :class:`~splice.serve.scheduler.Scheduler` while its key/value cache
+   budget (``cache_mb``) allows (prefilling them), up to ``prefill_tokens`` prompt tokens a turn so that
+   running rows are not held up long;
+3. takes the oldest encode jobs (classify, embed) whose adapters are resident, up to
+   ``max_batch_size`` rows — waiting up to ``max_wait_ms`` for more once the first has
+   arrived, to fill the batch, unless completions are decoding — and runs them as one
+   forward, each row routed to its own adapter and head;
+4. runs one decode step of the running completions (each row its own adapter);
+5. answers every job exactly once: its result, or the error that refused it.
+
+With ``continuous=False`` completions are batched as encode jobs are, and each batch
+is one ``generate`` call (:func:`~splice.serve.generation.generate_rows`): the
+baseline the scheduler is measured against (``benchmarks/serve_load.py``).
 
 Beyond ``max_queue`` waiting jobs, :meth:`submit` refuses at once
 (:class:`Overloaded`, HTTP 429 with ``Retry-After``). :meth:`stop` stops accepting,
@@ -34,6 +43,7 @@ from .errors import BadRequest, Overloaded, ServeError, ShuttingDown
 from .jobs import EncodeJob, GenerateJob, Job, Limits, run_encode, run_generate
 from .metrics import Metrics
 from .residency import Residency
+from .scheduler import Scheduler
 
 log = logging.getLogger("splice.serve")
 
@@ -42,7 +52,8 @@ class Engine:
     """Batches jobs for one adapted model and a tokenizer; see the module docstring."""
 
     def __init__(self, model, tokenizer, *, limits: Limits | None = None, max_batch_size: int = 32,
-                 max_wait_ms: float = 5.0, max_queue: int = 256, device_slots: int = 8, memory_slots: int = 32):
+                 max_wait_ms: float = 5.0, max_queue: int = 256, device_slots: int = 8, memory_slots: int = 32,
+                 continuous: bool = True, cache_mb: float = 2048, prefill_tokens: int = 512):
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise SpliceError("max_batch_size and max_queue must be >= 1, max_wait_ms >= 0.")
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -59,6 +70,11 @@ class Engine:
         self._worker: threading.Thread | None = None
         self._batch_seconds = 0.05  # running mean of one batch's time, for Retry-After
         self.answered = 0  # jobs answered (result or error), for tests and /health
+        self.prefill_tokens = prefill_tokens
+        self.scheduler = None
+        if continuous and self.can_generate:
+            self.scheduler = Scheduler(model, tokenizer, cache_bytes=int(cache_mb * 2**20), max_rows=max_batch_size,
+                                       answer=self._answer)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -86,7 +102,7 @@ class Engine:
     @property
     def depth(self) -> int:
         """Jobs accepted and not yet answered."""
-        return len(self._pending) + self._running
+        return len(self._pending) + self._running + (self.scheduler.jobs if self.scheduler else 0)
 
     @property
     def can_generate(self) -> bool:
@@ -122,6 +138,10 @@ class Engine:
         A job not yet prepared is tokenized first, here on the caller's thread."""
         if job.ids is None:
             self.prepare(job)
+        if self.scheduler is not None and isinstance(job, GenerateJob):
+            refusal = self.scheduler.refusal(job)
+            if refusal is not None:
+                raise refusal
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("The server is shutting down and accepts no new requests.")
@@ -135,26 +155,61 @@ class Engine:
         return job
 
     # -- the worker ---------------------------------------------------------------------------------
+    def _decoding(self) -> list:
+        """The rows of completions now decoding (worker thread only)."""
+        return self.scheduler.running if self.scheduler is not None else []
+
     def _loop(self) -> None:
         while True:
             with self._cond:
                 # an unload wakes the worker too: the adapter leaves the model now, not at the next request
-                while not self._pending and self._accepting and not self.residency.unloading():
+                while not self._pending and not self._decoding() and self._accepting \
+                        and not self.residency.unloading():
                     self._cond.wait()
-                if not self._pending and not self._accepting:
+                if not self._pending and not self._decoding() and not self._accepting:
                     return
                 wanted = {job.adapter for job in self._pending if job.adapter != BASE_NAME}
+                wanted |= {row.job.adapter for row in self._decoding() if row.job.adapter != BASE_NAME}
             try:
                 self.residency.maintain(wanted)
             except Exception:
                 log.exception("adapter residency failed")
+            if self.scheduler is not None:
+                for job in self._admissions():
+                    self.scheduler.admit(job)
             batch = self._take_batch() if self._pending else []  # an unload alone runs no batch
             if batch:
                 self._run(batch)
+            if self._decoding():
+                self.metrics.batch_rows.observe(len(self._decoding()), kind=GenerateJob.kind)
+                self.scheduler.step()
+
+    def _admissions(self) -> list[GenerateJob]:
+        """The oldest completions whose adapters are resident, in order, while they fit beside the running rows
+        (the first that does not fit waits, and those after it: no request is overtaken for ever), up to
+        ``prefill_tokens`` prompt tokens (one job at least) so the running rows soon get their next step."""
+        admitted, tokens = [], 0
+        with self._cond:
+            for job in [job for job in self._pending if isinstance(job, GenerateJob)]:
+                if job.adapter != BASE_NAME and self.residency.failure(job.adapter) is not None:
+                    continue  # _take_batch answers it
+                job.internal = self.residency.resident(job.adapter)
+                if job.internal is None:
+                    continue  # its adapter is still loading
+                if admitted and tokens + sum(map(len, job.ids)) > self.prefill_tokens:
+                    break
+                if not self.scheduler.fits(job, admitted):
+                    break
+                self._pending.remove(job)
+                admitted.append(job)
+                tokens += sum(map(len, job.ids))
+        return admitted
 
     def _take_batch(self) -> list[Job]:
-        """The next batch, or [] after waiting a little (for loads, or for more jobs to fill it)."""
+        """The next batch, or [] after waiting a little (for loads, or for more jobs to fill it); with continuous
+        batching, encode jobs only, and no waiting while completions decode."""
         refused: list[tuple[Job, Exception]] = []
+        decoding = bool(self._decoding())
         with self._cond:
             ready = []
             for job in list(self._pending):
@@ -163,6 +218,8 @@ class Engine:
                     self._pending.remove(job)
                     refused.append((job, ServeError(reason)))
                     continue
+                if self.scheduler is not None and isinstance(job, GenerateJob):
+                    continue  # the scheduler's (see _admissions)
                 job.internal = self.residency.resident(job.adapter)
                 if job.internal is not None:
                     ready.append(job)
@@ -176,8 +233,9 @@ class Engine:
             waited = time.monotonic() - oldest if oldest is not None else 0.0
             if not batch or (rows < self.max_batch_size and waited < self.max_wait and self._accepting):
                 # nothing runnable yet (loads pending), or room left and time to wait for more rows
-                self._cond.wait(self.max_wait - waited if batch else 0.05)
-                batch = []
+                if not decoding:
+                    self._cond.wait(self.max_wait - waited if batch else 0.05)
+                    batch = []
             for job in batch:
                 self._pending.remove(job)
             self._running = len(batch)

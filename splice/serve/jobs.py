@@ -98,7 +98,12 @@ class EncodeJob(Job):
 
 @dataclass(eq=False)
 class GenerateJob(Job):
-    """Complete each of ``prompts`` (one choice each); ``sink(choice, text)`` streams the text as it comes."""
+    """Complete each of ``prompts`` ``n`` times; ``sink(choice, text)`` streams the text as it comes.
+
+    Choice ``i * n + j`` is prompt ``i``'s ``j``-th. ``logprobs``: record each token's log-probability and that
+    many alternatives; ``echo``: the prompt leads each choice's text, with its tokens' log-probabilities
+    (``max_tokens`` may then be 0); ``seed``: choice ``c`` samples from a generator seeded with ``seed + c``.
+    """
 
     prompts: list[str] = field(default_factory=list)
     special_tokens: bool = True  # False for chat prompts, whose template already holds them
@@ -106,6 +111,10 @@ class GenerateJob(Job):
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    n: int = 1
+    logprobs: int | None = None
+    echo: bool = False
+    seed: int | None = None
     sink: Callable[[int, str], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -113,7 +122,7 @@ class GenerateJob(Job):
 
     @property
     def rows(self) -> int:
-        return len(self.prompts)
+        return len(self.prompts) * self.n
 
     def prepare(self, tokenizer, limits: Limits) -> None:
         self.ids = [tokenizer(p, add_special_tokens=self.special_tokens)["input_ids"] for p in self.prompts]
@@ -179,28 +188,56 @@ def _scores(head, logits: torch.Tensor) -> dict:
 
 
 def run_generate(model, tokenizer, jobs: list[GenerateJob]) -> list[object]:
-    """One ``generate`` call over every prompt of ``jobs``; each job's choices (text, finish reason, usage)."""
+    """One ``generate`` call over every prompt of ``jobs`` (the engine's ``continuous=False`` mode); each job's
+    choices, or why it cannot run so: ``n``, ``logprobs``, ``echo`` and ``seed`` need continuous batching."""
+    answers: list[object] = [None] * len(jobs)
+    for i, job in enumerate(jobs):
+        if job.n != 1 or job.logprobs is not None or job.echo or job.seed is not None:
+            answers[i] = BadRequest("n, logprobs, echo and seed need continuous batching, which this server runs "
+                                    "without; leave them out.")
+    live = [job for job, answer in zip(jobs, answers) if answer is None]
     rows, owners = [], []
-    for job in jobs:
+    for job in live:
         for choice, ids in enumerate(job.ids):
-            sink = (lambda text, job=job, choice=choice: _stream(job, choice, text)) if job.sink else None
-            rows.append(Row(ids, job.internal, job.max_tokens, job.temperature, job.top_p, job.stop, sink,
-                            job.cancel.is_set))
+            rows.append(Row(ids, job.internal, job.max_tokens, job.temperature, job.top_p, job.stop,
+                            stream_to(job, choice), job.cancel.is_set))
             owners.append(job)
-    eos = end_of_sequence_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
-    generate_rows(model, rows, pad, eos, lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True))
-    answers = []
-    for job in jobs:
-        mine = [row for row, owner in zip(rows, owners) if owner is job]
-        answers.append([{"text": r.text, "finish_reason": r.finish_reason, "prompt_tokens": len(r.ids),
-                         "completion_tokens": len(r.tokens)} for r in mine])
+    if rows:
+        eos = end_of_sequence_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+        generate_rows(model, rows, pad, eos, lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True))
+    for i, job in enumerate(jobs):
+        if answers[i] is None:
+            answers[i] = choices_of(job, [row for row, owner in zip(rows, owners) if owner is job])
     return answers
 
 
-def _stream(job: GenerateJob, choice: int, text: str) -> None:
-    job.streamed = True
-    job.sink(choice, text)
+def choices_of(job: GenerateJob, rows: list[Row]) -> list[dict]:
+    """The answer to ``job``: per choice its text, finish reason, token counts and, where asked, its tokens with
+    their log-probabilities (``openai`` shapes them as the API does)."""
+    choices = []
+    for choice, row in enumerate(rows):
+        prompt = job.prompts[choice // job.n]
+        answer = {"text": (prompt if job.echo else "") + row.text, "finish_reason": row.finish_reason,
+                  "prompt_tokens": len(row.ids), "completion_tokens": len(row.tokens)}
+        if job.logprobs is not None:
+            answer["tokens"], answer["scores"] = list(row.tokens), list(row.scores)
+            if job.echo:
+                answer["tokens"] = [*row.ids, *answer["tokens"]]
+                answer["scores"] = [*row.prompt_scores, *answer["scores"]]
+        choices.append(answer)
+    return choices
+
+
+def stream_to(job: GenerateJob, choice: int) -> Callable[[str], None] | None:
+    """The sink of ``job``'s choice ``choice`` (None if the job is not streamed)."""
+    if job.sink is None:
+        return None
+
+    def sink(text: str) -> None:
+        job.streamed = True
+        job.sink(choice, text)
+    return sink
 
 
 def end_of_sequence_ids(model, tokenizer) -> set[int]:

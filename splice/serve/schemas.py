@@ -4,8 +4,8 @@ Types are strict: a number where text is expected is refused, not converted. An
 integer field takes what JSON Schema calls an integer, ``1.0`` included: the
 schema at ``/openapi.json`` says ``integer``, and a client that computed the number as a float sends ``1.0``.
 Fields OpenAI clients send that splice does not implement are refused (HTTP 400,
-naming the field) when they ask for something (``n=2``, ``logprobs``, penalties,
-``tools``, ``response_format`` other than text, ``echo``...), never silently
+naming the field) when they ask for something (penalties, ``logit_bias``,
+``tools``, ``response_format`` other than text, ``best_of``...), never silently
 ignored. Fields not declared here are ignored: clients send extras that only label
 a request (``metadata``, ``store``).
 """
@@ -32,6 +32,9 @@ Texts = StrictStr | list[StrictStr]
 # Sampling runs in float32: a smaller non-zero number is subnormal or rounds to 0 there (top_p=1e-46 became a
 # top_p of 0, which left a row nothing to sample and failed its whole batch with NaN probabilities).
 FLOAT32_TINY = 1.1754943508222875e-38
+MAX_N = 8  # completions per prompt
+MAX_TOP_LOGPROBS = 5  # alternatives per token, completions (OpenAI's limit)
+MAX_CHAT_TOP_LOGPROBS = 20  # alternatives per token, chat (OpenAI's limit)
 
 
 class _Body(BaseModel):
@@ -72,27 +75,21 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = Field(None, description="only with stream")
     user: StrictStr | None = Field(None, description="a stable id: the same user always gets the same "
                                                            "side of an alias's split")
+    n: Integer = Field(1, description=f"completions per prompt (1-{MAX_N}), sharing the prompt's prefill")
+    seed: Integer | None = Field(None, description="choice c samples from a generator seeded with seed + c: the same "
+                                                   "request gives the same answer, whatever runs beside it")
     # asked for by OpenAI clients, not implemented: refused unless left at what means "not asked"
-    n: Integer = Field(1, description="not supported beyond 1")
-    logprobs: StrictBool | Integer | None = Field(None, description="not supported")
     presence_penalty: Number = Field(0.0, description="not supported beyond 0")
     frequency_penalty: Number = Field(0.0, description="not supported beyond 0")
     logit_bias: dict[StrictStr, Number] | None = Field(None, description="not supported")
-    seed: Integer | None = Field(None, description="not supported")
 
     def refusals(self) -> list[str]:
         """The fields of this request asking for what splice does not implement."""
         wrong = []
-        if self.n != 1:
-            wrong.append("n other than 1")
-        if self.logprobs not in (None, False, 0):
-            wrong.append("logprobs")
         if self.presence_penalty or self.frequency_penalty:
             wrong.append("presence_penalty/frequency_penalty other than 0")
         if self.logit_bias:
             wrong.append("logit_bias")
-        if self.seed is not None:
-            wrong.append("seed")
         if self.stream_options is not None and not self.stream:
             wrong.append("stream_options without stream")
         return wrong
@@ -101,6 +98,15 @@ class _Sampling(_Body):
     def new_tokens(self) -> int:
         """Tokens to generate at most: ``max_completion_tokens``, else ``max_tokens``."""
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        """Alternatives to report per token, or None: no log-probabilities asked for."""
+        return None
+
+    @property
+    def echo_prompt(self) -> bool:
+        return False
 
     @property
     def include_usage(self) -> bool:
@@ -116,10 +122,20 @@ class _Sampling(_Body):
                 and self.max_tokens != self.max_completion_tokens:
             raise BadRequest(f"max_tokens ({self.max_tokens}) and max_completion_tokens ({self.new_tokens}) "
                              "differ; send one of them.")
-        if not 1 <= self.new_tokens <= max_new_tokens:
-            raise BadRequest(f"{field} must be between 1 and {max_new_tokens}, got {self.new_tokens}.")
+        least = 0 if self.echo_prompt else 1
+        if not least <= self.new_tokens <= max_new_tokens:
+            hint = " (0 only with echo)" if least else ""
+            raise BadRequest(f"{field} must be between {least} and {max_new_tokens}{hint}, got {self.new_tokens}.")
+        if not 1 <= self.n <= MAX_N:
+            raise BadRequest(f"n must be between 1 and {MAX_N}, got {self.n}.", param="n")
+        if self.seed is not None and not 0 <= self.seed < 2**63 - MAX_N * 64:
+            raise BadRequest(f"seed must be between 0 and 2**63 - {MAX_N * 64}, got {self.seed}.", param="seed")
+        self.check_logprobs()
         _check_sampling("temperature", self.temperature, 0 <= self.temperature <= 100, "in [0, 100] (0: greedy)")
         _check_sampling("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]")
+
+    def check_logprobs(self) -> None:
+        """Refuse log-probability settings out of range (each endpoint names its own fields)."""
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -138,19 +154,33 @@ def _check_sampling(field: str, value: float, in_range: bool, allowed: str) -> N
 
 class CompletionRequest(_Sampling):
     prompt: Texts
-    echo: StrictBool = Field(False, description="not supported")
+    echo: StrictBool = Field(False, description="the prompt leads the text, and its tokens the logprobs (the first "
+                                                "with none); with max_tokens 0, the prompt's log-likelihood alone")
+    logprobs: Integer | None = Field(None, description=f"log-probabilities of the tokens and of the 0-"
+                                                       f"{MAX_TOP_LOGPROBS} most likely alternatives at each")
     best_of: Integer | None = Field(None, description="not supported beyond 1")
     suffix: StrictStr | None = Field(None, description="not supported")
 
     def refusals(self) -> list[str]:
         wrong = super().refusals()
-        if self.echo:
-            wrong.append("echo")
         if self.best_of not in (None, 1):
             wrong.append("best_of other than 1")
         if self.suffix:
             wrong.append("suffix")
         return wrong
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
+
+    @property
+    def echo_prompt(self) -> bool:
+        return self.echo
+
+    def check_logprobs(self) -> None:
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise BadRequest(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.logprobs}.",
+                             param="logprobs")
 
 
 class TextPart(_Body):
@@ -183,7 +213,9 @@ class ChatRequest(_Sampling):
     tool_choice: StrictStr | dict[str, Any] | None = Field(None, description="only \"none\"")
     functions: list[dict[str, Any]] | None = Field(None, description="not supported")
     function_call: StrictStr | dict[str, Any] | None = Field(None, description="only \"none\"")
-    top_logprobs: Integer | None = Field(None, description="not supported")
+    logprobs: StrictBool = Field(False, description="log-probabilities of the message's tokens")
+    top_logprobs: Integer | None = Field(None, description=f"with logprobs: the 0-{MAX_CHAT_TOP_LOGPROBS} most "
+                                                           "likely alternatives at each token")
 
     def refusals(self) -> list[str]:
         wrong = super().refusals()
@@ -197,9 +229,18 @@ class ChatRequest(_Sampling):
             wrong.append("functions")
         if self.function_call not in (None, "none"):
             wrong.append('function_call other than "none"')
-        if self.top_logprobs:
-            wrong.append("top_logprobs")
         return wrong
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def check_logprobs(self) -> None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise BadRequest("top_logprobs needs logprobs: true.", param="top_logprobs")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_CHAT_TOP_LOGPROBS:
+            raise BadRequest(f"top_logprobs must be between 0 and {MAX_CHAT_TOP_LOGPROBS}, got {self.top_logprobs}.",
+                             param="top_logprobs")
 
 
 class LoadRequest(_Body):

@@ -1,0 +1,139 @@
+"""The ``generate`` workload of ``serve_load.py``: streamed completions under Poisson arrivals, two engines.
+
+For 1, 8 and 32 adapters (cycling LoRA, bottleneck, IA3 and prefix tuning, randomly
+perturbed: speed does not depend on training), ``--requests`` completions arrive at
+Poisson times (``--rate`` per second, open loop, at most ``--clients`` in flight),
+each for a uniformly chosen adapter, with a prompt of 4-48 words (``--quick``: 1-3) and ``max_tokens``
+drawn from short and long lengths, sampled at temperature 1, streamed. The same
+arrivals go to ``splice serve`` with continuous batching (the default) and with
+``--no-continuous`` (one ``generate`` per batch, the engine before it).
+
+Per engine and scenario: completion tokens per second over the whole run, time to
+first token (TTFT, from the request's arrival, so queueing counts) and the time per
+token after the first (p50 and p99 over requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from transformers import AutoModelForCausalLM
+
+import splice
+from splice.assets import model_path
+
+METHODS = (lambda: splice.LoRA(r=8), lambda: splice.Bottleneck(r=16), lambda: splice.IA3(),
+           lambda: splice.PrefixTuning(length=8))
+WORDS = "the a service was great terrible slow fast movie food phone okay never again love it why how".split()
+
+
+def make_adapters(folder: Path, model_dir: Path, count: int) -> list[str]:
+    """``count`` adapters cycling :data:`METHODS`, saved under ``folder``."""
+    model = splice.attach(AutoModelForCausalLM.from_pretrained(model_dir))
+    names = []
+    for i in range(count):
+        name = f"gen{i}"
+        model.add(name, METHODS[i % len(METHODS)]())
+        with torch.no_grad():
+            for param in model.adapters[name].parameters():
+                param.add_(torch.randn_like(param) * 0.01)
+        model.save(name, folder / name)
+        model.delete(name)
+        names.append(name)
+    return names
+
+
+def workload(requests: int, rate: float, seed: int, quick: bool) -> list[dict]:
+    """Arrival times, prompts and lengths: the same for both engines."""
+    rng = random.Random(seed)
+    lengths, words = ((2, 4, 8), (1, 3)) if quick else ((8, 16, 16, 32, 64, 96), (4, 48))
+    at, items = 0.0, []
+    for _ in range(requests):
+        at += rng.expovariate(rate)
+        items.append({"at": at, "prompt": " ".join(rng.choices(WORDS, k=rng.randint(*words))),
+                      "max_tokens": rng.choice(lengths), "draw": rng.random()})
+    return items
+
+
+async def run_scenario(url: str, names: list[str], items: list[dict], clients: int) -> dict:
+    ttft, per_token, tokens, statuses, gate = [], [], [], [], asyncio.Semaphore(clients)
+
+    async def one(http: httpx.AsyncClient, item: dict, began: float) -> None:
+        await asyncio.sleep(max(0.0, began + item["at"] - time.perf_counter()))
+        body = {"model": names[int(item["draw"] * len(names))], "prompt": item["prompt"],
+                "max_tokens": item["max_tokens"], "temperature": 1.0, "stream": True,
+                "stream_options": {"include_usage": True}}
+        first = last = None
+        count = 0
+        async with gate, http.stream("POST", "/v1/completions", json=body) as response:
+            statuses.append(response.status_code)
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                    last = time.perf_counter()
+                    first = first or last
+                if chunk.get("usage"):
+                    count = chunk["usage"]["completion_tokens"]
+        if response.status_code == 200 and first is not None:
+            ttft.append(first - began - item["at"])
+            tokens.append(count)
+            if count > 1:
+                per_token.append((last - first) / (count - 1))
+
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=clients)) as http:
+        began = time.perf_counter()
+        await asyncio.gather(*(one(http, item, began) for item in items))
+        wall = time.perf_counter() - began
+    return {"requests": len(items), "ok": statuses.count(200), "tokens": sum(tokens), "seconds": wall,
+            "tokens_per_s": sum(tokens) / wall, "ttft_p50_ms": _ms(ttft, 0.5), "ttft_p99_ms": _ms(ttft, 0.99),
+            "token_p50_ms": _ms(per_token, 0.5), "token_p99_ms": _ms(per_token, 0.99)}
+
+
+def _ms(values: list[float], q: float) -> float | None:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else None
+
+
+def compare(args: argparse.Namespace, server) -> dict:
+    """Both engines over every scenario; prints the table, writes ``args.out``, returns what it wrote."""
+    counts = (1, 2) if args.quick else (1, 8, 32)
+    args.adapters = max(counts)
+    items = workload(args.requests, args.rate, args.seed, args.quick)
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        names = make_adapters(Path(scratch), model_path(args.model), args.adapters)
+        for engine, extra in (("continuous", ()), ("per-batch", ("--no-continuous",))):
+            with server(args, Path(scratch), *extra) as url:
+                asyncio.run(run_scenario(url, names[:1], items[:2], args.clients))  # warm-up
+                for count in counts:
+                    result = asyncio.run(run_scenario(url, names[:count], items, args.clients))
+                    results.append({"engine": engine, "adapters": count, **result})
+    print(f"splice serve completions: {args.model} on {args.device}, Poisson {args.rate:g}/s, {args.requests} "
+          f"requests per scenario, at most {args.clients} in flight, max batch {args.max_batch_size}")
+    print(f"{'engine':<12}{'adapters':>9}{'ok':>5}{'tok/s':>8}{'TTFT p50':>10}{'TTFT p99':>10}"
+          f"{'tok p50':>9}{'tok p99':>9}   (ms)")
+    for r in results:
+        print(f"{r['engine']:<12}{r['adapters']:>9}{r['ok']:>5}{r['tokens_per_s']:>8.1f}"
+              + "".join(f"{r[k]:>10.0f}" if r[k] is not None else f"{'-':>10}"
+                        for k in ("ttft_p50_ms", "ttft_p99_ms"))
+              + "".join(f"{r[k]:>9.0f}" if r[k] is not None else f"{'-':>9}" for k in ("token_p50_ms", "token_p99_ms")))
+    ratios = {}
+    for count in counts:
+        new, old = (next(r for r in results if r["engine"] == e and r["adapters"] == count)
+                    for e in ("continuous", "per-batch"))
+        ratios[count] = new["tokens_per_s"] / old["tokens_per_s"] if old["tokens_per_s"] else None
+        print(f"{count} adapters: continuous / per-batch tokens/s = {ratios[count]:.2f}x")
+    written = {"settings": vars(args), "results": results, "speedup": ratios}
+    Path(args.out).write_text(json.dumps(written, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return written

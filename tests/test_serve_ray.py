@@ -1,0 +1,80 @@
+"""``splice serve --replicas 2`` under a local Ray Serve on loopback: the same answers as the single-process
+server, and an adapter's requests kept on the replica that holds it (Ray Serve's model multiplexing)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from splice.cli import build_parser
+from splice.serve.ray_serve import REPLICA_HEADER, application
+
+from serving import char_tokenizer, decoder, greedy_alone, save_adapters
+from tiny_models import tiny_model
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    folder = tmp_path_factory.mktemp("ray")
+    tiny_model("llama", head="lm", seed=0).save_pretrained(folder / "base")
+    char_tokenizer().save_pretrained(folder / "base")
+    save_adapters(decoder(2), folder / "adapters")
+    args = build_parser().parse_args(["serve", "--model", str(folder / "base"), "--adapters", str(folder / "adapters"),
+                                      "--device", "cpu", "--device-slots", "2", "--quiet"])
+    options = {k: v for k, v in vars(args).items() if k not in ("run", "replicas", "ray_address")}
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(application(options, replicas=2, slots=2), name="splice")
+        yield f"http://127.0.0.1:{port}", decoder(2)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def complete(url: str, adapter: str, prompt: str) -> httpx.Response:
+    body = {"model": adapter, "prompt": prompt, "max_tokens": 5, "temperature": 0}
+    answer = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+def test_two_replicas_answer_as_one_process_and_keep_an_adapter_on_one_replica(replicas):
+    url, reference = replicas
+    first = complete(url, "g0", "hello")
+    time.sleep(2)  # the replica reports the adapter it took; routing follows it from then on
+    again = [complete(url, "g0", prompt) for prompt in ("hello", "hi", "abc", "hello")]
+    assert {answer.headers[REPLICA_HEADER] for answer in [first, *again]} == {first.headers[REPLICA_HEADER]}
+    for answer, prompt in zip([first, *again], ["hello", "hello", "hi", "abc", "hello"]):
+        assert answer.json()["choices"][0]["text"] == greedy_alone(reference, "g0", prompt, 5)
+    other = complete(url, "g1", "hey")
+    assert other.json()["choices"][0]["text"] == greedy_alone(reference, "g1", "hey", 5)
+    base = complete(url, "", "hey")
+    assert base.json()["choices"][0]["text"] == greedy_alone(reference, "__base__", "hey", 5)
+    refused = httpx.put(f"{url}/v1/aliases/x", json={"targets": {"g0": 1}}, timeout=60)
+    assert refused.status_code == 400 and "--adapters" in refused.json()["error"]["message"]
+
+
+def test_without_ray_the_command_says_which_extra_to_install(monkeypatch, capsys):
+    import splice.serve.ray_serve as ray_serve
+    from splice.cli import main
+
+    monkeypatch.setattr(ray_serve, "serve", None)
+    assert main(["serve", "--model", "unused", "--replicas", "2"]) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "pip install 'splice[ray]'" in error[0]
+    assert main(["serve", "--model", "unused", "--replicas", "0"]) != 0
+    assert "--replicas must be at least 1" in capsys.readouterr().err
