@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from splice.cli import build_parser
-from splice.serve.ray_serve import REPLICA_HEADER, application
+from splice.cli.serve_replicas import REPLICA_HEADER, application
 
 from serving import char_tokenizer, decoder, greedy_alone, save_adapters
 from tiny_models import tiny_model
@@ -69,7 +69,7 @@ def test_two_replicas_answer_as_one_process_and_keep_an_adapter_on_one_replica(r
 
 
 def test_without_ray_the_command_says_which_extra_to_install(monkeypatch, capsys):
-    import splice.serve.ray_serve as ray_serve
+    import splice.cli.serve_replicas as ray_serve
     from splice.cli import main
 
     monkeypatch.setattr(ray_serve, "serve", None)

@@ -225,12 +225,12 @@ class Scheduler:
     def _settle(self) -> None:
         """Answer the jobs whose rows are all done; drop finished rows from the batch."""
         keep = [i for i, r in enumerate(self.running) if r.row.finish_reason is None]
-        for running in self.running:
-            if running.row.finish_reason is not None:
-                self._finish(running.job)
-        if len(keep) < len(self.running):
+        done = [r for r in self.running if r.row.finish_reason is not None]
+        if done:  # off the batch before the answers go out: a caller that sees its answer sees its row gone
             self.batch = self.batch.select(keep) if keep else None
             self.running = [self.running[i] for i in keep]
+        for running in done:
+            self._finish(running.job)
 
     def _drop_cancelled(self) -> None:
         for running in self.running:

@@ -1,7 +1,7 @@
 """``splice serve --replicas N``: N engine replicas under Ray Serve, each adapter's requests kept together.
 
 Two deployments. :class:`EngineReplica` (``N`` replicas) is a whole single-process server:
-the app of :func:`splice.cli.serve.build_app` over its own engine, called in-process
+the app of :func:`splice.cli.serve_app.build_app` over its own engine, called in-process
 (ASGI). :class:`Ingress` (one replica, behind Ray Serve's HTTP proxy) reads the adapter
 a request names (``model``, or ``adapter`` for ``/v1/classify``) and calls the engine
 deployment with it as the *multiplexed model id*: Ray Serve's model multiplexing sends
@@ -59,8 +59,8 @@ class EngineReplica:
     """One engine and its app, as ``splice serve`` builds them from ``options`` (the command line's)."""
 
     def __init__(self, options: dict):
-        from ..cli.common import Steps
-        from ..cli.serve import build_app
+        from .common import Steps
+        from .serve_app import build_app
 
         self.app, self.engine, _, _ = build_app(argparse.Namespace(**options), Steps(True))
         self.engine.start()
