@@ -58,3 +58,23 @@ def test_quality_chart_is_drawn_from_the_current_results():
     drawn = quality_chart.draw(json.loads(quality_chart.RESULTS.read_text()))
     assert (ROOT / "docs" / "images" / "quality.svg").read_text() == drawn, \
         "benchmarks/quality_results.json changed: run python scripts/quality_chart.py and commit the chart"
+
+
+def test_every_built_in_method_has_a_page_in_the_nav_and_the_tables():
+    """A method that lands without its page fails here (mkdocs only logs pages missing from the nav)."""
+    from splice.methods import METHODS
+
+    nav = (ROOT / "mkdocs.yml").read_text()
+    overview = (ROOT / "docs" / "methods" / "index.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    pages = {path.name: path.read_text() for path in (ROOT / "docs" / "methods").glob("*.md")}
+    missing = []
+    for config in METHODS.values():
+        if not config.__module__.startswith("splice.methods.") or config.method == "head_only":  # the probe: no method
+            continue
+        target = f"::: {config.__module__}.{config.__name__}"
+        page = next((name for name, text in pages.items() if target in text), None)
+        if page is None or f"methods/{page}" not in nav or f"({page})" not in overview \
+                or f"(docs/methods/{page})" not in readme:
+            missing.append(f"{config.__name__} (page {page})")
+    assert missing == [], f"methods without a page in mkdocs.yml, docs/methods/index.md and README.md: {missing}"
