@@ -23,6 +23,7 @@ from .compose import BatchSplit, Parallel, Setup
 from .errors import AdapterError
 from .heads import HEADS, Head, apply_heads
 from .hooks import HookSet
+from .merge_quantized import RoundingReport, check_quantized_merge, fold_quantized
 from .methods import METHODS
 from .methods.base import MethodConfig
 from .methods.fusion import Fusion
@@ -264,8 +265,13 @@ class AdaptedModel(GraphCapture, nn.Module):
         return average_adapters(self, name, adapters, weights, mode)
 
     # -- merging -------------------------------------------------------------------------
-    def merge(self, name: str) -> None:
-        """Fold a mergeable adapter (LoRA, IA³, BitFit, ...) into the base weights: zero cost at inference."""
+    def merge(self, name: str, dequantize: bool = False) -> RoundingReport | None:
+        """Fold a mergeable adapter (LoRA, IA³, BitFit, ...) into the base weights: zero cost at inference.
+
+        On a quantized base (bitsandbytes, torchao) the packed weights cannot take the delta exactly, so
+        this refuses unless ``dequantize=True``: then each touched layer is dequantized, the delta added,
+        and the layer requantized; the returned :class:`~splice.merge_quantized.RoundingReport` says how
+        much that rounding moved the weights (None on a float base, where the merge is exact)."""
         adapter = self._get(name)
         if not adapter.config.mergeable:
             mergeable = ", ".join(cls.__name__ for cls in METHODS.values() if cls.mergeable)
@@ -275,8 +281,15 @@ class AdaptedModel(GraphCapture, nn.Module):
             )
         if name in self._merged:
             raise AdapterError(f"{name!r} is already merged.")
-        for site, delta in adapter.items():  # refuse before writing anything
+        pairs = list(adapter.items())
+        check_quantized_merge(name, pairs, dequantize)
+        for site, delta in pairs:  # refuse before writing anything
             delta.check_merge(site)
+        report = fold_quantized(pairs, "merge")
+        if report is not None:
+            self._merged.append(name)
+            self._replan()
+            return report
         done = []
         try:
             for site, delta in adapter.items():
@@ -288,9 +301,11 @@ class AdaptedModel(GraphCapture, nn.Module):
             raise
         self._merged.append(name)
         self._replan()
+        return None
 
-    def unmerge(self, name: str) -> None:
-        """Take a merged adapter back out of the base weights (exact within float tolerance)."""
+    def unmerge(self, name: str) -> RoundingReport | None:
+        """Take a merged adapter back out of the base weights (exact within float tolerance; on a quantized
+        base, requantized again: the returned report says what that rounded)."""
         adapter = self._get(name)
         if name not in self._merged:
             raise AdapterError(f"{name!r} is not merged.")
@@ -302,10 +317,10 @@ class AdaptedModel(GraphCapture, nn.Module):
                 f"Unmerge {', '.join(reversed(later))} before {name!r}: {rescaling[0]} rescales weights, so merges "
                 "only undo exactly in reverse order."
             )
-        for site, delta in reversed(list(adapter.items())):
-            delta.unmerge(site)
+        report = fold_quantized(list(reversed(list(adapter.items()))), "unmerge")
         self._merged.remove(name)
         self._replan()
+        return report
 
     def detach(self) -> nn.Module:
         """Remove every hook and return the base model (merged adapters stay folded in)."""
