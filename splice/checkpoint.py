@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .adapter import Adapter, check_name
+from .anatomy import quantization_summary
 from .errors import AnatomyError, CheckpointError, ConfigError
 from .files import exists, read_json
 from .folders import recover, write_folder
@@ -54,6 +55,9 @@ def save_adapter(model: "AdaptedModel", name: str, path: str | os.PathLike, trai
         "base": model.anatomy.fingerprint(),
         "parameters": adapter.num_parameters(),
     }
+    quantization = quantization_summary(model.base)
+    if quantization is not None:  # informational: the adapter loads onto the float base too
+        meta["base_quantization"] = quantization
     if training is not None:
         meta["training"] = training
     check_materialised(adapter, name)

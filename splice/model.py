@@ -28,6 +28,7 @@ from .methods import METHODS
 from .methods.base import MethodConfig
 from .methods.fusion import Fusion
 from .planner import HeadGroups, Planner
+from .quantize import prepare_for_kbit_training
 
 _ATTACHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
@@ -215,6 +216,10 @@ class AdaptedModel(GraphCapture, nn.Module):
         ``setup`` activates a composition instead of ``name`` alone, e.g. training a
         task adapter on top of a frozen language adapter: ``train_adapter("task", Stack("lang", "task"))``.
         Several names train together (multi-task batches routed with ``adapter_names``).
+        On a quantized base (4-bit/8-bit) this also prepares it for k-bit training, as peft's
+        ``prepare_model_for_kbit_training`` does (see :func:`splice.quantize.prepare_for_kbit_training`:
+        half-precision float parameters outside the quantized layers widen to float32); the quantized
+        weights stay as they are.
         """
         names = [name] if isinstance(name, str) else list(name)
         trained = [self._get(n) for n in names]
@@ -222,6 +227,7 @@ class AdaptedModel(GraphCapture, nn.Module):
         if merged:
             raise AdapterError(f"{merged} merged into the base weights; unmerge before training.")
         self.base.requires_grad_(False)
+        prepare_for_kbit_training(self.base)
         for other in self.adapters.values():
             other.requires_grad_(any(other is a for a in trained))
         self.activate(setup if setup is not None else names)

@@ -12,10 +12,11 @@ from .anatomy import Anatomy, Site, config_value
 from .calls import AttentionCall
 from .layouts import ALL_ROLES, HEAD_NAMES, LAYOUTS, PROJECTION_ROLES, SUBLAYER_ROLES, Layout, RoleSpec
 from .linear import is_linear, linear_shape, linear_weight
-from .quantized import dequantized_weight, is_quantized, quantization_of, requantize
+from .quantized import dequantized_weight, is_quantized, quantization_of, quantization_summary, requantize
 
 __all__ = [
     "Anatomy", "Site", "Layout", "AttentionCall", "RoleSpec", "LAYOUTS", "HEAD_NAMES",
     "ALL_ROLES", "PROJECTION_ROLES", "SUBLAYER_ROLES", "config_value", "is_linear", "linear_weight",
     "linear_shape", "quantization_of", "is_quantized", "dequantized_weight", "requantize",
+    "quantization_summary",
 ]

@@ -128,3 +128,21 @@ def _torchao_per_row_int8(weight: torch.Tensor) -> bool:
     """torchao's int8 weight-only layout with one scale per output row (``Int8WeightOnlyConfig``'s default)."""
     block = getattr(weight, "block_size", None)
     return type(weight).__name__ == "Int8Tensor" and block is not None and list(block) == [1, weight.shape[1]]
+
+
+def quantization_summary(model: nn.Module) -> dict | None:
+    """How ``model``'s layers are stored, for an adapter to record (informational): ``{"layers": {"nf4": 14},
+    "compute_dtype": "float32"}``, or None for a float model."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        kind = quantization_of(module)
+        if kind is not None:
+            counts[kind] = counts.get(kind, 0) + 1
+    if not counts:
+        return None
+    summary: dict = {"layers": dict(sorted(counts.items()))}
+    dtype = getattr(getattr(model, "config", None), "quantization_config", None)
+    dtype = dtype.to_dict().get("bnb_4bit_compute_dtype") if hasattr(dtype, "to_dict") else None
+    if dtype is not None and any(kind in ("nf4", "fp4") for kind in counts):
+        summary["compute_dtype"] = str(dtype).replace("torch.", "")
+    return summary
