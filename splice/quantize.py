@@ -9,17 +9,18 @@ this module only loads and prepares. Neither library is imported until a quantiz
 from __future__ import annotations
 
 import importlib.util
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from .anatomy import is_quantized
 from .errors import QuantizationError
 
+if TYPE_CHECKING:
+    from torch import nn
+
+# Plain names, so that the CLI and TrainConfig can offer and check them without importing torch.
 BITSANDBYTES = ("nf4", "fp4", "int8")
 TORCHAO = ("torchao-int8",)
 QUANTIZATIONS = BITSANDBYTES + TORCHAO
-COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _require(library: str, kind: str) -> None:
@@ -38,13 +39,14 @@ def load_options(kind: str | None, compute_dtype: str = "float32") -> dict:
         return {}
     check_choice(kind, compute_dtype)
     _require("bitsandbytes", kind)
+    import torch
     from transformers import BitsAndBytesConfig
 
     if kind == "int8":
         config = BitsAndBytesConfig(load_in_8bit=True)
     else:
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=kind,
-                                    bnb_4bit_compute_dtype=COMPUTE_DTYPES[compute_dtype])
+                                    bnb_4bit_compute_dtype=getattr(torch, compute_dtype))
     return {"quantization_config": config, "low_cpu_mem_usage": True}
 
 
@@ -56,10 +58,34 @@ def quantize_loaded(model: nn.Module, kind: str | None) -> nn.Module:
     if kind not in TORCHAO:
         return model
     _require("torchao", kind)
+    from torch import nn
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, _: isinstance(m, nn.Linear) and m is not output)
+    return model
+
+
+def load_pretrained(auto, folder: str, kind: str | None = None, compute_dtype: str = "float32", **kwargs) -> nn.Module:
+    """``auto.from_pretrained(folder, **kwargs)``, the base stored as ``kind`` (``None``: as saved)."""
+    if kind is not None:
+        check_choice(kind, compute_dtype)
+    return quantize_loaded(auto.from_pretrained(folder, **load_options(kind, compute_dtype), **kwargs), kind)
+
+
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """``model`` with every quantized layer back in float32 (the weights it computed with), e.g. to merge an
+    adapter trained on a quantized base exactly and save the result as an ordinary float model. Call it before
+    ``attach``: bitsandbytes layers are replaced by ``nn.Linear``s."""
+    from torch import nn
+
+    from .anatomy import dequantized_weight, quantization_of
+
+    if getattr(model, "hf_quantizer", None) is not None:  # bitsandbytes through transformers: it also drops the config
+        model = model.dequantize()
+    for module in model.modules():
+        if quantization_of(module) == "torchao":
+            module.weight = nn.Parameter(dequantized_weight(module), requires_grad=False)
     return model
 
 
@@ -80,6 +106,10 @@ def prepare_for_kbit_training(base: nn.Module) -> bool:
     quantized layers cast their input to their compute dtype and their output back). Input gradients for
     reentrant gradient checkpointing are the model's job (``train_adapter`` installs them on every base).
     The quantized weights and their quant state are never touched."""
+    import torch
+
+    from .anatomy import is_quantized
+
     quantized = [m for m in base.modules() if is_quantized(m)]
     if not quantized:
         return False

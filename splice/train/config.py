@@ -15,6 +15,7 @@ from typing import Any
 
 from ..data import Columns
 from ..errors import ConfigError
+from ..quantize import check_choice
 
 TASKS = ("classification", "tagging", "causal-lm")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -29,6 +30,8 @@ class TrainConfig:
 
     # what to train
     model: str = "minilm"                 # local folder or built-in demo model name (splice.assets.BUILTIN_MODELS)
+    quantize: str | None = None           # store the frozen base as nf4 / fp4 / int8 / torchao-int8 (QLoRA)
+    compute_dtype: str = "float32"        # dtype 4-bit layers compute in
     data: str = "tweet-sentiment"         # file, folder or built-in dataset name (splice.data.BUILTIN_DATA)
     task: str = "classification"
     method: str = "pfeiffer"              # a training recipe: see splice.methods.recipes()
@@ -92,6 +95,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("Give epochs > 0 or max_steps > 0: there is nothing to train otherwise.")
+        if self.quantize is not None:
+            check_choice(self.quantize, self.compute_dtype)
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience counts evaluations without improvement; it must be >= 1, got {self.patience}.")
 

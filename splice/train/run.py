@@ -27,7 +27,7 @@ import torch
 
 from ..checkpoint import save_adapter, write_folder
 from ..data import Splits, load_data
-from ..errors import SpliceError
+from ..errors import QuantizationError, SpliceError
 from ..methods import recipe
 from ..model import attach
 from .backbone import load_backbone, task_head
@@ -75,7 +75,10 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
     say(f"data: {splits.source}: {len(splits.train):,} train / {len(splits.validation):,} validation / "
         f"{len(splits.test):,} test rows")
 
-    base, tokenizer = load_backbone(config.model, config.task)
+    if config.quantize and plan.trains_base:
+        raise QuantizationError(f"--method {config.method} trains the base's own weights, which a quantized base "
+                                "stores packed; drop --quantize, or train an adapter method on the quantized base.")
+    base, tokenizer = load_backbone(config.model, config.task, config.quantize, config.compute_dtype)
     set_seed(config.seed)  # the adapter's and head's initial weights are part of the run: same seed, same start
     model = attach(base)
     name = adapter_name(config)
