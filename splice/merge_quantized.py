@@ -45,22 +45,21 @@ def check_quantized_merge(name: str, pairs: list[tuple[Site, Delta]], dequantize
 
 
 def fold_quantized(pairs: list[tuple[Site, Delta]], fold: str) -> RoundingReport | None:
-    """Apply ``delta.<fold>(site)`` (``"merge"`` or ``"unmerge"``) for every pair; quantized layers go through a
-    float stand-in and are requantized once each. Returns the rounding report, or None if nothing was quantized."""
+    """Apply ``delta.<fold>(site)`` (``"merge"`` or ``"unmerge"``) for every pair where some pair's layer is
+    quantized: quantized layers go through a float stand-in and are requantized once each, float layers fold
+    directly. Returns the rounding report; None (and nothing done) if no layer is quantized."""
     standins: dict[int, tuple[nn.Module, nn.Linear]] = {}
     for site, _ in pairs:
-        if not is_quantized(site.module):
-            continue
-        if id(site.module) not in standins:  # dequantize every layer before writing any
+        if is_quantized(site.module) and id(site.module) not in standins:  # dequantize all before writing any
             standins[id(site.module)] = (site.module, _float_standin(site.module))
+    if not standins:
+        return None
     for site, delta in pairs:
         standin = standins.get(id(site.module))
         if standin is None:
             getattr(delta, fold)(site)
         else:
             getattr(delta, fold)(dataclasses.replace(site, module=standin[1], input_module=standin[1]))
-    if not standins:
-        return None
     worst, total, count = 0.0, 0.0, 0
     for module, standin in standins.values():
         requantize(module, standin.weight.data)

@@ -323,7 +323,11 @@ class AdaptedModel(GraphCapture, nn.Module):
                 f"Unmerge {', '.join(reversed(later))} before {name!r}: {rescaling[0]} rescales weights, so merges "
                 "only undo exactly in reverse order."
             )
-        report = fold_quantized(list(reversed(list(adapter.items()))), "unmerge")
+        pairs = list(reversed(list(adapter.items())))
+        report = fold_quantized(pairs, "unmerge")
+        if report is None:
+            for site, delta in pairs:
+                delta.unmerge(site)
         self._merged.remove(name)
         self._replan()
         return report

@@ -151,10 +151,21 @@ def test_merge_on_a_quantized_base_refuses_unless_asked_to_dequantize(kind):
     assert model.unmerge("task").layers == 6
 
 
-def test_merge_on_a_float_base_is_unchanged_and_reports_nothing():
+def test_merge_on_a_float_base_is_unchanged_exact_and_reports_nothing():
     model = splice.attach(AutoModelForCausalLM.from_pretrained(str(LLAMA)).eval())
     model.add("task", LoRA(targets=("q", "v")))
+    perturb(model.adapters["task"], std=0.2)
+    model.activate("task")
+    inputs, before = ids(), state_copy(model.base)
+    with torch.no_grad():
+        unmerged = model(**inputs).logits
     assert model.merge("task") is None and model.merged == ("task",)
+    model.disable()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, unmerged, atol=1e-5, rtol=1e-5)
+    assert model.unmerge("task") is None
+    for key, tensor in model.base.state_dict().items():
+        torch.testing.assert_close(tensor, before[key], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -240,6 +240,7 @@ def run_record(config: TrainConfig, splits: Splits, counts: dict, command: str |
             "epochs": config.epochs, "learning_rate": config.rate,
             "seed": config.seed, "data_seed": config.data_seed,
             "trainable_percent": round(counts["trainable_percent"], 4), "command": command or "",
+            **({"quantize": config.quantize, "compute_dtype": config.compute_dtype} if config.quantize else {}),
             **({"fine_tuned_model": "../model"} if recipe(config.method).trains_base else {})}
 
 
