@@ -179,3 +179,30 @@ def test_adapter_records_the_quantization_it_was_trained_under(kind, tmp_path):
     float_model = splice.attach(AutoModelForCausalLM.from_pretrained(str(LLAMA)).eval())
     assert meta["base"] == float_model.anatomy.fingerprint()  # the fingerprint is the base's, not the storage's
     float_model.load(tmp_path / "task")  # and the adapter loads onto the float base too
+
+
+def test_torchao_int8_weight_only_backend_trains_and_merges_with_dequantize():
+    pytest.importorskip("torchao")
+    model = quantized("torchao-int8")
+    q = model.base.model.layers[0].self_attn.q_proj
+    assert quantization_of(q) == "torchao" and linear_shape(q) == (32, 32)
+    assert quantization_of(model.base.lm_head) is None  # the output head stays float
+    packed = {n: (m.weight.qdata.clone(), m.weight.scale.clone()) for n, m in model.base.named_modules()
+              if quantization_of(m) == "torchao"}
+    model.add("task", LoRA(targets=("q", "v")))
+    model.train_adapter("task")
+    descend(model, lambda: lm_loss(model, ids()), steps=2)
+    model.eval()
+    for name, module in model.base.named_modules():  # the int8 data and its scales, bit for bit
+        if name in packed:
+            data, scale = packed[name]
+            assert torch.equal(module.weight.qdata, data) and torch.equal(module.weight.scale, scale)
+    with torch.no_grad():
+        unmerged = model(**ids()).logits
+    with pytest.raises(QuantizationError, match="dequantize=True"):
+        model.merge("task")
+    assert model.merge("task", dequantize=True).layers == 4
+    model.disable()
+    with torch.no_grad():
+        assert (model(**ids()).logits - unmerged).abs().max() < 0.02
+    assert quantization_of(q) == "torchao"
