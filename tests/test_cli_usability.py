@@ -55,6 +55,18 @@ def test_commands_that_load_no_model_import_neither_torch_nor_transformers(argv,
     assert not imported & {"torch", "transformers"}
 
 
+def test_a_failing_train_says_one_line_even_with_every_extra_installed(tmp_path):
+    # peft imports torchao when it is installed (the quantize extra), which warns at import about CUDA
+    # extensions a CPU never loads: four lines above splice's own error before the fix.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "splice", "train", "--data", str(tmp_path / "missing.csv"),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith("error: Data ")
+
+
 def test_lazy_package_names_are_the_real_ones():
     from splice.model import attach
 

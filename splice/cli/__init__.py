@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -65,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, or a usage error argparse already printed
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+    _quiet_optional_imports()
     try:
         with _progress_bars(not args.quiet):
             return args.run(args) or 0
@@ -77,6 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` or similar, which stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 1
+
+
+# Loggers of libraries that peft and transformers import when they are installed (torchao with the `quantize`
+# extra), which warn at import about parts a CPU run never uses: prebuilt CUDA extensions that do not load,
+# enum registrations torch.compile no longer needs. Four such lines before every training run bury splice's
+# own output; a command that uses torchao still hears its errors.
+_IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+
+
+def _quiet_optional_imports() -> None:
+    """Raise the import-noise loggers to ERROR for this command line run (an application's choice, not the
+    library's: ``import splice`` leaves every logger as it is)."""
+    for name in _IMPORT_NOISE:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextmanager
