@@ -83,3 +83,43 @@ def test_refusals_are_one_line(files, tmp_path, capsys):
     assert code == 2 and len(lines) == 1 and "--quantize" in lines[0] and "Traceback" not in err
     code, _, err = run(capsys, "train", "--model", files["llama"], "--quantize", "int3", "-q")
     assert code == 2 and "int3" in err and "nf4" in err
+
+
+def test_serve_on_the_quantized_base_answers_as_the_adapter_does_there(trained, files):
+    """``splice serve --quantize nf4``: the engine's base is stored NF4 and a greedy completion through the HTTP
+    API is the one the adapter gives on an NF4 load directly."""
+    from fastapi.testclient import TestClient
+    from transformers import AutoTokenizer
+
+    from splice.anatomy import quantization_of
+    from splice.cli import build_parser
+    from splice.cli.common import Steps
+    from splice.cli.serve import build_engine
+    from splice.serve import create_app
+
+    args = build_parser().parse_args(["serve", "--model", str(files["llama"]), "--quantize", "nf4",
+                                      "--device", "cpu", "--max-wait-ms", "1", "-q"])
+    engine, base_name = build_engine(args, Steps(quiet=True))
+    assert quantization_of(engine.model.base.model.layers[0].self_attn.q_proj) == "nf4"
+    engine.residency.add_source("qlora", lambda: trained / "adapter")
+    with TestClient(create_app(engine, base_name=base_name)) as client:
+        response = client.post("/v1/completions", json={"model": "qlora", "prompt": "the cat", "max_tokens": 4,
+                                                        "temperature": 0})
+    assert response.status_code == 200, response.text
+    reference = splice.attach(AutoModelForCausalLM.from_pretrained(
+        files["llama"], **splice.quantize.load_options("nf4")).eval())
+    reference.activate(reference.load(trained / "adapter"))
+    tokenizer = AutoTokenizer.from_pretrained(files["llama"])
+    ids = tokenizer("the cat", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = reference.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=4, pad_token_id=tokenizer.pad_token_id)
+    assert response.json()["choices"][0]["text"] == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_an_int8_forward_does_not_flood_the_command_line(trained, capsys, caplog):
+    """bitsandbytes warns on every int8 matmul that its input is cast to float16: once per layer per forward."""
+    with caplog.at_level("WARNING"):
+        code, _, err = run(capsys, "eval", trained, "--quantize", "int8", "--json", "-q")
+    assert code == 0
+    assert "MatMul8bitLt" not in caplog.text + err
