@@ -206,3 +206,34 @@ def test_torchao_int8_weight_only_backend_trains_and_merges_with_dequantize():
     with torch.no_grad():
         assert (model(**ids()).logits - unmerged).abs().max() < 0.02
     assert quantization_of(q) == "torchao"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kbit_preparation_widens_a_bfloat16_load_to_float32_and_leaves_the_quantized_layers(kind):
+    """Loaded in bfloat16, the embeddings, norms and head widen to float32 when training starts (peft's
+    ``prepare_model_for_kbit_training``); the quantized layers' tensors stay bit-identical and the loss trains."""
+    base = AutoModelForCausalLM.from_pretrained(str(LLAMA), dtype=torch.bfloat16,
+                                                **load_options(kind, compute_dtype="bfloat16"))
+    model = splice.attach(base.eval())
+    packed = {name for name, m in base.named_modules() if quantization_of(m)}
+    layers = {name: state_copy(m) for name, m in base.named_modules() if name in packed}
+    halves = [n for n, p in base.named_parameters() if p.dtype == torch.bfloat16]
+    assert halves, "the load must leave some float parameters in bfloat16"
+    model.add("q", LoRA(r=4))
+    perturb(model.adapters["q"], seed=1)
+    model.train_adapter("q")
+    assert not [n for n, p in base.named_parameters() if p.dtype in (torch.bfloat16, torch.float16)]
+    assert {p.dtype for p in model.adapters["q"].parameters()} == {torch.float32}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    inputs = ids()
+    losses = []
+    for _ in range(3):
+        loss = model(**inputs, labels=inputs["input_ids"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    for name, m in base.named_modules():
+        if name in packed:
+            assert_same_state(m, layers[name])
