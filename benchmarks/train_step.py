@@ -185,8 +185,12 @@ def _status_kb(field: str) -> int:
 
 
 MEMORY_MEASURE = {"cuda": "torch.cuda.max_memory_allocated, growth over the loaded base model",
-                  "cpu": "peak RSS (VmHWM, reset via /proc/self/clear_refs), growth over the loaded base model; "
-                         "each arm in its own fresh process"}
+                  "cpu": "peak RSS (VmHWM, reset via /proc/self/clear_refs), growth over the loaded base model "
+                         "(every weight read once after loading); each arm in its own fresh process, glibc told to "
+                         "return freed blocks over 128 KiB"}
+# glibc keeps freed memory for reuse and raises its mmap threshold as large blocks come and go: memory freed while
+# loading would then serve the steps unseen, and the split between loading and stepping would be arbitrary.
+RETURN_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 def memory_arm(args, batch) -> dict:
@@ -198,6 +202,9 @@ def memory_arm(args, batch) -> dict:
         importlib.import_module(library)
     before = memory_now(args.device)
     base = model_factory(args, stored)()
+    with torch.no_grad():  # weights still mapped from the file would otherwise be counted when a step reads them
+        for tensor in (*base.parameters(), *base.buffers()):
+            tensor.sum()
     loaded = memory_peak(args.device) - before
     start = memory_now(args.device)
     trainee = TRAINEES[engine](base, method, args.lr, args.adapter_dtype)
@@ -215,7 +222,7 @@ def measure_memory(args, row: dict) -> dict:
         subprocess.run([sys.executable, __file__, *forwarded(args), "--adapter-dtype",
                         str(args.adapter_dtype).removeprefix("torch."), "--memory-arm",
                         f"{row['engine']}:{row['method']}:{row['checkpointing']}:{row['base']}", "--json", str(out)],
-                       check=True)
+                       check=True, env={**os.environ, **RETURN_FREED_MEMORY})
         found = json.loads(out.read_text())
         return dict(peak_mib=found["peak_bytes"] / 2**20, load_mib=found["load_bytes"] / 2**20)
 
@@ -332,11 +339,12 @@ def run(args) -> dict:
         return {}
     device_kind = "cuda" if args.device.startswith("cuda") else "cpu"
     meta = dict(device=torch.cuda.get_device_name() if device_kind == "cuda" else f"cpu {platform.machine()}",
-                dtype=str(args.dtype), adapter_dtype=str(args.adapter_dtype), size=args.size, batch=args.batch,
-                rounds=args.rounds, lr=args.lr, check_steps=args.check_steps, threads=torch.get_num_threads(),
+                dtype=str(args.dtype), adapter_dtype=str(args.adapter_dtype),
+                size=None if args.model else args.size, batch=args.batch, rounds=args.rounds, lr=args.lr,
+                check_steps=args.check_steps, threads=torch.get_num_threads(),
                 model=args.model or f"random Llama ({args.size})", quantize=args.quantize,
                 memory=MEMORY_MEASURE[device_kind],
-                init="splice's fresh adapter, copied into the peer",
+                init="splice's fresh adapter, zero tensors (LoRA's B) filled with N(0, 0.01²), copied into the peer",
                 versions={p: version(p) for p in ("torch", "transformers", "peft", "adapters")})
     print(json.dumps(meta))
     rows = []
