@@ -21,8 +21,8 @@ they hold the adapter, its gradients, AdamW's state and the step's activations.
 ``--adapters-python`` with splice and adapters, so those two are compared within one release.
 ``--quantize nf4|int8`` trains LoRA on SmolLM2-135M (``--model`` for another folder; ``--quick``: a tiny
 random Llama) stored so by bitsandbytes, splice against peft's QLoRA recipe (``prepare_model_for_kbit_training``),
-and again on the float32 base; peak memory is then also given with the loaded base (``load MiB``), whose
-growth on loading is measured the same way.
+and again on the float32 base; the table then also gives what the loaded base holds (``load MiB``, the
+growth of the resident set from before loading to after it) and the JSON the peak while loading.
 Before the loss check every adapter tensor that starts at zero (LoRA's B) gets small seeded noise, so the
 first loss already depends on the adapter.
 Prints a table with splice ÷ peer ratios and writes JSON (``--json``).
@@ -205,18 +205,21 @@ def memory_arm(args, batch) -> dict:
     with torch.no_grad():  # weights still mapped from the file would otherwise be counted when a step reads them
         for tensor in (*base.parameters(), *base.buffers()):
             tensor.sum()
-    loaded = memory_peak(args.device) - before
+    loading_peak = memory_peak(args.device) - before
     start = memory_now(args.device)
     trainee = TRAINEES[engine](base, method, args.lr, args.adapter_dtype)
     if checkpointing == "on":
         trainee.checkpoint_gradients()
     for _ in range(3):  # AdamW's state appears at the first step; the peak is the same from the second on
         trainee.step(batch)
-    return dict(peak_bytes=memory_peak(args.device) - start, load_bytes=loaded, base_bytes=start)
+    return dict(peak_bytes=memory_peak(args.device) - start, load_bytes=start - before,
+                loading_peak_bytes=loading_peak, base_bytes=start, weights_bytes=base.get_memory_footprint())
 
 
 def measure_memory(args, row: dict) -> dict:
-    """Peak MiB of one arm's steps and of its loading, measured by this script rerun in a fresh process."""
+    """MiB of one arm, measured by this script rerun in a fresh process: the steps' peak over the loaded model
+    (``peak``), the resident set's growth on loading (``load``) and its peak then (``loading_peak``), and the
+    bytes of the model's weights and buffers as transformers counts them, packed ones at their size (``weights``)."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "memory.json"
         subprocess.run([sys.executable, __file__, *forwarded(args), "--adapter-dtype",
@@ -224,7 +227,7 @@ def measure_memory(args, row: dict) -> dict:
                         f"{row['engine']}:{row['method']}:{row['checkpointing']}:{row['base']}", "--json", str(out)],
                        check=True, env={**os.environ, **RETURN_FREED_MEMORY})
         found = json.loads(out.read_text())
-        return dict(peak_mib=found["peak_bytes"] / 2**20, load_mib=found["load_bytes"] / 2**20)
+        return {f"{key}_mib": found[f"{key}_bytes"] / 2**20 for key in ("peak", "load", "loading_peak", "weights")}
 
 
 def forwarded(args) -> list[str]:
@@ -281,7 +284,8 @@ def goals(found: list[dict]) -> list[dict]:
 
 
 def savings(rows: list[dict]) -> list[dict]:
-    """Per engine and method: the quantized run's memory (loaded base + step peak) against the float run's."""
+    """Per engine and method: the quantized run's memory (its weights + the step's peak) against the float run's.
+    The weights are counted, not read off the resident set: a quantized load leaves freed float pages resident."""
     out = []
     for r in rows:
         if r["base"] not in QUANTIZED:
@@ -290,19 +294,21 @@ def savings(rows: list[dict]) -> list[dict]:
             f[k] == r[k] for k in ("engine", "transformers", "method", "checkpointing"))), None)
         if float_row is not None:
             out.append(dict(engine=r["engine"], method=r["method"], checkpointing=r["checkpointing"], base=r["base"],
-                            total_mib=r["load_mib"] + r["peak_mib"],
-                            float_total_mib=float_row["load_mib"] + float_row["peak_mib"],
+                            total_mib=r["weights_mib"] + r["peak_mib"],
+                            float_total_mib=float_row["weights_mib"] + float_row["peak_mib"],
                             peak=r["peak_mib"] / float_row["peak_mib"], time=r["ms"] / float_row["ms"]))
     return out
 
 
 def table(rows: list[dict], found: list[dict], reached: list[dict], saved: list[dict] = ()) -> str:
     lines = [f"{'engine':<18}{'transformers':<14}{'method':<10}{'base':<10}{'ckpt':<6}{'adapter':<10}"
-             f"{'trainable':>10}{'ms/step':>10}{'peak MiB':>10}{'load MiB':>10}  loss after each check step"]
+             f"{'trainable':>10}{'ms/step':>10}{'peak MiB':>10}{'load MiB':>10}{'weights':>10}"
+             "  loss after each check step"]
     for r in rows:
         lines.append(f"{r['engine'] + ' ' + r['version']:<18}{r['transformers']:<14}{r['method']:<10}"
                      f"{r.get('base', ''):<10}{r['checkpointing']:<6}{r['adapter_dtype'].removeprefix('torch.'):<10}"
-                     f"{r['trainable']:>10,}{r['ms']:>10.2f}{r['peak_mib']:>10.1f}{r.get('load_mib', 0):>10.1f}  "
+                     f"{r['trainable']:>10,}{r['ms']:>10.2f}{r['peak_mib']:>10.1f}{r.get('load_mib', 0):>10.1f}"
+                     f"{r.get('weights_mib', 0):>10.1f}  "
                      + " ".join(f"{v:.5f}" for v in r["losses"]))
     lines += ["", f"{'splice ÷':<18}{'transformers':<14}{'method':<10}{'base':<10}{'ckpt':<6}{'time':>8}{'memory':>8}"
               f"{'|Δ loss|':>10}  params equal"]
@@ -315,7 +321,7 @@ def table(rows: list[dict], found: list[dict], reached: list[dict], saved: list[
                      f"{g['goal_time']} and memory {g['memory']:.2f}× ≤ {GOAL_MEMORY} against the harder peer: "
                      f"{'met' if g['met'] else 'missed'}")
     for v in saved:
-        lines.append(f"{v['engine']} {v['method']} on {v['base']} vs float (ckpt {v['checkpointing']}): loaded + "
+        lines.append(f"{v['engine']} {v['method']} on {v['base']} vs float (ckpt {v['checkpointing']}): weights + "
                      f"step peak {v['total_mib']:.0f} MiB vs {v['float_total_mib']:.0f} MiB "
                      f"({v['float_total_mib'] - v['total_mib']:.0f} MiB saved); step peak {v['peak']:.2f}×, "
                      f"step time {v['time']:.2f}×")

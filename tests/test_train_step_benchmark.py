@@ -101,6 +101,8 @@ def test_quick_quantized_run_compares_qlora_with_peft_and_the_float_base(bench, 
     nf4_goal = next(g for g in result["goals"] if g["base"] == "nf4")
     assert nf4_goal["goal_time"] == 1.05 and "goal lora on nf4" in printed
     assert {(v["engine"], v["base"]) for v in result["savings"]} == {("splice", "nf4"), ("peft", "nf4")}
+    weights = {(r["engine"], r["base"]): r["weights_mib"] for r in rows}
+    assert weights["splice", "nf4"] < weights["splice", "float32"]
     assert "vs float" in printed
 
 
