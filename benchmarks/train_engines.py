@@ -19,6 +19,8 @@ import torch
 from engines import version
 from torch import nn
 
+from splice.anatomy import is_quantized
+
 Batch = dict[str, torch.Tensor]
 Patterns = tuple[tuple[str, str | None], ...]  # (regex with layer/part/kind and maybe role groups, fixed role)
 CHECKPOINTING = {"use_reentrant": False}  # frozen embeddings: reentrant checkpointing would see no input grads
@@ -47,6 +49,7 @@ class Trainee:
     """One engine's model with one adapter, its trainable parameters keyed, and AdamW over them alone."""
 
     name: str
+    library: str  # the module the engine imports, loaded before memory is measured
     methods: tuple[str, ...]
     patterns: Patterns
     mixes_dtypes = True  # trains float32 adapter weights over a bfloat16 base
@@ -54,6 +57,7 @@ class Trainee:
     def __init__(self, base: nn.Module, method: str, lr: float, adapter_dtype: torch.dtype = torch.float32):
         if method not in self.methods:
             raise ValueError(f"{self.name} has no {method!r} arm (it has {', '.join(self.methods)})")
+        self.quantized = any(is_quantized(m) for m in base.modules())
         self.model = self.adapt(base, method)
         self.model.train()
         self.parameters = keyed(self.model, self.patterns)
@@ -83,7 +87,7 @@ class Trainee:
 
 
 class Splice(Trainee):
-    name = "splice"
+    name = library = "splice"
     methods = ("lora", "pfeiffer")
     patterns = ((r"layers\.(?P<layer>\d+)\.(?P<role>q|v|ffn)(?:_residual)?\.(?P<part>lora_A|lora_B|down|up)"
                  r"\.(?P<kind>weight|bias)$", None),)
@@ -100,7 +104,7 @@ class Splice(Trainee):
 
 
 class Peft(Trainee):
-    name = "peft"
+    name = library = "peft"
     methods = ("lora",)
     patterns = ((r"layers\.(?P<layer>\d+)\.self_attn\.(?P<role>q|v)_proj\.(?P<part>lora_A|lora_B)\.default"
                  r"\.(?P<kind>weight)$", None),)
@@ -109,6 +113,8 @@ class Peft(Trainee):
         import peft
 
         self.version = version("peft")
+        if self.quantized:  # peft's QLoRA recipe; checkpointing is this benchmark's own switch, as for every engine
+            base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
         config = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
                                  task_type="CAUSAL_LM")
         return peft.get_peft_model(base, config)
@@ -117,7 +123,7 @@ class Peft(Trainee):
 class Adapters(Trainee):
     """AdapterHub's ``adapters``; it pins transformers 4.57.x, so it runs in its own Python (see train_step.py)."""
 
-    name = "adapters"
+    name = library = "adapters"
     methods = ("lora", "pfeiffer")
     mixes_dtypes = False  # 1.3.0 multiplies the base's activations with its weights as they are
     patterns = ((r"layers\.(?P<layer>\d+)\.self_attn\.(?P<role>q|v)_proj\.loras\.\w+\.(?P<part>lora_A|lora_B)"
@@ -137,6 +143,17 @@ class Adapters(Trainee):
 
 
 TRAINEES: dict[str, type[Trainee]] = {"splice": Splice, "peft": Peft, "adapters": Adapters}
+
+
+def nonzero_start(trainee: Trainee, seed: int = 0, std: float = 0.01) -> None:
+    """Fill the tensors a fresh adapter starts at zero (LoRA's B, a bottleneck's up) with small seeded noise, so
+    the adapter changes the very first loss: equal losses then show that the engines compute the same adapter,
+    not merely the same base."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in trainee.parameters.values():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=gen) * std)
 
 
 def copy_initial_values(source: Trainee, target: Trainee) -> None:

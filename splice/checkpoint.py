@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .adapter import Adapter, check_name
-from .anatomy import Anatomy
+from .anatomy import Anatomy, quantization_summary
 from .card import model_card
 from .errors import AnatomyError, CheckpointError, ConfigError
 from .file_names import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
@@ -51,6 +51,9 @@ def write_adapter(anatomy: Anatomy, adapter: Adapter, name: str, path: str | os.
         "base": anatomy.fingerprint(),
         "parameters": adapter.num_parameters(),
     }
+    quantization = quantization_summary(anatomy.model)
+    if quantization is not None:  # informational: the adapter loads onto the float base too
+        meta["base_quantization"] = quantization
     if training is not None:
         meta["training"] = training
     check_materialised(adapter, name)

@@ -28,3 +28,7 @@ class CheckpointError(SpliceError):
 
 class DataError(SpliceError):
     """A data file or built-in data set cannot serve the requested task as given."""
+
+
+class QuantizationError(SpliceError):
+    """A quantized base cannot do what was asked as given (a library missing, a merge without dequantize)."""

@@ -11,12 +11,21 @@ from collections.abc import Mapping, Sequence
 
 from .adapter import Adapter
 from .errors import AdapterError
+from .merge_quantized import RoundingReport, check_quantized_merge, fold_quantized
 
 
-def merge_into_base(adapter: Adapter) -> None:
-    """Fold every delta of ``adapter`` into the base weights, or none of them."""
-    for site, delta in adapter.items():  # refuse before writing anything
+def merge_into_base(adapter: Adapter, name: str, dequantize: bool = False) -> RoundingReport | None:
+    """Fold every delta of ``adapter`` (called ``name``) into the base weights, or none of them.
+
+    Packed (quantized) weights are refused unless ``dequantize``: then they are dequantized, folded and
+    requantized, and the report says what that rounded (None: a float base, folded exactly)."""
+    pairs = list(adapter.items())
+    check_quantized_merge(name, pairs, dequantize)
+    for site, delta in pairs:  # refuse before writing anything
         delta.check_merge(site)
+    report = fold_quantized(pairs, "merge")
+    if report is not None:
+        return report
     done = []
     try:
         for site, delta in adapter.items():
@@ -26,12 +35,18 @@ def merge_into_base(adapter: Adapter) -> None:
         for site, delta in reversed(done):  # leave the base as it was
             delta.unmerge(site)
         raise
+    return None
 
 
-def unmerge_from_base(adapter: Adapter) -> None:
-    """Take ``adapter``'s deltas back out of the base weights (exact within float tolerance)."""
-    for site, delta in reversed(list(adapter.items())):
-        delta.unmerge(site)
+def unmerge_from_base(adapter: Adapter) -> RoundingReport | None:
+    """Take ``adapter``'s deltas back out of the base weights (exact within float tolerance; packed weights are
+    requantized again, and the report says what that rounded)."""
+    pairs = list(reversed(list(adapter.items())))
+    report = fold_quantized(pairs, "unmerge")
+    if report is None:
+        for site, delta in pairs:
+            delta.unmerge(site)
+    return report
 
 
 def check_unmerge_order(adapters: Mapping[str, Adapter], merged: Sequence[str], name: str) -> None:

@@ -21,10 +21,12 @@ from .errors import AdapterError
 from .heads import HEADS, Head, apply_heads
 from .hooks.hookset import HookSet
 from .hooks.input_grads import InputGrads
+from .merge_quantized import RoundingReport
 from .merging import check_unmerge_order, merge_into_base, unmerge_from_base
 from .methods import METHODS
 from .methods.base import MethodConfig
 from .methods.fusion import Fusion
+from .quantize import prepare_for_kbit_training
 from .routing.batch import batch_size, replicate
 from .routing.capture import GraphCapture
 from .routing.compose import BatchSplit, Parallel, Setup
@@ -222,6 +224,10 @@ class AdaptedModel(GraphCapture, nn.Module):
         ``setup`` activates a composition instead of ``name`` alone, e.g. training a
         task adapter on top of a frozen language adapter: ``train_adapter("task", Stack("lang", "task"))``.
         Several names train together (multi-task batches routed with ``adapter_names``).
+        On a quantized base (4-bit/8-bit) this also prepares it for k-bit training, as peft's
+        ``prepare_model_for_kbit_training`` does (see :func:`splice.quantize.prepare_for_kbit_training`:
+        half-precision float parameters outside the quantized layers widen to float32); the quantized
+        weights stay as they are.
         """
         names = [name] if isinstance(name, str) else list(name)
         trained = [self._get(n) for n in names]
@@ -229,6 +235,7 @@ class AdaptedModel(GraphCapture, nn.Module):
         if merged:
             raise AdapterError(f"{merged} merged into the base weights; unmerge before training.")
         self.base.requires_grad_(False)
+        prepare_for_kbit_training(self.base)
         for other in self.adapters.values():
             other.requires_grad_(any(other is a for a in trained))
         self.activate(setup if setup is not None else names)
@@ -288,8 +295,13 @@ class AdaptedModel(GraphCapture, nn.Module):
         return approximation
 
     # -- merging -------------------------------------------------------------------------
-    def merge(self, name: str) -> None:
-        """Fold a mergeable adapter (LoRA, IA³, BitFit, ...) into the base weights: zero cost at inference."""
+    def merge(self, name: str, dequantize: bool = False) -> RoundingReport | None:
+        """Fold a mergeable adapter (LoRA, IA³, BitFit, ...) into the base weights: zero cost at inference.
+
+        On a quantized base (bitsandbytes, torchao) the packed weights cannot take the delta exactly, so
+        this refuses unless ``dequantize=True``: then each touched layer is dequantized, the delta added,
+        and the layer requantized; the returned :class:`~splice.merge_quantized.RoundingReport` says how
+        much that rounding moved the weights (None on a float base, where the merge is exact)."""
         adapter = self._get(name)
         if not adapter.config.mergeable:
             mergeable = ", ".join(cls.__name__ for cls in METHODS.values() if cls.mergeable)
@@ -299,19 +311,21 @@ class AdaptedModel(GraphCapture, nn.Module):
             )
         if name in self._merged:
             raise AdapterError(f"{name!r} is already merged.")
-        merge_into_base(adapter)
+        report = merge_into_base(adapter, name, dequantize)
         self._merged.append(name)
         self._replan()
-
-    def unmerge(self, name: str) -> None:
-        """Take a merged adapter back out of the base weights (exact within float tolerance)."""
+        return report
+    def unmerge(self, name: str) -> RoundingReport | None:
+        """Take a merged adapter back out of the base weights (exact within float tolerance; on a quantized
+        base, requantized again: the returned report says what that rounded)."""
         adapter = self._get(name)
         if name not in self._merged:
             raise AdapterError(f"{name!r} is not merged.")
         check_unmerge_order(self.adapters, self._merged, name)
-        unmerge_from_base(adapter)
+        report = unmerge_from_base(adapter)
         self._merged.remove(name)
         self._replan()
+        return report
 
     def detach(self) -> nn.Module:
         """Remove every hook and return the base model (merged adapters stay folded in)."""

@@ -337,13 +337,14 @@ def test_dora_merge_order_is_enforced():
 
 
 @pytest.mark.parametrize("config", [DoRA(r=2, targets=("q",)), LoRA(r=2, targets=("q",), init="pissa")])
-def test_methods_reading_the_base_weight_refuse_a_packed_one(config):
-    """DoRA's norm and PiSSA's start read W; a packed (quantized) weight is refused by name, the model unchanged."""
+def test_methods_reading_the_base_weight_refuse_a_packed_one_they_cannot_dequantize(config):
+    """DoRA's norm and PiSSA's start read W; a packed weight of no quantized layer type splice knows is refused by
+    name, the model unchanged (a bitsandbytes/torchao one is dequantized: tests/test_quantized.py)."""
     base = tiny_model("bert")
     query = base.encoder.layer[0].attention.self.query
     query.weight = torch.nn.Parameter(torch.zeros(query.weight.shape, dtype=torch.int8), requires_grad=False)
     model = splice.attach(base)
-    with pytest.raises(splice.AdapterError, match="quantized layer"):
+    with pytest.raises(splice.AdapterError, match="cannot dequantize"):
         model.add("x", config)
     assert not model.adapters
 

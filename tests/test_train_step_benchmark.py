@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import torch
 import transformers
 
 from helpers import benchmark_module
@@ -77,3 +78,43 @@ def test_a_trainable_tensor_outside_the_adapter_is_refused(bench):
     trainee.model.base.lm_head.weight.requires_grad_(True)
     with pytest.raises(RuntimeError, match="lm_head"):
         keyed(trainee.model, trainee.patterns)
+
+
+def test_quick_quantized_run_compares_qlora_with_peft_and_the_float_base(bench, tmp_path, capsys):
+    """``--quantize nf4``: splice and peft's QLoRA on the same NF4 base, then both on the float base; the losses
+    agree from a start where LoRA's B is not zero, and the memory saved against the float run is reported."""
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "train_step.json"
+    result = bench.main(["--quick", "--quantize", "nf4", "--batch", "2x16", "--rounds", "1", "--check-steps", "2",
+                         "--threads", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert result["meta"]["quantize"] == "nf4" and json.loads(out.read_text()) == result
+    rows = result["rows"]
+    assert {(r["engine"], r["base"]) for r in rows} == {(e, b) for e in ("splice", "peft") for b in ("nf4", "float32")}
+    for r in rows:
+        assert r["method"] == "lora" and r["trainable"] == lora_qv_count(bench.SIZES["tiny"])
+        assert r["ms"] > 0 and r["peak_mib"] > 0 and r["load_mib"] > 0
+    on = {(r["engine"], r["base"]): r["losses"] for r in rows}
+    assert on["splice", "nf4"] != on["splice", "float32"], "the NF4 base must be the one trained"
+    assert {c["base"] for c in result["comparisons"]} == {"nf4", "float32"}
+    assert all(c["loss_gap"] < 1e-4 for c in result["comparisons"])
+    nf4_goal = next(g for g in result["goals"] if g["base"] == "nf4")
+    assert nf4_goal["goal_time"] == 1.05 and "goal lora on nf4" in printed
+    assert {(v["engine"], v["base"]) for v in result["savings"]} == {("splice", "nf4"), ("peft", "nf4")}
+    weights = {(r["engine"], r["base"]): r["weights_mib"] for r in rows}
+    assert weights["splice", "nf4"] < weights["splice", "float32"]
+    assert "vs float" in printed
+
+
+def test_the_adapter_starts_away_from_zero_so_the_first_loss_depends_on_it(bench):
+    """A fresh LoRA's B is zero, so equal first losses would only show an equal base: the benchmark fills it."""
+    from train_engines import nonzero_start
+
+    args = bench.parse_args(["--quick", "--batch", "2x16"])
+    make = bench.make_model_factory(args, transformers.AutoModelForCausalLM)
+    batch = bench.make_batch(args)
+    plain, started = (bench.TRAINEES["splice"](make(), "lora", 1e-3) for _ in range(2))
+    nonzero_start(started)
+    assert all(p.any() for p in started.parameters.values())
+    with torch.no_grad():
+        assert started.model(**batch).loss != plain.model(**batch).loss

@@ -86,12 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 # enum registrations torch.compile no longer needs. Four such lines before every training run bury splice's
 # own output; a command that uses torchao still hears its errors.
 _IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+# bitsandbytes' int8 matmul warns on every call that its float32 input will be cast to float16 (what int8 always
+# does, on every layer of every forward): with --quantize int8 it would flood a CLI run's output.
+_QUANTIZED_NOISE = ("bitsandbytes.autograd._functions",)
 
 
 def _quiet_optional_imports() -> None:
-    """Raise the import-noise loggers to ERROR for this command line run (an application's choice, not the
+    """Raise the noisy libraries' loggers to ERROR for this command line run (an application's choice, not the
     library's: ``import splice`` leaves every logger as it is)."""
-    for name in _IMPORT_NOISE:
+    for name in _IMPORT_NOISE + _QUANTIZED_NOISE:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

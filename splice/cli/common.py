@@ -78,14 +78,29 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                              "(AutoModelForCausalLM), seq-cls (AutoModelForSequenceClassification)")
 
 
-def load_base(name_or_path: str, model_class: str):
-    """The Hugging Face model in a local folder or built-in demo model, in eval mode (never looked up online)."""
+def add_quantize_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--quantize`` and ``--compute-dtype``: store the frozen base in 4 or 8 bits (the adapters stay float)."""
+    from ..quantize import COMPUTE_DTYPES, QUANTIZATIONS
+
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                        help="load the base quantized: nf4 / fp4 / int8 (bitsandbytes) or torchao-int8 (torchao "
+                             "int8 weight-only); adapters stay float (the quantize extra)")
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES,
+                        help="dtype 4-bit layers compute in (default: float32)")
+
+
+def load_base(name_or_path: str, model_class: str, quantize: str | None = None, compute_dtype: str | None = None,
+              **kwargs):
+    """The Hugging Face model in a local folder or built-in demo model, in eval mode (never looked up online),
+    stored as ``quantize`` (see :mod:`splice.quantize`) when given; ``kwargs`` go to ``from_pretrained``."""
     import transformers
 
     from ..assets import model_path
+    from ..quantize import load_pretrained
 
     auto = getattr(transformers, MODEL_CLASSES[model_class])
-    return auto.from_pretrained(str(model_path(name_or_path)), local_files_only=True).eval()
+    return load_pretrained(auto, str(model_path(name_or_path)), quantize, compute_dtype or "float32",
+                           local_files_only=True, **kwargs).eval()
 
 
 def split_sizes(text: str) -> tuple[float, ...]:
@@ -105,8 +120,10 @@ def attach_base(args: argparse.Namespace, steps: Steps):
     """Load ``--model`` with ``--model-class`` and attach splice to it."""
     from ..model import attach
 
-    with steps(f"loading {MODEL_CLASSES[args.model_class]} from {args.model}"):
-        return attach(load_base(args.model, args.model_class))
+    quantize = getattr(args, "quantize", None)
+    stored = f" ({quantize})" if quantize else ""
+    with steps(f"loading {MODEL_CLASSES[args.model_class]} from {args.model}{stored}"):
+        return attach(load_base(args.model, args.model_class, quantize, getattr(args, "compute_dtype", None)))
 
 
 class Steps:

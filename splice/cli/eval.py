@@ -11,7 +11,7 @@ import argparse
 import json
 
 from ..errors import SpliceError
-from .common import Steps, adapter_path, add_command, split_sizes
+from .common import Steps, adapter_path, add_command, add_quantize_options, split_sizes
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -25,6 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--sizes", metavar="A,B,C", help="split sizes (default: the training run's)")
     parser.add_argument("--data-seed", type=int, help="split seed (default: the training run's)")
     parser.add_argument("--model", metavar="NAME_OR_PATH", help="base model (default: the one it was trained on)")
+    add_quantize_options(parser)
     parser.add_argument("--max-length", type=int, help="tokens per example (default: the training run's)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.set_defaults(run=run)
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     steps = Steps(args.quiet)
     with steps(f"loading {args.adapter}"):
-        loaded = load_adapters([adapter_path(args.adapter)], args.model)
+        loaded = load_adapters([adapter_path(args.adapter)], args.model, args.quantize, args.compute_dtype)
     training = loaded.training
     data = args.data or training.get("data_source")
     if not data:

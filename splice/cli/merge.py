@@ -7,6 +7,8 @@ interrupted merge leaves nothing half-written. An adapter's own copy of a base
 head (``head="classifier"``, peft's ``modules_to_save``) replaces that head in
 the saved model; a splice prediction head is not part of any base model, so an
 adapter with one is refused. Tokenizer files beside the base are copied along.
+With ``--quantize`` the base is loaded as the adapter was trained on it (e.g. nf4) and dequantized to
+float32 before the merge, so the merge is exact and the saved model is a float model.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import SpliceError
-from .common import Steps, adapter_path, add_command, add_model_options, attach_base
+from .common import Steps, adapter_path, add_command, add_model_options, add_quantize_options, attach_base, load_base
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +43,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("adapter", metavar="ADAPTER",
                         help="adapter folder (or a splice train run folder), or name@version in the hub")
     add_model_options(parser)
+    add_quantize_options(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the merged model")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a model folder already at --out (never a folder without config.json)")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import write_folder
 
     steps = Steps(args.quiet)
-    model = attach_base(args, steps)
+    model = _quantized_then_float(args, steps) if args.quantize else attach_base(args, steps)
     with steps(f"reading {args.adapter}"):
         name = model.load(adapter_path(args.adapter))
     head = model.adapters[name].head_spec()
@@ -76,6 +79,16 @@ def run(args: argparse.Namespace) -> int:
         write_folder(out, lambda staging: _save(base, source, staging), marker=MODEL_MARKER)
     print(out)
     return 0
+
+
+def _quantized_then_float(args: argparse.Namespace, steps: Steps):
+    """The base as the adapter was trained on it (stored as ``--quantize``), dequantized to float32 and
+    attached, so the merge is exact and the saved model is an ordinary float model."""
+    from ..model import attach
+    from ..quantize import dequantize_model
+
+    with steps(f"loading {args.model} ({args.quantize}) and dequantizing it to float32"):
+        return attach(dequantize_model(load_base(args.model, args.model_class, args.quantize, args.compute_dtype)))
 
 
 def _copy_head(base: torch.nn.Module, path: str, head: torch.nn.Module, name: str) -> None:

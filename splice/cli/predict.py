@@ -12,7 +12,7 @@ import json
 import sys
 
 from ..errors import SpliceError
-from .common import Steps, adapter_path, add_command
+from .common import Steps, adapter_path, add_command, add_quantize_options
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                              "adapters")
     parser.add_argument("--file", metavar="PATH", help="read texts from a file (.txt lines, CSV or JSONL 'text')")
     parser.add_argument("--model", metavar="NAME_OR_PATH", help="base model (default: the one it was trained on)")
+    add_quantize_options(parser)
     parser.add_argument("--max-length", type=int, default=256, help="tokens per input (default 256)")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="causal LM: tokens to generate (default 40)")
     parser.add_argument("--raw", action="store_true",
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not texts:
         raise SpliceError("No texts to predict: give them as arguments, with --file, or on standard input ('-').")
     with Steps(args.quiet)(f"loading {', '.join(args.adapter)}"):
-        loaded = load_adapters([adapter_path(a) for a in args.adapter], args.model)
+        loaded = load_adapters([adapter_path(a) for a in args.adapter], args.model, args.quantize, args.compute_dtype)
     inputs = texts if args.raw or loaded.task != "causal-lm" else [_as_trained(loaded.training, t) for t in texts]
     results = {folder: predict(loaded, name, inputs, args.max_length, args.max_new_tokens)
                for folder, name in zip(args.adapter, loaded.names)}

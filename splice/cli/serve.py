@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SpliceError
-from .common import Steps, add_command, table
+from .common import Steps, add_command, add_quantize_options, table
 from .serve_app import build_app
 
 DEFAULT_MODEL = "minilm"
@@ -22,6 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                              f"(default: {DEFAULT_MODEL})")
     parser.add_argument("--model-class", choices=["auto", "base", "causal-lm"], default="auto",
                         help="auto (the default): causal-lm when the folder's config names a causal LM, else base")
+    add_quantize_options(parser)
     parser.add_argument("--adapters", action="append", default=[], metavar="DIR_OR_REGISTRY",
                         help="a folder of adapter folders, one adapter folder, a registry folder, or 'hub' "
                              "(the default registry); repeat for several")

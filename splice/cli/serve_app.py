@@ -53,8 +53,13 @@ def build_engine(args: argparse.Namespace, steps: Steps):
     folder = model_path(args.model)
     model_class = args.model_class if args.model_class != "auto" else _model_class(folder)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    with steps(f"loading {args.model} ({model_class}) on {device}"):
-        model = attach(load_base(str(folder), model_class).to(device))
+    stored = f", {args.quantize}" if args.quantize else ""
+    with steps(f"loading {args.model} ({model_class}{stored}) on {device}"):
+        if args.quantize:  # quantized layers are placed as they load; bitsandbytes' int8 refuses .to()
+            model = attach(load_base(str(folder), model_class, args.quantize, args.compute_dtype,
+                                     device_map={"": device}))
+        else:
+            model = attach(load_base(str(folder), model_class).to(device))
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     engine = Engine(model, tokenizer, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                     max_queue=args.max_queue, device_slots=args.device_slots, memory_slots=args.memory_slots,

@@ -17,7 +17,7 @@ import sys
 
 from ..errors import ConfigError
 from ..train.config import TrainConfig
-from .common import Steps, add_command, human_size, split_sizes
+from .common import Steps, add_command, add_quantize_options, human_size, split_sizes
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
@@ -79,6 +79,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     group.add_argument("--option", dest="options", action="append", metavar="KEY=VALUE",
                       help="a method option, VALUE read as JSON if it parses (e.g. --option reduction_factor=8 "
                            "--option 'targets=[\"q\",\"v\"]'); repeatable")
+    add_quantize_options(group)
     option(group, "--out", "output folder (default: out/<data>-<method>)", metavar="DIR")
     option(group, "--head-layers", "classifier head depth: 1 = linear, 2 = dense + output (default 2; tagging 1)",
            type=int, metavar="N")

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..anatomy import Anatomy, Site, linear_weight
+from ..anatomy import Anatomy, Site, dequantized_weight, is_quantized, linear_weight
 from ..errors import AdapterError, ConfigError
 
 STAGES = ("output", "input", "soft", "composite")  # how the hooks run a delta: see Delta
@@ -392,14 +392,15 @@ def add_to_rows(module: nn.Module, columns, delta: torch.Tensor) -> None:
 
 
 def float_weight(site: Site, what: str) -> torch.Tensor:
-    """``site``'s module weight as ``[out, in]`` floats, for methods that read the base weight itself, or a
-    clear error where it is stored packed (a quantized base)."""
+    """``site``'s module weight as ``[out, in]`` floats, for methods that read the base weight itself (DoRA's
+    norms, PiSSA's start): on a quantized base, the weight the layer computes with, dequantized (as peft's
+    QDoRA does) — a fresh tensor each call, the packed one untouched."""
+    if is_quantized(site.module):
+        return dequantized_weight(site.module)
     weight = linear_weight(site.module)
     if not weight.is_floating_point():
-        raise AdapterError(
-            f"{what} reads the base weight at {site.key}, which is stored as {weight.dtype} "
-            f"({type(site.module).__name__}: a quantized layer); load the base unquantized for it."
-        )
+        raise AdapterError(f"{what} reads the base weight at {site.key}, which is stored as {weight.dtype} "
+                           f"({type(site.module).__name__}); splice cannot dequantize it.")
     return weight
 
 

@@ -17,6 +17,7 @@ from ..data import Columns
 from ..data.load import describe
 from ..data.tables import dataset_name, is_dataset
 from ..errors import ConfigError
+from ..quantize import check_choice
 
 TASKS = ("classification", "tagging", "causal-lm")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -31,6 +32,8 @@ class TrainConfig:
 
     # what to train
     model: str = "minilm"                 # local folder or built-in demo model name (splice.assets.BUILTIN_MODELS)
+    quantize: str | None = None           # store the frozen base as nf4 / fp4 / int8 / torchao-int8 (QLoRA)
+    compute_dtype: str = "float32"        # dtype 4-bit layers compute in
     # file, folder (save_to_disk ones too), built-in dataset name (splice.data.BUILTIN_DATA), or a 🤗 datasets
     # Dataset / DatasetDict object (a DatasetDict's own splits are kept)
     data: Any = "tweet-sentiment"
@@ -97,6 +100,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("Give epochs > 0 or max_steps > 0: there is nothing to train otherwise.")
+        if self.quantize is not None:
+            check_choice(self.quantize, self.compute_dtype)
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience counts evaluations without improvement; it must be >= 1, got {self.patience}.")
 

@@ -38,8 +38,11 @@ class Loaded:
     training: dict  # the first adapter's training record ({} if it was not made by splice train)
 
 
-def load_adapters(folders: Sequence[str | Path], model: str | None = None) -> Loaded:
-    """Load every adapter folder onto one base; they must share the task and (unless ``model`` is given) the model."""
+def load_adapters(folders: Sequence[str | Path], model: str | None = None, quantize: str | None = None,
+                  compute_dtype: str | None = None) -> Loaded:
+    """Load every adapter folder onto one base; they must share the task and (unless ``model`` is given) the model.
+
+    ``quantize`` stores the base in 4 or 8 bits (:mod:`splice.quantize`), whatever it was trained under."""
     metas = [read_meta(Path(folder)) for folder in folders]
     tasks = {task_of(meta, Path(folder)) for meta, folder in zip(metas, folders)}
     if len(tasks) != 1:
@@ -49,7 +52,7 @@ def load_adapters(folders: Sequence[str | Path], model: str | None = None) -> Lo
     base_name = model or base_of(metas[0], Path(folders[0]))
     if model is None and any(base_of(m, Path(f)) != base_name for m, f in zip(metas, folders)):
         raise SpliceError("These adapters were trained on different models; pass --model to choose one base.")
-    backbone, tokenizer = load_backbone(base_name, task)
+    backbone, tokenizer = load_backbone(base_name, task, quantize, compute_dtype or "float32")
     adapted = attach(backbone.eval())
     names = [adapted.load(folder, name=f"{i}-{Path(folder).resolve().parent.name}"[:128]
                           if len(folders) > 1 else None) for i, folder in enumerate(folders)]

@@ -27,7 +27,7 @@ import torch
 
 from ..checkpoint import write_adapter
 from ..data import Splits, load_data
-from ..errors import SpliceError
+from ..errors import QuantizationError, SpliceError
 from ..folders import write_folder
 from ..methods import recipe
 from ..model import attach
@@ -78,7 +78,10 @@ def train(config: TrainConfig, command: str | None = None, say=print, progress: 
     say(f"data: {splits.source}: {len(splits.train):,} train / {len(splits.validation):,} validation / "
         f"{len(splits.test):,} test rows")
 
-    base, tokenizer = load_backbone(config.model, config.task)
+    if config.quantize and plan.trains_base:
+        raise QuantizationError(f"--method {config.method} trains the base's own weights, which a quantized base "
+                                "stores packed; drop --quantize, or train an adapter method on the quantized base.")
+    base, tokenizer = load_backbone(config.model, config.task, config.quantize, config.compute_dtype)
     set_seed(config.seed)  # the adapter's and head's initial weights are part of the run: same seed, same start
     model = attach(base)
     name = adapter_name(config)
@@ -252,6 +255,7 @@ def run_record(config: TrainConfig, splits: Splits, counts: dict, command: str |
             "epochs": config.epochs, "learning_rate": config.rate,
             "seed": config.seed, "data_seed": config.data_seed,
             "trainable_percent": round(counts["trainable_percent"], 4), "command": command or "",
+            **({"quantize": config.quantize, "compute_dtype": config.compute_dtype} if config.quantize else {}),
             **({"fine_tuned_model": "../model"} if recipe(config.method).trains_base else {})}
 
 

@@ -43,6 +43,11 @@ class AdapterTrainer(Trainer):
 
     def __init__(self, *args, adapter_name: str, record: dict | None = None, lora_plus_ratio: float | None = None,
                  **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        if model is not None:
+            # The Trainer refuses a quantized base unless it sees peft's flag for "trainable adapters attached";
+            # splice's adapters are exactly that (and the model reads is_quantized from its base).
+            model._hf_peft_config_loaded = True
         super().__init__(*args, **kwargs)
         self.adapter_name, self.record, self.lora_plus_ratio = adapter_name, record, lora_plus_ratio
 
