@@ -11,6 +11,8 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from tiny_models import tiny_inputs, tiny_model
+
 # Checkpoints written by the real peft and AdapterHub libraries (tests/fixtures/peers/README.md).
 PEERS = Path(__file__).parent / "fixtures" / "peers"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -105,3 +107,23 @@ TINY_OPTIONS = {
     "compacter": {"reduction_factor": 4},
     "compacter++": {"reduction_factor": 4, "phm_rank": 2, "factorized_phm_rule": True},
 }
+
+
+def randomise(module: torch.nn.Module, std: float = 0.2, seed: int = 3) -> None:
+    """Noise on every trainable tensor (peft's fresh LoRA is the identity), so an adapter really changes outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * std)
+
+
+def peft_folder(tmp_path: Path, model_type: str, head: str, config) -> tuple[Path, torch.Tensor]:
+    """A peft adapter with random weights saved by peft itself, and peft's output on padded inputs."""
+    import peft  # a test extra, as the peft fixtures' tests need
+
+    peft_model = peft.get_peft_model(tiny_model(model_type, head), config)
+    randomise(peft_model)
+    folder = tmp_path / "peft"
+    peft_model.save_pretrained(folder)
+    return folder, main_output(peft_model.eval(), tiny_inputs(model_type, padded=True))

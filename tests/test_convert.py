@@ -18,7 +18,7 @@ import splice
 from splice import IA3, AdapterError, Bottleneck, CheckpointError, LoRA
 from splice.convert import detect_format
 
-from helpers import PEERS, hook_count, main_output, perturb
+from helpers import PEERS, hook_count, main_output, peft_folder, perturb, randomise
 from tiny_models import tiny_inputs, tiny_model
 
 peft = pytest.importorskip("peft")
@@ -53,15 +53,6 @@ def refuses(model, folder: Path, *words: str, error=CheckpointError) -> None:
     for word in words:
         assert word in str(caught.value), f"{word!r} not in: {caught.value}"
     assert_untouched(model, before)
-
-
-def randomise(module: torch.nn.Module, std: float = 0.2) -> None:
-    """Random values for every trainable parameter (peft's fresh LoRA is the identity)."""
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * std)
 
 
 def edit_config(folder: Path, **changes) -> None:
@@ -122,15 +113,6 @@ PEFT_CASES = {
     "gpt2-fused-ia3": ("gpt2", "lm", lambda: peft.IA3Config(target_modules=["c_attn", "mlp.c_proj"],
                                                             feedforward_modules=["mlp.c_proj"])),
 }
-
-
-def peft_folder(tmp_path: Path, model_type: str, head: str, config) -> tuple[Path, torch.Tensor]:
-    """A peft adapter with random weights saved by peft itself, and peft's output on padded inputs."""
-    peft_model = peft.get_peft_model(tiny_model(model_type, head), config)
-    randomise(peft_model)
-    folder = tmp_path / "peft"
-    peft_model.save_pretrained(folder)
-    return folder, main_output(peft_model.eval(), tiny_inputs(model_type, padded=True))
 
 
 @pytest.mark.parametrize("case", list(PEFT_CASES))

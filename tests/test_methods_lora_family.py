@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,21 +18,12 @@ from transformers import AutoModelForCausalLM
 import splice
 from splice import CheckpointError, ConfigError, DoRA, LoRA, VeRA
 
-from helpers import PEERS, main_output, perturb, rows_alone, state_copy
+from helpers import PEERS, main_output, peft_folder, perturb, randomise, rows_alone, state_copy
 from tiny_models import tiny_inputs, tiny_model
 
 peft = pytest.importorskip("peft")
 
 TOLERANCE = 1e-4
-
-
-def randomise(module: torch.nn.Module, std: float = 0.2, seed: int = 3) -> None:
-    """Noise on every trainable tensor, so an adapter really changes outputs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * std)
 
 
 @pytest.mark.parametrize("case", ["peft_llama_dora", "peft_llama_vera"])
@@ -76,15 +66,6 @@ PEFT_CASES = {
     "llama-vera-one-layer": ("llama", "lm", lambda: peft.VeraConfig(
         r=4, target_modules=["q_proj", "down_proj"], layers_to_transform=[1])),
 }
-
-
-def peft_folder(tmp_path: Path, model_type: str, head: str, config) -> tuple[Path, torch.Tensor]:
-    """A peft adapter with random weights saved by peft itself, and peft's output on padded inputs."""
-    peft_model = peft.get_peft_model(tiny_model(model_type, head), config)
-    randomise(peft_model)
-    folder = tmp_path / "peft"
-    peft_model.save_pretrained(folder)
-    return folder, main_output(peft_model.eval(), tiny_inputs(model_type, padded=True))
 
 
 @pytest.mark.parametrize("case", list(PEFT_CASES))
