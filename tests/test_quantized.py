@@ -237,3 +237,12 @@ def test_kbit_preparation_widens_a_bfloat16_load_to_float32_and_leaves_the_quant
     for name, m in base.named_modules():
         if name in packed:
             assert_same_state(m, layers[name])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_base_is_counted_at_its_logical_size_on_a_quantized_load(kind):
+    """A packed NF4 weight holds two values per byte: the trainable share must not double on a 4-bit base."""
+    from splice.anatomy.quantized import parameter_count
+
+    float_base = AutoModelForCausalLM.from_pretrained(str(LLAMA))
+    assert parameter_count(quantized(kind).base) == parameter_count(float_base) == float_base.num_parameters()

@@ -54,7 +54,7 @@ def test_quick_run_prints_ratios_and_writes_json(bench, tmp_path, capsys):
         assert c["time"] == pytest.approx(mine["ms"] / peer["ms"])
         assert c["memory"] == pytest.approx(mine["peak_mib"] / peer["peak_mib"])
     assert [g["method"] for g in result["goals"]][0] == "lora"
-    assert "splice ÷" in printed and "goal lora (ckpt off)" in printed
+    assert "splice ÷" in printed and "goal lora on float32 (ckpt off)" in printed
     assert f"peft {result['meta']['versions']['peft']}" in printed
 
 

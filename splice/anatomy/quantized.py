@@ -146,3 +146,17 @@ def quantization_summary(model: nn.Module) -> dict | None:
     if dtype is not None and any(kind in ("nf4", "fp4") for kind in counts):
         summary["compute_dtype"] = str(dtype).replace("torch.", "")
     return summary
+
+
+def parameter_count(model: nn.Module) -> int:
+    """``model``'s parameters, a quantized layer's weight counted at its logical size (in × out): a packed
+    4-bit weight holds two values per byte, so its ``numel()`` would halve the count."""
+    total = 0
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if name == "weight" and is_quantized(module):
+                in_features, out_features = features(module)
+                total += in_features * out_features
+            else:
+                total += parameter.numel()
+    return total

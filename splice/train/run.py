@@ -208,7 +208,9 @@ def adapter_name(config: TrainConfig) -> str:
 
 
 def parameter_counts(model, name: str) -> dict:
-    base = sum(p.numel() for p in model.base.parameters())
+    from ..anatomy.quantized import parameter_count
+
+    base = parameter_count(model.base)  # a packed 4-bit weight's numel() is half its size
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "base_parameters": base, "trainable_percent": 100 * trainable / base,
             "adapter_parameters": model.adapters[name].num_parameters()}
