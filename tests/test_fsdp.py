@@ -14,10 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fsdp_worker
 import pytest
 import torch
 from safetensors.torch import load_file
+
+import fsdp_worker
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
