@@ -192,13 +192,13 @@ def test_convert_peft_to_splice_to_peft(capsys, tmp_path):
 
 def test_convert_refusals_are_one_line(capsys, tmp_path, lora_dir, bert_dir):
     pfeiffer = PEERS / "adapters_bert_pfeiffer"
-    compacter = tmp_path / "compacter"  # an AdapterHub option splice does not implement
+    compacter = tmp_path / "compacter"  # a Compacter folder without the shared rule its config says it has
     shutil.copytree(pfeiffer / "adapter", compacter)
     config = json.loads((compacter / "adapter_config.json").read_text())
     config["config"]["phm_layer"] = True
     (compacter / "adapter_config.json").write_text(json.dumps(config))
     refused(capsys, "convert", compacter, tmp_path / "x", "--model", pfeiffer / "base", "--to", "splice",
-            words=("phm_layer", "Compacter"))
+            words=("Compacter", "shared rule"))
     assert not (tmp_path / "x").exists()
 
     model = adapted(bert_dir)
@@ -301,7 +301,7 @@ def test_merge_refusals(capsys, bert_dir, lora_dir, tmp_path):
     model.add("bn", Bottleneck())
     model.save("bn", tmp_path / "bn")
     refused(capsys, "merge", tmp_path / "bn", "--model", bert_dir, "--out", tmp_path / "m",
-            words=("cannot be merged", "BitFit, IA3, LoRA"))
+            words=("cannot be merged", "mergeable methods are", "LoRA", "IA3"))
     model.add("headed", LoRA(r=2), head=splice.heads.Classification(num_labels=2))
     model.save("headed", tmp_path / "headed")
     refused(capsys, "merge", tmp_path / "headed", "--model", bert_dir, "--out", tmp_path / "m",

@@ -18,7 +18,7 @@ import torch
 import splice
 from splice.methods import BUILT_IN
 
-from helpers import assert_same_state, descend, greedy, perturb, state_copy
+from helpers import TINY_OPTIONS, assert_same_state, descend, greedy, perturb, state_copy
 from tiny_models import ARCHITECTURES, DECODERS, tiny_config, tiny_inputs, tiny_model
 
 METHODS = {
@@ -35,8 +35,8 @@ def test_every_soft_method_of_the_registry_is_covered():
     anatomy = splice.Anatomy(tiny_model("llama"))
     soft = set()
     for cls in BUILT_IN.values():
-        for recipe in cls.training_recipes().values():
-            config = recipe.config({})
+        for name, recipe in cls.training_recipes().items():
+            config = recipe.config(TINY_OPTIONS.get(name, {}))
             if any(config.build(site, anatomy).stage == "soft" for site in config.sites(anatomy)):
                 soft.add(type(config))
     covered = {type(make()) for make in METHODS.values()}

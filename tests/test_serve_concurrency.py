@@ -220,7 +220,9 @@ def test_a_row_with_a_tiny_top_p_decodes_greedily_beside_others(tmp_path):
     answers = batched_together(app, [GenerateJob("g0", prompts=["hello"], max_tokens=5, temperature=0), tiny])
     assert answers[0][0]["text"] == greedy_alone(reference, "g0", "hello", 5)
     assert answers[1][0]["text"] == greedy_alone(reference, "g1", "hi", 5)
-    assert app.state.engine.metrics.batch_rows.count(kind="generate") <= 4  # shared steps: nothing was retried
+    # decode steps: 4 each, shared, the second row joining up to a step or two later; a step retried row by row
+    # (what a NaN from the tiny top_p would cause) runs each row alone, 8 or more
+    assert app.state.engine.metrics.batch_rows.count(kind="generate") <= 6
 
 
 class HeldTokenizer:

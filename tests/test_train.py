@@ -27,6 +27,7 @@ from splice.cli import main
 from splice.methods import BUILT_IN
 from splice.train import TrainConfig, train
 
+from helpers import TINY_OPTIONS
 from train_fixtures import save_tiny, sentiment_csv, tagging_conll, text_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +137,9 @@ TRAINED = [name for cls in BUILT_IN.values() for name in cls.training_recipes() 
 @pytest.mark.parametrize("method", TRAINED)
 def test_every_method_trains_and_evaluates(files, tmp_path, capsys, method):
     out = tmp_path / method
-    assert run(capsys, *quick(files, out, "--method", method, "--epochs", "1"))[0] == 0
+    options = [arg for key, value in TINY_OPTIONS.get(method, {}).items()
+               for arg in ("--option", f"{key}={json.dumps(value)}")]
+    assert run(capsys, *quick(files, out, "--method", method, "--epochs", "1", *options))[0] == 0
     meta = json.loads((out / "adapter" / "adapter.json").read_text())
     assert meta["training"]["method"] == method
     trained = load_file(out / "adapter" / "adapter.safetensors")

@@ -52,8 +52,9 @@ class Compacter(Bottleneck):
     recipes: ClassVar[Mapping[str, Recipe]] = {
         "compacter": Recipe({"placement": "houlsby", "reduction_factor": 32, "non_linearity": "gelu"}, 1e-3,
                             help="PHM bottlenecks after attention and FFN (Mahabadi et al. 2021)"),
-        "compacter++": Recipe({"placement": "pfeiffer", "residual_input": True, "reduction_factor": 32,
-                               "non_linearity": "gelu"}, 1e-3,
+        # placed as splice's pfeiffer recipe is: reading the residual stream needs an ffn_residual role, which
+        # not every model's layout has (ViT's does not); Compacter(residual_input=True) asks for it by name
+        "compacter++": Recipe({"placement": "pfeiffer", "reduction_factor": 32, "non_linearity": "gelu"}, 1e-3,
                               help="one PHM bottleneck after the FFN (Compacter++, Mahabadi et al. 2021)"),
     }
 

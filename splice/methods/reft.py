@@ -128,9 +128,17 @@ class ReFTUnit(nn.Module):
         projection = nn.Linear(width, config.r, bias=False)
         self.projection = (nn.utils.parametrizations.orthogonal(projection, orthogonal_map=config.orthogonal_map)
                            if config.orthogonality else projection)
+        if config.orthogonality and self.learned_source.weight.is_meta:
+            # On the meta device (a loader's shape check) torch leaves the trivialization's base unset, which
+            # a real build saves: give it its shape so the layouts compare.
+            mapping = self.projection.parametrizations.weight[0]
+            if getattr(mapping, "base", None) is None:
+                mapping.base = torch.empty(max(width, config.r), max(width, config.r), device="meta")
         self.subtract = config.subtract_projection
         self.act = ACTIVATIONS[config.non_linearity]() if config.non_linearity else nn.Identity()
-        if config.init == "identity":  # act(W h + b) - P h = 0 (subtracting kinds), or act(0) = 0 (DiReFT)
+        # act(W h + b) - P h = 0 (subtracting kinds), or act(0) = 0 (DiReFT). Values only: a build on the meta
+        # device (a loader's shape check) has none, and torch's orthogonal map cannot be read there.
+        if config.init == "identity" and not self.learned_source.weight.is_meta:
             with torch.no_grad():
                 self.learned_source.bias.zero_()
                 self.learned_source.weight.copy_(self.projection.weight if self.subtract else 0.0)
