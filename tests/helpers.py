@@ -118,12 +118,14 @@ def randomise(module: torch.nn.Module, std: float = 0.2, seed: int = 3) -> None:
                 p.add_(torch.randn(p.shape, generator=gen) * std)
 
 
-def peft_folder(tmp_path: Path, model_type: str, head: str, config) -> tuple[Path, torch.Tensor]:
-    """A peft adapter with random weights saved by peft itself, and peft's output on padded inputs."""
+def peft_folder(tmp_path: Path, model_type: str, head: str, config, std: float = 0.2,
+                seed: int = 3) -> tuple[Path, torch.Tensor]:
+    """A peft adapter with random weights (``randomise``) saved by peft itself, and peft's output on padded
+    inputs."""
     import peft  # a test extra, as the peft fixtures' tests need
 
     peft_model = peft.get_peft_model(tiny_model(model_type, head), config)
-    randomise(peft_model)
+    randomise(peft_model, std, seed)
     folder = tmp_path / "peft"
     peft_model.save_pretrained(folder)
     return folder, main_output(peft_model.eval(), tiny_inputs(model_type, padded=True))

@@ -24,6 +24,7 @@ from splice.methods.boft import butterfly_order
 from splice.methods.lokr import factorization
 
 from helpers import PEERS, main_output, perturb, rows_alone
+from helpers import peft_folder as shared_peft_folder
 from tiny_models import tiny_inputs, tiny_model
 
 peft = pytest.importorskip("peft")
@@ -75,21 +76,9 @@ PEFT_CASES = {
 }
 
 
-def randomise_adapter(peft_model, seed=0) -> None:
-    """Noise on the adapter's tensors only (the trainable ones), so that it changes the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in peft_model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=gen) * 0.1)
-
-
 def peft_folder(tmp_path: Path, model_type: str, head: str, config) -> tuple[Path, torch.Tensor]:
-    peft_model = peft.get_peft_model(tiny_model(model_type, head), config)
-    randomise_adapter(peft_model)
-    folder = tmp_path / "peft"
-    peft_model.save_pretrained(folder)
-    return folder, main_output(peft_model.eval(), tiny_inputs(model_type, padded=True))
+    """helpers.peft_folder with the noise these cases were written with (std 0.1, seed 0)."""
+    return shared_peft_folder(tmp_path, model_type, head, config, std=0.1, seed=0)
 
 
 @pytest.mark.parametrize("case", list(PEFT_CASES))
