@@ -160,7 +160,8 @@ def test_a_mixed_generation_batch_decodes_each_row_as_alone(tmp_path):
     answers = [job.future.result(TIMEOUT) for job in jobs]
     assert sampled.future.result(TIMEOUT)[0]["completion_tokens"] <= 6
     engine.stop()
-    assert engine.metrics.batch_rows.count(kind="generate") <= 5  # the rows shared their decode steps
+    # the rows shared their decode steps: 5 each, a late joiner adding a step or two (apart they would take 20)
+    assert engine.metrics.batch_rows.count(kind="generate") <= 7
     for (name, prompt), answer in zip(prompts.items(), answers):
         assert answer[0]["text"] == greedy_alone(reference, name, prompt, 6)
 
