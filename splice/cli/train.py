@@ -1,6 +1,6 @@
 """``splice train``: train an adapter (or fully fine-tune, as the baseline) on a real model and real data.
 
-With no options it runs the main job: a Pfeiffer adapter for tweet sentiment on
+With no options it runs the main job: a Houlsby adapter for tweet sentiment on
 all-MiniLM-L6-v2 (both installed from PyPI by scripts/setup.sh). Every option
 can also come from a YAML or JSON file (``--config run.yaml``); options given on
 the command line win over the file. On many GPUs or machines, run it under

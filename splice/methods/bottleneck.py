@@ -52,7 +52,7 @@ class Bottleneck(MethodConfig):
     recipes: ClassVar[Mapping[str, Recipe]] = {
         "pfeiffer": Recipe({"placement": "pfeiffer", "reduction_factor": 16}, 1e-3,
                            help="bottleneck after the FFN (Pfeiffer et al. 2021)"),
-        "houlsby": Recipe({"placement": "houlsby", "reduction_factor": 16}, 1e-3,
+        "houlsby": Recipe({"placement": "houlsby", "reduction_factor": 16}, 2e-3,
                           help="bottlenecks after attention and FFN (Houlsby et al. 2019)"),
         "parallel": Recipe({"placement": "parallel", "reduction_factor": 16, "scale": 4.0}, 1e-3,
                            help="scaled bottleneck beside the FFN (He et al. 2022)"),

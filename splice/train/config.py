@@ -1,6 +1,6 @@
 """What one training run needs, as one flat dataclass that a CLI line, a YAML/JSON file or Python fills in.
 
-Defaults make the main job: ``splice train`` with no options trains a Pfeiffer
+Defaults make the main job: ``splice train`` with no options trains a Houlsby
 adapter for tweet sentiment on all-MiniLM-L6-v2, subsampled so it finishes in a
 few minutes on 2 CPU cores.
 """
@@ -38,7 +38,8 @@ class TrainConfig:
     # Dataset / DatasetDict object (a DatasetDict's own splits are kept)
     data: Any = "tweet-sentiment"
     task: str = "classification"
-    method: str = "pfeiffer"              # a training recipe: see splice.methods.recipes()
+    # a training recipe (see splice.methods.recipes()); Houlsby at 2e-3 is the best measured at <= 2 % trainable
+    method: str = "houlsby"
     options: dict[str, Any] = field(default_factory=dict)  # method config options, e.g. {"reduction_factor": 16}
     out: str | None = None                # default out/<data>-<method>
     # the head (classification, tagging)
