@@ -29,7 +29,7 @@ from .version import __version__
 
 # name -> the submodule that defines it (a submodule itself when the name is the submodule's)
 _LAZY = {
-    "attach": "model", "AdaptedModel": "model",
+    "attach": "adapted", "AdaptedModel": "model",
     "Adapter": "adapter", "BASE_NAME": "adapter",
     "Anatomy": "anatomy", "Site": "anatomy",
     **dict.fromkeys(("Stack", "Fuse", "Parallel", "Average", "Split", "BatchSplit"), "routing.compose"),
@@ -41,6 +41,7 @@ _LAZY = {
 # registry has from splice/methods/ (splice.LoRA, ...): a new method file needs no line here to be splice.<Name>.
 if TYPE_CHECKING:
     from . import assets, heads, presets
+    from .adapted import attach
     from .adapter import BASE_NAME, Adapter
     from .anatomy import Anatomy, Site
     from .methods import (
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
         PromptTuning,
         Union,
     )
-    from .model import AdaptedModel, attach
+    from .model import AdaptedModel
     from .routing.compose import Average, BatchSplit, Fuse, Parallel, Split, Stack
 
 

@@ -7,7 +7,6 @@ bookkeeping of which adapters exist, which are active, and which are merged.
 
 from __future__ import annotations
 
-import inspect
 import os
 import weakref
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
@@ -18,7 +17,7 @@ from torch import nn
 from .adapter import Adapter, adapter_named, check_name
 from .anatomy import Anatomy, RoleSpec
 from .errors import AdapterError
-from .heads import HEADS, Head, apply_heads
+from .heads import Head, apply_heads
 from .hooks.hookset import HookSet
 from .hooks.input_grads import InputGrads
 from .merge_quantized import RoundingReport
@@ -388,51 +387,3 @@ class AdaptedModel(GraphCapture, nn.Module):
         self._plan = self.planner.plan(self._setup, self._skip_layers)
         self.hooks.plan = self._plan
         self.hooks.skip_layers = self._skip_layers
-
-
-def _with_adapter_names(signature: inspect.Signature) -> inspect.Signature:
-    """The base's forward signature plus ``adapter_names`` and the heads' target names.
-
-    The HF Trainer keeps only the dataset columns the signature names: per-row
-    adapter names, and labels for a splice head on a bare backbone (which has none).
-    """
-    params = list(signature.parameters.values())
-    present = {p.name for p in params}
-    names = ["adapter_names"] + sorted({n for head in HEADS.values() for n in head.label_names} - present)
-    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in names if n not in present]
-    cut = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
-    return signature.replace(parameters=params[:cut] + extra + params[cut:])
-
-
-_CLASSES: dict[type, type] = {}
-
-
-def adapted_class(base_class: type) -> type:
-    """An AdaptedModel subclass whose ``forward`` advertises the base's signature.
-
-    The HF Trainer inspects ``model.forward`` to decide which dataset columns to keep;
-    a bare ``*args, **kwargs`` would make it drop them all.
-    """
-    if base_class not in _CLASSES:
-
-        def forward(self, *args, **kwargs):
-            return AdaptedModel.forward(self, *args, **kwargs)
-
-        forward.__signature__ = _with_adapter_names(inspect.signature(base_class.forward))
-        forward.__doc__ = base_class.forward.__doc__
-        _CLASSES[base_class] = type(f"Adapted{base_class.__name__}", (AdaptedModel,), {"forward": forward})
-    return _CLASSES[base_class]
-
-
-def attach(model: nn.Module, roles: Mapping[str, RoleSpec] | None = None) -> AdaptedModel:
-    """Wrap a Hugging Face model so adapters can be added to it; its weights are frozen from here on.
-
-    ``roles`` overrides or adds role -> module-path mappings (paths inside a block,
-    e.g. ``{"q": "attn.q_proj"}``; ``"blocks"`` names the ModuleList of blocks)
-    for models splice does not know.
-    """
-    if not isinstance(model, nn.Module):
-        raise AdapterError(f"attach() needs a torch nn.Module (a Hugging Face model), got {type(model).__name__}.")
-    if isinstance(model, AdaptedModel):
-        raise AdapterError("This model is already attached: add adapters to it directly, or attach model.base.")
-    return adapted_class(type(model))(model, roles)

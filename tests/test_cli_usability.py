@@ -68,7 +68,7 @@ def test_a_failing_train_says_one_line_even_with_every_extra_installed(tmp_path)
 
 
 def test_lazy_package_names_are_the_real_ones():
-    from splice.model import attach
+    from splice.adapted import attach
 
     assert splice.attach is attach and splice.heads.Classification.kind == "classification"
     assert set(splice.__all__) <= set(dir(splice))

@@ -118,7 +118,7 @@ def split_sizes(text: str) -> tuple[float, ...]:
 
 def attach_base(args: argparse.Namespace, steps: Steps):
     """Load ``--model`` with ``--model-class`` and attach splice to it."""
-    from ..model import attach
+    from ..adapted import attach
 
     quantize = getattr(args, "quantize", None)
     stored = f" ({quantize})" if quantize else ""

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 def _quantized_then_float(args: argparse.Namespace, steps: Steps):
     """The base as the adapter was trained on it (stored as ``--quantize``), dequantized to float32 and
     attached, so the merge is exact and the saved model is an ordinary float model."""
-    from ..model import attach
+    from ..adapted import attach
     from ..quantize import dequantize_model
 
     with steps(f"loading {args.model} ({args.quantize}) and dequantizing it to float32"):

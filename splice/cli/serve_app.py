@@ -46,8 +46,8 @@ def build_engine(args: argparse.Namespace, steps: Steps):
     import torch
     from transformers import AutoTokenizer
 
+    from ..adapted import attach
     from ..assets import model_path
-    from ..model import attach
     from ..serve import Engine
 
     folder = model_path(args.model)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..adapted import attach
 from ..data import Splits
-from ..model import AdaptedModel, attach
+from ..model import AdaptedModel
 from ..train.backbone import load_backbone, task_head
 from ..train.config import TrainConfig
 from ..train.run import adapter_name, read_splits

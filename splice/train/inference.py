@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..adapted import attach
 from ..checkpoint import CONFIG_FILE, read_meta
 from ..data import load_data
 from ..errors import SpliceError
-from ..model import AdaptedModel, attach
+from ..model import AdaptedModel
 from .backbone import load_backbone
 from .encode import IGNORE, Collator, encode, pad_id
 from .evaluation import score

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
+from ..adapted import attach
 from ..checkpoint import write_adapter
 from ..data import Splits, load_data
 from ..errors import QuantizationError, SpliceError
 from ..folders import write_folder
 from ..methods import recipe
-from ..model import attach
 from . import lora_plus
 from .backbone import load_backbone, task_head
 from .config import TrainConfig
