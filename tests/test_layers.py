@@ -41,3 +41,15 @@ def test_an_import_upwards_breaks_it(tmp_path):
     result = run(tmp_path)
     assert result.returncode != 0
     assert "splice.checkpoint -> splice.model" in result.stdout
+
+
+def test_no_submodule_shadows_a_public_name():
+    """Importing a submodule sets it as an attribute of the package: a module named like a lazy export
+    (splice/attach.py) would turn ``splice.attach`` into a module once anything imported it."""
+    import splice
+
+    clashes = sorted(name for name in splice._LAZY if (ROOT / "splice" / f"{name}.py").exists()
+                     or (ROOT / "splice" / name / "__init__.py").exists())
+    assert clashes == [name for name in ("assets", "heads", "presets") if name in clashes]  # exported as modules
+    import splice.adapted  # noqa: F401  the module that defines attach
+    assert callable(splice.attach) and not isinstance(splice.attach, type(splice))
