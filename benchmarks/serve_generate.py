@@ -124,7 +124,7 @@ def compare(args: argparse.Namespace, server) -> dict:
     counts = (1, 2) if args.quick else (1, 8, 32)
     args.adapters = max(counts)
     items = workload(args.requests, args.rate, args.seed, args.quick)
-    results, where = [], machine(args.device)  # the load average before the run adds its own
+    results, where = [], machine(args.device)  # before the run adds its own load
     with tempfile.TemporaryDirectory() as scratch:
         names = make_adapters(Path(scratch), model_path(args.model), args.adapters)
         for engine, extra in (("continuous", ()), ("per-batch", ("--no-continuous",))):
@@ -148,6 +148,7 @@ def compare(args: argparse.Namespace, server) -> dict:
                     for e in ("continuous", "per-batch"))
         ratios[count] = new["tokens_per_s"] / old["tokens_per_s"] if old["tokens_per_s"] else None
         print(f"{count} adapters: continuous / per-batch tokens/s = {ratios[count]:.2f}x")
+    where["load_average_after"] = machine(args.device)["load_average"]  # other jobs may come and go meanwhile
     written = {"settings": vars(args), "machine": where, "results": results, "speedup": ratios}
     Path(args.out).write_text(json.dumps(written, indent=2) + "\n")
     print(f"wrote {args.out}")
