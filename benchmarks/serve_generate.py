@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import platform
 import random
 import tempfile
 import time
@@ -99,6 +101,19 @@ async def run_scenario(url: str, names: list[str], items: list[dict], clients: i
             "token_p50_ms": _ms(per_token, 0.5), "token_p99_ms": _ms(per_token, 0.99)}
 
 
+def machine(device: str) -> dict:
+    """Where the figures were measured: the card, or the CPU's model and cores, and how busy the machine was."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name()
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")] if cpuinfo.is_file() else []
+        name = f"{models[0] if models else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return {"name": name, "torch_threads": torch.get_num_threads(),
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
 def _ms(values: list[float], q: float) -> float | None:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else None
@@ -109,7 +124,7 @@ def compare(args: argparse.Namespace, server) -> dict:
     counts = (1, 2) if args.quick else (1, 8, 32)
     args.adapters = max(counts)
     items = workload(args.requests, args.rate, args.seed, args.quick)
-    results = []
+    results, where = [], machine(args.device)  # before the run adds its own load
     with tempfile.TemporaryDirectory() as scratch:
         names = make_adapters(Path(scratch), model_path(args.model), args.adapters)
         for engine, extra in (("continuous", ()), ("per-batch", ("--no-continuous",))):
@@ -133,7 +148,8 @@ def compare(args: argparse.Namespace, server) -> dict:
                     for e in ("continuous", "per-batch"))
         ratios[count] = new["tokens_per_s"] / old["tokens_per_s"] if old["tokens_per_s"] else None
         print(f"{count} adapters: continuous / per-batch tokens/s = {ratios[count]:.2f}x")
-    written = {"settings": vars(args), "results": results, "speedup": ratios}
+    where["load_average_after"] = machine(args.device)["load_average"]  # other jobs may come and go meanwhile
+    written = {"settings": vars(args), "machine": where, "results": results, "speedup": ratios}
     Path(args.out).write_text(json.dumps(written, indent=2) + "\n")
     print(f"wrote {args.out}")
     return written

@@ -2,8 +2,8 @@
 
     python scripts/quality_chart.py [--out docs/images/quality.svg]
 
-Plain SVG written by hand (no plotting library, no timestamps), so the same results give the same bytes:
-tests/test_docs.py checks that the committed chart is what this script draws today.
+Drawn from scripts/chart_svg.py's pieces, so the same results give the same bytes: tests/test_docs.py checks
+that the committed chart is what this script draws today.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from html import escape
 from pathlib import Path
+
+from chart_svg import document, line, rect, text, write
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "quality_results.json"
@@ -39,33 +40,25 @@ def draw(results: dict) -> str:
     def x(value: float) -> float:
         return LEFT + (value - LOW) * scale
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-             f'font-family="sans-serif" font-size="12">',
-             f'<text x="{LEFT}" y="20" font-size="14">Test accuracy, tweet sentiment, MiniLM-L6 '
-             '(mean ± sd of 3 seeds)</text>']
+    parts = [text(LEFT, 20, "Test accuracy, tweet sentiment, MiniLM-L6 (mean ± sd of 3 seeds)", font_size=14)]
     for tick in range(66, 79, 2):
         at = x(tick / 100)
-        parts.append(f'<line x1="{at:.1f}" y1="{TOP - 6}" x2="{at:.1f}" y2="{height - 34}" stroke="#ddd"/>'
-                     f'<text x="{at:.1f}" y="{height - 20}" text-anchor="middle">{tick}%</text>')
+        parts.append(line(at, TOP - 6, at, height - 34, "#ddd")
+                     + text(at, height - 20, f"{tick}%", text_anchor="middle"))
     for i, (arm, mean, spread, trainable) in enumerate(rows):
         y = TOP + i * ROW
-        parts.append(f'<text x="{LEFT - 8}" y="{y + 15}" text-anchor="end">{escape(arm)} '
-                     f'({trainable:.2f} % trainable)</text>')
-        parts.append(f'<rect x="{LEFT}" y="{y + 4}" width="{x(mean) - LEFT:.1f}" height="{ROW - 8}" '
-                     f'fill="{"#888" if arm in ("full", "probe") else "#3f7fbf"}"/>')
-        parts.append(f'<line x1="{x(mean - spread):.1f}" y1="{y + 13}" x2="{x(mean + spread):.1f}" y2="{y + 13}" '
-                     'stroke="#000"/>')
-        parts.append(f'<text x="{x(mean + spread) + 6:.1f}" y="{y + 17}">{100 * mean:.2f}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+        parts.append(text(LEFT - 8, y + 15, f"{arm} ({trainable:.2f} % trainable)", text_anchor="end"))
+        parts.append(rect(LEFT, y + 4, x(mean) - LEFT, ROW - 8, "#888" if arm in ("full", "probe") else "#3f7fbf"))
+        parts.append(line(x(mean - spread), y + 13, x(mean + spread), y + 13, "#000"))
+        parts.append(text(x(mean + spread) + 6, y + 17, f"{100 * mean:.2f}"))
+    return document(WIDTH, height, parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=CHART)
     args = parser.parse_args()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(draw(json.loads(RESULTS.read_text())))
+    write(args.out, draw(json.loads(RESULTS.read_text())))
     print(args.out)
 
 

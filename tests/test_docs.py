@@ -4,6 +4,8 @@ without a docstring fails it), the CLI reference holds every command, and the qu
 from __future__ import annotations
 
 import argparse
+import html
+import importlib
 import json
 import os
 import shutil
@@ -37,27 +39,49 @@ def test_site_builds_strict_with_a_generated_cli_reference(tmp_path):
         assert f"splice {name}" in cli
     assert "--gradient-checkpointing" in cli  # option text comes from the parsers themselves
     assert "push_to_hub" in (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
+    serving = (tmp_path / "site" / "serving" / "index.html").read_text()
+    assert 'src="../images/serving.svg"' in serving
+    assert serving_chart().caption(json.loads(serving_chart().RESULTS.read_text())) in html.unescape(serving), \
+        "docs/hooks/serving_benchmark.py should write what was measured under the serving chart"
 
 
 def test_a_broken_link_fails_the_build(tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(ROOT / "docs", copy / "docs")
     shutil.copy(ROOT / "mkdocs.yml", copy / "mkdocs.yml")
+    shutil.copytree(ROOT / "scripts", copy / "scripts")  # the serving page's hook reads the results through them
+    shutil.copytree(ROOT / "benchmarks" / "results", copy / "benchmarks" / "results")
     page = copy / "docs" / "hub.md"
     page.write_text(page.read_text() + "\nSee [nowhere](no-such-page.md).\n")
     result = build(copy, tmp_path / "site")
     assert result.returncode != 0 and "no-such-page.md" in result.stderr
 
 
-def test_quality_chart_is_drawn_from_the_current_results():
+def chart_script(name: str):
+    """scripts/<name>.py, imported (the scripts are not a package; they import their sibling chart_svg)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        import quality_chart
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def serving_chart():
+    return chart_script("serving_chart")
+
+
+def test_quality_chart_is_drawn_from_the_current_results():
+    quality_chart = chart_script("quality_chart")
     drawn = quality_chart.draw(json.loads(quality_chart.RESULTS.read_text()))
     assert (ROOT / "docs" / "images" / "quality.svg").read_text() == drawn, \
         "benchmarks/quality_results.json changed: run python scripts/quality_chart.py and commit the chart"
+
+
+def test_serving_chart_is_drawn_from_the_current_results():
+    chart = serving_chart()
+    drawn = chart.draw(json.loads(chart.RESULTS.read_text()))
+    assert (ROOT / "docs" / "images" / "serving.svg").read_text() == drawn, \
+        f"{chart.RESULTS.name} changed: run python scripts/serving_chart.py and commit the chart"
 
 
 def test_every_built_in_method_has_a_page_in_the_nav_and_the_tables():

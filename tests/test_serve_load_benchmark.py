@@ -31,3 +31,6 @@ def test_quick_generate_run_compares_both_engines(bench, tmp_path, capsys):
     for r in result["results"]:
         assert r["ok"] == 4 and r["tokens"] > 0 and r["ttft_p99_ms"] >= r["ttft_p50_ms"] > 0
     assert "continuous / per-batch tokens/s" in printed
+    where = result["machine"]  # for the chart's caption
+    assert where["name"].endswith(" cores") and where["torch_threads"] >= 1
+    assert where["load_average"] >= 0 and where["load_average_after"] >= 0
