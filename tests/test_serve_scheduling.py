@@ -108,6 +108,20 @@ def test_running_rows_decode_between_the_chunks_of_a_long_prompt(model):
     assert not scheduler.prefilling and len(scheduler.running) == 2  # its last chunk in, it joins the batch
 
 
+def test_a_client_that_leaves_while_its_prompt_prefills_frees_it_at_once(model):
+    tokenizer, answers = char_tokenizer(), {}
+    scheduler = Scheduler(model, tokenizer, cache_bytes=2**26, max_rows=8,
+                          answer=lambda job, answer: answers.__setitem__(id(job), answer))
+    job = GenerateJob("prefix", prompts=["x" * 40], max_tokens=5)
+    job.prepare(tokenizer, Limits(max_input_tokens=128))
+    job.internal = job.adapter
+    scheduler.admit(job)
+    scheduler.prefill(8)
+    job.cancel.set()
+    scheduler.prefill(8)
+    assert not scheduler.prefilling and scheduler.jobs == 0 and "client left" in str(answers[id(job)])
+
+
 def test_echo_logprobs_are_the_models_own_log_softmax(model):
     for adapter in ("prefix", "prompt", "lora0", "__base__"):
         job = GenerateJob(adapter, prompts=["hello world"], max_tokens=0, echo=True, logprobs=1)

@@ -1,9 +1,10 @@
 """Iteration-level scheduling of completions: rows join and leave the running batch at token boundaries.
 
 The engine's worker thread drives a :class:`Scheduler` one step at a time. Between
-two decode steps it admits new requests: each prompt is prefilled alone (its ``n``
-choices share that one prefill), its first token is drawn, and its rows join the
-running batch; so a short request that arrives while a long one runs starts at the
+two decode steps it prefills admitted requests, up to a budget of prompt tokens: each
+prompt alone (its ``n`` choices share that one prefill), a long one in chunks over
+several turns so the running rows keep decoding meanwhile; once a request's prompts
+are in, its first tokens are drawn and its rows join the running batch. So a short request that arrives while a long one runs starts at the
 next step and leaves when it is done, instead of waiting for the whole batch. Each
 decode step is one forward of one token for every running row, each row routed to
 its own adapter or composition setup (``adapter_names``) with its own sampling,
@@ -39,7 +40,7 @@ import torch
 from ..anatomy.calls import cache_argument, positions_from_mask
 from ..errors import SpliceError
 from .batch_cache import BatchCache, layers_of
-from .errors import BadRequest
+from .errors import BadRequest, ServeError
 from .generation import Row, advance, flush
 from .jobs import GenerateJob, choices_of, end_of_sequence_ids, stream_to
 from .sampling import choose, generator_for, prompt_scores
@@ -146,6 +147,10 @@ class Scheduler:
         and its rows join the running batch (or it is answered, if none goes on)."""
         while self.prefilling and budget > 0:
             work = self.prefilling[0]
+            if work.job.cancel.is_set():  # its client left: no more chunks for it, its cache goes at once
+                self.prefilling.popleft()
+                self.answer(work.job, ServeError("The client left before its prompt was prefilled."))
+                continue
             try:
                 budget -= self._chunk(work, budget)
             except Exception as error:  # noqa: BLE001 - the job at fault gets its error; the batch goes on
