@@ -15,7 +15,7 @@ token after the first (p50 and p99 over requests), and the requests the server h
 (running or queued) when the last one arrived: the default rate is above what the
 per-batch engine sustains on a CPU, so its queue grows all run while the continuous
 engine's holds about what it runs. The per-batch engine pads every row of a batch to
-its longest (``max_tokens`` up to 96 against a mean of 39 here), which bounds what
+its longest (``max_tokens`` up to 96 against a mean of 39 by default, ``--lengths``), which bounds what
 continuous batching can win at saturation to about that ratio on a CPU, where a
 decode step costs in proportion to its rows.
 """
@@ -60,10 +60,13 @@ def make_adapters(folder: Path, model_dir: Path, count: int) -> list[str]:
     return names
 
 
-def workload(requests: int, rate: float, seed: int, quick: bool) -> list[dict]:
+LENGTHS = (8, 16, 16, 32, 64, 96)  # max_tokens drawn uniformly from these: mean 39, longest 96
+
+
+def workload(requests: int, rate: float, seed: int, quick: bool, lengths: tuple[int, ...] = LENGTHS) -> list[dict]:
     """Arrival times, prompts and lengths: the same for both engines."""
     rng = random.Random(seed)
-    lengths, words = ((2, 4, 8), (1, 3)) if quick else ((8, 16, 16, 32, 64, 96), (4, 48))
+    lengths, words = ((2, 4, 8), (1, 3)) if quick else (lengths, (4, 48))
     at, items = 0.0, []
     for _ in range(requests):
         at += rng.expovariate(rate)
@@ -130,7 +133,7 @@ def compare(args: argparse.Namespace, server) -> dict:
     """Both engines over every scenario; prints the table, writes ``args.out``, returns what it wrote."""
     counts = (1, 2) if args.quick else tuple(args.adapter_counts)
     args.adapters = max(counts)
-    items = workload(args.requests, args.rate, args.seed, args.quick)
+    items = workload(args.requests, args.rate, args.seed, args.quick, tuple(args.lengths or LENGTHS))
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         names = make_adapters(Path(scratch), model_path(args.model), args.adapters)
