@@ -4,8 +4,9 @@ The engine's worker thread drives a :class:`Scheduler` one step at a time. Betwe
 two decode steps it prefills admitted requests, up to a budget of prompt tokens: each
 prompt alone (its ``n`` choices share that one prefill), a long one in chunks over
 several turns so the running rows keep decoding meanwhile; once a request's prompts
-are in, its first tokens are drawn and its rows join the running batch. So a short request that arrives while a long one runs starts at the
-next step and leaves when it is done, instead of waiting for the whole batch. Each
+are in, its first tokens are drawn and its rows join the running batch. So a short
+request that arrives while a long one runs starts at the next step and leaves when it
+is done, instead of waiting for the whole batch. Each
 decode step is one forward of one token for every running row, each row routed to
 its own adapter or composition setup (``adapter_names``) with its own sampling,
 stop strings and stream; rows that finish leave before the next step.
