@@ -146,6 +146,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default=None, help="default: minilm (classify), smollm2 (generate)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--adapters", type=int, default=8, help="N in the N-adapter scenario")
+    parser.add_argument("--adapter-counts", type=int, nargs="+", default=[1, 8, 32],
+                        help="generate: the scenarios' adapter counts (default: 1 8 32)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help="generate: max_tokens is drawn uniformly from these (default: 8 16 16 32 64 96)")
     parser.add_argument("--popularity", choices=["uniform", "skewed"], default="uniform")
     parser.add_argument("--requests", type=int, default=200, help="requests per scenario")
     parser.add_argument("--clients", type=int, default=None, help="default: 8 (classify), 32 (generate)")

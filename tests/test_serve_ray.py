@@ -3,6 +3,8 @@ server, and an adapter's requests kept on the replica that holds it (Ray Serve's
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 import time
 
@@ -10,7 +12,7 @@ import httpx
 import pytest
 
 from splice.cli import build_parser
-from splice.cli.serve_replicas import REPLICA_HEADER, application
+from splice.cli.serve_replicas import REPLICA_HEADER, application, asgi_stream
 
 from serving import char_tokenizer, decoder, greedy_alone, save_adapters
 from tiny_models import tiny_model
@@ -66,6 +68,50 @@ def test_two_replicas_answer_as_one_process_and_keep_an_adapter_on_one_replica(r
     assert base.json()["choices"][0]["text"] == greedy_alone(reference, "__base__", "hey", 5)
     refused = httpx.put(f"{url}/v1/aliases/x", json={"targets": {"g0": 1}}, timeout=60)
     assert refused.status_code == 400 and "--adapters" in refused.json()["error"]["message"]
+
+
+def test_a_streamed_completion_streams_through_the_ingress(replicas):
+    url, reference = replicas
+    body = {"model": "g1", "prompt": "hello", "max_tokens": 8, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as answer:
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and len(events) > 2  # one event a piece, not one whole answer
+    text = "".join(choice["text"] for event in events[:-1] for choice in json.loads(event)["choices"])
+    assert text == greedy_alone(reference, "g1", "hello", 8)
+
+
+def test_asgi_stream_hands_on_each_piece_as_it_comes_and_tells_the_app_when_the_reader_leaves():
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    go_on, ended = asyncio.Event(), asyncio.Event()
+
+    async def pieces():
+        try:
+            yield b"first"
+            await go_on.wait()
+            yield b"second"
+            await asyncio.Event().wait()  # never more: the reader leaves
+        finally:
+            ended.set()
+
+    app = Starlette(routes=[Route("/s", lambda request: StreamingResponse(pieces(), media_type="text/event-stream"),
+                                  methods=["POST"])])
+
+    async def read() -> list:
+        stream = asgi_stream(app, "POST", "/s?x=1", b"{}", {"content-type": "application/json"})
+        head = await stream.__anext__()
+        first = await stream.__anext__()  # before go_on is set: it came as it was sent
+        go_on.set()
+        second = await stream.__anext__()
+        await asyncio.wait_for(stream.aclose(), 10)  # the reader leaves mid-stream
+        return [head[1], head[0]["content-type"], first, second, ended.is_set()]
+
+    status, kind, first, second, app_ended = asyncio.run(read())
+    assert (status, first, second, app_ended) == (200, b"first", b"second", True)
+    assert kind.startswith("text/event-stream")
 
 
 def test_without_ray_the_command_says_which_extra_to_install(monkeypatch, capsys):

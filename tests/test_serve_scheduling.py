@@ -23,8 +23,9 @@ def model():
     return mixed_decoder()
 
 
-def drive(model, jobs: list[GenerateJob], stagger: int = 0, **options) -> list[object]:
-    """Run ``jobs`` through a scheduler: the first half at once, the rest ``stagger`` steps later."""
+def drive(model, jobs: list[GenerateJob], stagger: int = 0, chunk: int = 10_000, **options) -> list[object]:
+    """Run ``jobs`` through a scheduler as the engine does (each turn: prefill up to ``chunk`` prompt tokens, then
+    one decode step): the first half at once, the rest ``stagger`` turns later."""
     tokenizer, answers = char_tokenizer(), {}
     scheduler = Scheduler(model, tokenizer, cache_bytes=options.pop("cache_bytes", 2**26), max_rows=32,
                           answer=lambda job, answer: answers.__setitem__(id(job), answer))
@@ -34,12 +35,15 @@ def drive(model, jobs: list[GenerateJob], stagger: int = 0, **options) -> list[o
     first, later = (jobs[:len(jobs) // 2], jobs[len(jobs) // 2:]) if stagger else (jobs, [])
     for job in first:
         scheduler.admit(job)
-    for _ in range(stagger):
+    turns = 0
+    while scheduler.prefilling or scheduler.running or later:
+        if turns == stagger:
+            for job in later:
+                scheduler.admit(job)
+            later = []
+        scheduler.prefill(chunk)
         scheduler.step()
-    for job in later:
-        scheduler.admit(job)
-    while scheduler.running:
-        scheduler.step()
+        turns += 1
     assert scheduler.batch is None and scheduler.jobs == 0  # every row left, every job answered
     return [answers[id(job)] for job in jobs]
 
@@ -66,6 +70,56 @@ def test_a_request_answers_the_same_alone_and_among_twelve(model):
         assert [set(s[1]) for s in many[0]["scores"]] == [set(s[1]) for s in one[0]["scores"]]
         if isinstance(job.adapter, str):  # transformers' generate gives the same text
             assert one[0]["text"] == greedy_alone(model, job.adapter, job.prompts[0], job.max_tokens)
+
+
+def test_prompts_prefilled_in_chunks_answer_as_prefilled_whole(model):
+    """Chunks of 3 tokens (prompts of up to 25) among running rows: every method, the base and a stack, with
+    echo, give the tokens and logprobs of a whole prefill."""
+    whole = drive(model, twelve_requests(), stagger=2)
+    chunked = drive(model, twelve_requests(), stagger=2, chunk=3)
+    for job, one, many in zip(twelve_requests(), whole, chunked):
+        assert many[0]["tokens"] == one[0]["tokens"], job.adapter
+        mine = torch.tensor([score[0] for score in many[0]["scores"]])
+        assert torch.allclose(mine, torch.tensor([score[0] for score in one[0]["scores"]]), atol=1e-4), job.adapter
+    for adapter in ("prefix", "prompt", "bottleneck", "__base__"):
+        echo = [GenerateJob(adapter, prompts=["hello world, again"], max_tokens=2, echo=True, logprobs=1,
+                            temperature=0) for _ in range(2)]
+        one, many = drive(model, echo[:1])[0][0], drive(model, echo[1:], chunk=4)[0][0]
+        assert one["tokens"] == many["tokens"], adapter
+        assert torch.allclose(torch.tensor([s[0] for s in one["scores"][1:]]),
+                              torch.tensor([s[0] for s in many["scores"][1:]]), atol=1e-4), adapter
+
+
+def test_running_rows_decode_between_the_chunks_of_a_long_prompt(model):
+    tokenizer = char_tokenizer()
+    scheduler = Scheduler(model, tokenizer, cache_bytes=2**26, max_rows=8, answer=lambda job, answer: None)
+    short, long = (GenerateJob("lora0", prompts=[p], max_tokens=30, temperature=0) for p in ("hi", "x" * 40))
+    for job in (short, long):
+        job.prepare(tokenizer, Limits(max_input_tokens=128))
+        job.internal = job.adapter
+    scheduler.admit(short)
+    scheduler.prefill(8)
+    scheduler.admit(long)
+    for turn in range(1, 5):  # 8 of the long prompt's 40 tokens a turn, one token for the running row
+        scheduler.prefill(8)
+        scheduler.step()
+        assert scheduler.prefilling[0].done == 8 * turn and len(scheduler.running[0].row.tokens) == 1 + turn
+    scheduler.prefill(8)
+    assert not scheduler.prefilling and len(scheduler.running) == 2  # its last chunk in, it joins the batch
+
+
+def test_a_client_that_leaves_while_its_prompt_prefills_frees_it_at_once(model):
+    tokenizer, answers = char_tokenizer(), {}
+    scheduler = Scheduler(model, tokenizer, cache_bytes=2**26, max_rows=8,
+                          answer=lambda job, answer: answers.__setitem__(id(job), answer))
+    job = GenerateJob("prefix", prompts=["x" * 40], max_tokens=5)
+    job.prepare(tokenizer, Limits(max_input_tokens=128))
+    job.internal = job.adapter
+    scheduler.admit(job)
+    scheduler.prefill(8)
+    job.cancel.set()
+    scheduler.prefill(8)
+    assert not scheduler.prefilling and scheduler.jobs == 0 and "client left" in str(answers[id(job)])
 
 
 def test_echo_logprobs_are_the_models_own_log_softmax(model):

@@ -42,7 +42,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="key/value cache of the completions running at once, padded rows at their longest; "
                              "requests that do not fit wait, larger ones are refused (default: 2048)")
     parser.add_argument("--prefill-tokens", type=int, default=512,
-                        help="prompt tokens prefilled between two decode steps at most (default: 512)")
+                        help="prompt tokens prefilled between two decode steps at most; a longer prompt is prefilled "
+                             "in chunks of this size (default: 512)")
     parser.add_argument("--no-continuous", dest="continuous", action="store_false",
                         help="run completions as one generate call per batch instead of continuous batching "
                              "(no logprobs, echo, n or seed; the benchmarks' baseline)")

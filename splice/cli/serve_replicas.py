@@ -10,11 +10,12 @@ share a replica's batches and its device slot instead of loading everywhere. A r
 "loads" an id through :meth:`EngineReplica.adapter` (``serve.multiplexed``, at most
 ``--device-slots`` per replica), which puts the adapter on its model.
 
-What does not cross replicas yet: streamed answers come back whole (the ingress
-buffers them), changes to adapters and aliases over HTTP are refused (each replica
-would hold its own; give them at start with ``--adapters``), and ``/metrics`` is each
-replica's own (Ray Serve's metrics cover the routing). Ray is an extra:
-``pip install 'splice[ray]'``.
+Streamed answers (server-sent events) stream through: the replica runs its app as
+ASGI itself (:func:`asgi_stream`) and hands each piece on as a Ray Serve streaming
+response, which the ingress sends on as it comes. What does not cross replicas yet:
+changes to adapters and aliases over HTTP are refused (each replica would hold its
+own; give them at start with ``--adapters``), and ``/metrics`` is each replica's own
+(Ray Serve's metrics cover the routing). Ray is an extra: ``pip install 'splice[ray]'``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..errors import SpliceError
 try:
     from ray import serve
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import JSONResponse, Response, StreamingResponse
 except ImportError:  # the ray extra is missing: serve_replicas says so in one line
     serve = None
 
@@ -72,17 +73,14 @@ class EngineReplica:
             await asyncio.to_thread(self.engine.residency.preload, [name])
         return name
 
-    async def handle(self, method: str, path: str, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
-        """Run one HTTP request through this replica's app; its status, headers and whole body."""
-        import httpx
-
+    async def handle(self, method: str, path: str, body: bytes, headers: dict):
+        """Run one HTTP request through this replica's app: yields its status and headers, then its body as the app
+        sends it (a streamed completion piece by piece). Called as a Ray Serve streaming method."""
         name = serve.get_multiplexed_model_id()
         if name:
             await self.adapter(name)  # through serve.multiplexed: Ray Serve learns this replica holds it
-        transport = httpx.ASGITransport(app=self.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://replica", timeout=None) as client:
-            answer = await client.request(method, path, content=body, headers=headers)
-        return answer.status_code, {**answer.headers, REPLICA_HEADER: self.name}, answer.content
+        async for item in asgi_stream(self.app, method, path, body, headers):
+            yield ({**item[0], REPLICA_HEADER: self.name}, item[1]) if isinstance(item, tuple) else item
 
     def __del__(self):
         engine = getattr(self, "engine", None)
@@ -105,11 +103,51 @@ class Ingress:
                                            "one replica only.", "type": "invalid_request_error", "param": None,
                                            "code": None}}, status_code=400)
         adapter = adapter_of(request.url.path, body)
-        handle = self.engines.options(multiplexed_model_id=adapter) if adapter else self.engines
+        handle = self.engines.options(multiplexed_model_id=adapter, stream=True) if adapter \
+            else self.engines.options(stream=True)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        status, answer_headers, content = await handle.handle.remote(request.method, path, body, headers)
+        pieces = handle.handle.remote(request.method, path, body, headers)
+        answer_headers, status = await pieces.__anext__()
         kept = {k: v for k, v in answer_headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
-        return Response(content, status_code=status, headers=kept)
+        if answer_headers.get("content-type", "").startswith("text/event-stream"):
+            return StreamingResponse(pieces, status_code=status, headers=kept)
+        return Response(b"".join([piece async for piece in pieces]), status_code=status, headers=kept)
+
+
+async def asgi_stream(app, method: str, path: str, body: bytes, headers: dict):
+    """Call the ASGI ``app`` with one request; yield ``(headers, status)`` first, then each body piece as the app
+    sends it (``httpx.ASGITransport`` would wait for the whole body). When the caller stops reading (its client
+    left), the app is told the client disconnected, as uvicorn would, so a streamed completion frees its row."""
+    path, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 0), "server": ("replica", 80)}
+    messages: asyncio.Queue = asyncio.Queue()
+    request_sent, left = False, asyncio.Event()
+
+    async def receive() -> dict:
+        nonlocal request_sent
+        if not request_sent:
+            request_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    task = asyncio.ensure_future(app(scope, receive, messages.put))
+    task.add_done_callback(lambda _: messages.put_nowait(None))
+    try:
+        while (message := await messages.get()) is not None:
+            if message["type"] == "http.response.start":
+                yield {k.decode(): v.decode() for k, v in message.get("headers", [])}, message["status"]
+            elif message["type"] == "http.response.body":
+                if message.get("body"):
+                    yield message["body"]
+                if not message.get("more_body", False):
+                    break
+    finally:
+        left.set()
+        await task
 
 
 def application(options: dict, replicas: int, slots: int):

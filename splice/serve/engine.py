@@ -8,10 +8,10 @@ ever held around a forward. Each turn of its loop it
 
 1. lets the residency put the adapters queued jobs want on the model (starting
    reads of those on disk on the loader thread, which does not block this loop);
-2. admits the oldest completions whose adapters are resident into the running
-   batch of :class:`~splice.serve.scheduler.Scheduler` while its key/value cache
-   budget (``cache_mb``) allows (prefilling them), up to ``prefill_tokens`` prompt tokens a turn so that
-   running rows are not held up long;
+2. admits the oldest completions whose adapters are resident into
+   :class:`~splice.serve.scheduler.Scheduler` while its key/value cache budget
+   (``cache_mb``) allows, and prefills up to ``prefill_tokens`` prompt tokens of them a turn
+   (a longer prompt in chunks over several turns) so that running rows are not held up long;
 3. takes the oldest encode jobs (classify, embed) whose adapters are resident, up to
    ``max_batch_size`` rows — waiting up to ``max_wait_ms`` for more once the first has
    arrived, to fill the batch, unless completions are decoding — and runs them as one
@@ -159,17 +159,23 @@ class Engine:
         """The rows of completions now decoding (worker thread only)."""
         return self.scheduler.running if self.scheduler is not None else []
 
+    def _busy(self) -> bool:
+        """Whether completions are decoding or prefilling: the worker has a turn to run (worker thread only)."""
+        return self.scheduler is not None and bool(self.scheduler.running or self.scheduler.prefilling)
+
     def _loop(self) -> None:
         while True:
             with self._cond:
                 # an unload wakes the worker too: the adapter leaves the model now, not at the next request
-                while not self._pending and not self._decoding() and self._accepting \
+                while not self._pending and not self._busy() and self._accepting \
                         and not self.residency.unloading():
                     self._cond.wait()
-                if not self._pending and not self._decoding() and not self._accepting:
+                if not self._pending and not self._busy() and not self._accepting:
                     return
                 wanted = {job.adapter for job in self._pending if job.adapter != BASE_NAME}
                 wanted |= {row.job.adapter for row in self._decoding() if row.job.adapter != BASE_NAME}
+                if self.scheduler is not None:  # a prefilling job's adapter must stay on too
+                    wanted |= {work.job.adapter for work in self.scheduler.prefilling if work.job.adapter != BASE_NAME}
             try:
                 self.residency.maintain(wanted)
             except Exception:
@@ -177,6 +183,7 @@ class Engine:
             if self.scheduler is not None:
                 for job in self._admissions():
                     self.scheduler.admit(job)
+                self.scheduler.prefill(self.prefill_tokens)
             batch = self._take_batch() if self._pending else []  # an unload alone runs no batch
             if batch:
                 self._run(batch)
@@ -185,10 +192,10 @@ class Engine:
                 self.scheduler.step()
 
     def _admissions(self) -> list[GenerateJob]:
-        """The oldest completions whose adapters are resident, in order, while they fit beside the running rows
-        (the first that does not fit waits, and those after it: no request is overtaken for ever), up to
-        ``prefill_tokens`` prompt tokens (one job at least) so the running rows soon get their next step."""
-        admitted, tokens = [], 0
+        """The oldest completions whose adapters are resident, in order, while they fit beside the running and
+        prefilling rows (the first that does not fit waits, and those after it: no request is overtaken for ever).
+        """
+        admitted = []
         with self._cond:
             for job in [job for job in self._pending if isinstance(job, GenerateJob)]:
                 if job.adapter != BASE_NAME and self.residency.failure(job.adapter) is not None:
@@ -196,20 +203,17 @@ class Engine:
                 job.internal = self.residency.resident(job.adapter)
                 if job.internal is None:
                     continue  # its adapter is still loading
-                if admitted and tokens + sum(map(len, job.ids)) > self.prefill_tokens:
-                    break
                 if not self.scheduler.fits(job, admitted):
                     break
                 self._pending.remove(job)
                 admitted.append(job)
-                tokens += sum(map(len, job.ids))
         return admitted
 
     def _take_batch(self) -> list[Job]:
         """The next batch, or [] after waiting a little (for loads, or for more jobs to fill it); with continuous
         batching, encode jobs only, and no waiting while completions decode."""
         refused: list[tuple[Job, Exception]] = []
-        decoding = bool(self._decoding())
+        decoding = self._busy()
         with self._cond:
             ready = []
             for job in list(self._pending):

@@ -28,23 +28,40 @@ def generator_for(seed: int | None, device: torch.device) -> torch.Generator | N
 
 
 def choose(logits: torch.Tensor, rows: list[Row], generators: list[torch.Generator | None]) -> list[int]:
-    """The next token of each row from ``logits`` ``[rows, vocab]``; records logprobs where rows ask for them."""
+    """The next token of each row from ``logits`` ``[rows, vocab]``; records logprobs where rows ask for them.
+
+    Sampled rows draw by inverting their cumulative distribution at one uniform number each: one
+    ``cumsum`` and one ``searchsorted`` for the whole batch. ``torch.multinomial`` row by row (it cannot take
+    a generator per row) cost SmolLM2 about 4 ms a row on a CPU core (49 152 tokens), a tenth of a decode step."""
     logits = logits.float()  # a small temperature must not overflow half-precision logits to inf
-    temperature = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in rows], device=logits.device)
-    top_p = torch.tensor([r.top_p if r.temperature > 0 else 1.0 for r in rows], device=logits.device)
-    scores = nucleus(logits / temperature.unsqueeze(1), top_p.unsqueeze(1))
-    logprobs = scores.log_softmax(dim=-1)
-    greedy = logits.argmax(dim=-1).tolist()
-    tokens = []
-    for i, (row, generator) in enumerate(zip(rows, generators)):
-        if row.temperature == 0:
-            tokens.append(greedy[i])
-        else:
-            tokens.append(int(torch.multinomial(logprobs[i].exp(), 1, generator=generator)))
-    for i, row in enumerate(rows):
-        if row.logprobs is not None:
-            row.scores.append(scored(logprobs[i], tokens[i], row.logprobs))
+    greedy = logits.argmax(dim=-1)
+    sampled = [i for i, row in enumerate(rows) if row.temperature > 0]
+    wanted = [i for i, row in enumerate(rows) if row.logprobs is not None]
+    tokens = greedy.clone()
+    logprobs = None
+    if sampled or wanted:
+        temperature = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in rows], device=logits.device)
+        top_p = torch.tensor([r.top_p if r.temperature > 0 else 1.0 for r in rows], device=logits.device)
+        logprobs = nucleus(logits / temperature.unsqueeze(1), top_p.unsqueeze(1)).log_softmax(dim=-1)
+    if sampled:
+        index = torch.tensor(sampled, device=logits.device)
+        uniform = torch.cat([torch.rand(1, generator=generators[i], device=logits.device) for i in sampled])
+        tokens[index] = inverse_cdf(logprobs.index_select(0, index), uniform, greedy.index_select(0, index))
+    tokens = tokens.tolist()
+    for i in wanted:
+        rows[i].scores.append(scored(logprobs[i], tokens[i], rows[i].logprobs))
     return tokens
+
+
+def inverse_cdf(logprobs: torch.Tensor, uniform: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """Per row of ``logprobs`` ``[rows, vocab]``, the token whose cumulative probability first exceeds its
+    ``uniform`` number in [0, 1): a draw from the row's distribution, each token's share exact to float32 rounding
+    of the running sum (about 1e-7). A draw that rounding puts past the end takes ``fallback`` (the argmax)."""
+    cumulative = logprobs.exp().cumsum(dim=-1)
+    target = uniform.unsqueeze(1) * cumulative[:, -1:]
+    # right=True: the first index whose cumulative sum is strictly above the target has a probability above 0
+    drawn = torch.searchsorted(cumulative, target, right=True).squeeze(1)
+    return torch.where(drawn < logprobs.shape[-1], drawn, fallback)
 
 
 def scored(logprobs: torch.Tensor, token: int, top: int) -> tuple[float, dict[int, float]]:

@@ -1,10 +1,12 @@
 """Iteration-level scheduling of completions: rows join and leave the running batch at token boundaries.
 
 The engine's worker thread drives a :class:`Scheduler` one step at a time. Between
-two decode steps it admits new requests: each prompt is prefilled alone (its ``n``
-choices share that one prefill), its first token is drawn, and its rows join the
-running batch; so a short request that arrives while a long one runs starts at the
-next step and leaves when it is done, instead of waiting for the whole batch. Each
+two decode steps it prefills admitted requests, up to a budget of prompt tokens: each
+prompt alone (its ``n`` choices share that one prefill), a long one in chunks over
+several turns so the running rows keep decoding meanwhile; once a request's prompts
+are in, its first tokens are drawn and its rows join the running batch. So a short
+request that arrives while a long one runs starts at the next step and leaves when it
+is done, instead of waiting for the whole batch. Each
 decode step is one forward of one token for every running row, each row routed to
 its own adapter or composition setup (``adapter_names``) with its own sampling,
 stop strings and stream; rows that finish leave before the next step.
@@ -28,16 +30,18 @@ as the longest row), which the budget counts.
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..anatomy.calls import cache_argument, positions_from_mask
 from ..errors import SpliceError
 from .batch_cache import BatchCache, layers_of
-from .errors import BadRequest
+from .errors import BadRequest, ServeError
 from .generation import Row, advance, flush
 from .jobs import GenerateJob, choices_of, end_of_sequence_ids, stream_to
 from .sampling import choose, generator_for, prompt_scores
@@ -61,6 +65,19 @@ class Running:
         return self.length + self.row.max_tokens - len(self.row.tokens)
 
 
+@dataclass(eq=False)
+class Prefill:
+    """A job admitted and not yet running: its prompts prefill one chunk at a time (see :meth:`Scheduler.prefill`)."""
+
+    job: GenerateJob
+    prompt: int = 0  # the prompt now prefilling
+    done: int = 0  # its tokens already in ``cache``
+    cache: object = None
+    logits: list[torch.Tensor] = field(default_factory=list)  # echo: the logits of its chunks so far
+    joined: list[Running] = field(default_factory=list)  # the rows of its prompts already prefilled
+    caches: list[BatchCache] = field(default_factory=list)  # their caches, those still going
+
+
 class Scheduler:
     """The running batch of one model; every method runs on the engine's worker thread only.
 
@@ -82,6 +99,8 @@ class Scheduler:
         self.decode = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)
         self.device = next(model.base.parameters()).device
         self.running: list[Running] = []
+        self.prefilling: deque[Prefill] = deque()
+        self.keeps_logits = "logits_to_keep" in inspect.signature(model.base.forward).parameters
         self.batch: BatchCache | None = None
         self._rows: dict[int, tuple[GenerateJob, list[Row]]] = {}  # every row of each job not yet answered
 
@@ -89,7 +108,7 @@ class Scheduler:
     @property
     def jobs(self) -> int:
         """Jobs admitted and not yet answered (read from other threads: one ``len``, atomic)."""
-        return len(self._rows)
+        return len(self._rows) + len(self.prefilling)
 
     def _slots(self, rows: int, widest: int) -> int:
         return rows * widest * self.token_bytes
@@ -111,59 +130,100 @@ class Scheduler:
         """Whether ``job``'s rows fit beside the running ones (and those of ``alongside``, about to join), the
         padded cache at its widest. Soft slots (prefix and prompt adapters) are not counted: they are short."""
         jobs = [*alongside, job]
+        jobs = [*(work.job for work in self.prefilling), *jobs]
         widest = max([len(ids) + j.max_tokens for j in jobs for ids in j.ids] + [r.widest for r in self.running])
         rows = len(self.running) + sum(j.rows for j in jobs)
         return rows <= self.max_rows and self._slots(rows, widest) <= self.cache_bytes
 
     def admit(self, job: GenerateJob) -> None:
-        """Prefill ``job``'s prompts and draw their first tokens; its rows join the batch (or it is answered)."""
-        try:
-            joined, caches = self._prefill(job)
-        except Exception as error:  # noqa: BLE001 - the job at fault gets its error; the batch goes on
-            self.answer(job, _failure(error, job))
-            return
-        live = [r for r in joined if r.row.finish_reason is None]
-        if not live:
-            self.answer(job, choices_of(job, [r.row for r in joined]))
-            return
-        self.batch = BatchCache.join(([self.batch] if self.batch is not None else []) + caches)
-        self.running.extend(live)
-        self._rows[id(job)] = (job, [r.row for r in joined])
+        """Queue ``job``'s prompts for prefill (:meth:`prefill` runs them); its cache counts from now on."""
+        self.prefilling.append(Prefill(job))
 
-    def _prefill(self, job: GenerateJob) -> tuple[list[Running], list[BatchCache]]:
-        """Every row of ``job`` with its first token drawn, and the caches of those still going (in order)."""
-        joined, caches = [], []
-        for prompt, ids in enumerate(job.ids):
-            with torch.inference_mode():
-                out = self.model(input_ids=torch.tensor([ids], device=self.device),
-                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
-                                 adapter_names=[job.internal], use_cache=True)
-            cache = getattr(out, "cache", None) or out.past_key_values
-            length = layers_of(cache)[0][0].shape[2]  # soft slots (prefix, prompt tuning) and the prompt
-            echoed = prompt_scores(out.logits[0], ids, job.logprobs or 0) if job.echo else None
-            rows = []
-            for copy in range(job.n):
-                choice = prompt * job.n + copy
-                seed = None if job.seed is None else job.seed + choice
-                row = Row(ids, job.internal, job.max_tokens, job.temperature, job.top_p, job.stop,
-                          stream_to(job, choice), job.cancel.is_set, seed=seed, logprobs=job.logprobs,
-                          prompt_scores=echoed)
-                if job.echo and row.sink is not None:
-                    row.sink(job.prompts[prompt])  # the echoed prompt leads the streamed text
-                rows.append(Running(row, job, generator_for(row.seed, self.device), length=length))
-            if job.max_tokens == 0:
-                for running in rows:
-                    running.row.finish_reason = "length"
-                    flush(running.row, final=True)
-            else:
-                self._advance(rows, out.logits[:, -1].expand(len(rows), -1))
-            joined.extend(rows)
-            live = [i for i, r in enumerate(rows) if r.row.finish_reason is None]
-            if live:
-                batch = BatchCache(cache, torch.ones(1, length, dtype=torch.long, device=self.device))
-                batch = batch.repeat(job.n)
-                caches.append(batch.select(live) if len(live) < job.n else batch)
-        return joined, caches
+    def prefill(self, budget: int) -> None:
+        """Prefill up to ``budget`` prompt tokens (one chunk at least) of the admitted jobs, oldest first.
+
+        A prompt longer than what is left of ``budget`` is prefilled in chunks over several turns, each chunk's
+        forward extending the cache the earlier ones built, so the running rows get a decode step between two
+        chunks instead of waiting for the whole prompt. A job whose prompts are all in draws its first tokens
+        and its rows join the running batch (or it is answered, if none goes on)."""
+        while self.prefilling and budget > 0:
+            work = self.prefilling[0]
+            if work.job.cancel.is_set():  # its client left: no more chunks for it, its cache goes at once
+                self.prefilling.popleft()
+                self.answer(work.job, ServeError("The client left before its prompt was prefilled."))
+                continue
+            try:
+                budget -= self._chunk(work, budget)
+            except Exception as error:  # noqa: BLE001 - the job at fault gets its error; the batch goes on
+                self.prefilling.popleft()
+                self.answer(work.job, _failure(error, work.job))
+                continue
+            if work.prompt == len(work.job.ids):
+                self.prefilling.popleft()
+                self._join(work)
+
+    def _chunk(self, work: Prefill, budget: int) -> int:
+        """Run the next chunk (at most ``budget`` tokens) of ``work``'s current prompt; the tokens it ran."""
+        job, ids = work.job, work.job.ids[work.prompt]
+        chunk = ids[work.done:work.done + budget]
+        held = layers_of(work.cache)[0][0].shape[2] if work.cache is not None else 0
+        mask = torch.ones(1, held + len(chunk), dtype=torch.long, device=self.device)
+        call = {"input_ids": torch.tensor([chunk], device=self.device), "attention_mask": mask, "use_cache": True}
+        if work.cache is not None:
+            call[self.cache_name] = work.cache
+            if self.explicit_positions:
+                call["position_ids"] = positions_from_mask(mask, len(chunk))
+        last = work.done + len(chunk) == len(ids)
+        if self.keeps_logits and not (job.echo or not last):
+            call["logits_to_keep"] = 1  # the vocabulary projection of every prompt token is a fifth of a prefill
+        with torch.inference_mode():
+            out = self.model(**call, adapter_names=[job.internal])
+        work.cache = getattr(out, "cache", None) or out.past_key_values
+        work.done += len(chunk)
+        if job.echo:
+            work.logits.append(out.logits[0])
+        if last:
+            self._rows_of(work, out.logits[0, -1:])
+            work.prompt, work.done, work.cache, work.logits = work.prompt + 1, 0, None, []
+        return len(chunk)
+
+    def _rows_of(self, work: Prefill, last: torch.Tensor) -> None:
+        """The ``n`` rows of ``work``'s prompt just prefilled, first token drawn from ``last`` ``[1, vocab]``."""
+        job, prompt, ids = work.job, work.prompt, work.job.ids[work.prompt]
+        length = layers_of(work.cache)[0][0].shape[2]  # soft slots (prefix, prompt tuning) and the prompt
+        echoed = prompt_scores(torch.cat(work.logits), ids, job.logprobs or 0) if job.echo else None
+        rows = []
+        for copy in range(job.n):
+            choice = prompt * job.n + copy
+            seed = None if job.seed is None else job.seed + choice
+            row = Row(ids, job.internal, job.max_tokens, job.temperature, job.top_p, job.stop,
+                      stream_to(job, choice), job.cancel.is_set, seed=seed, logprobs=job.logprobs,
+                      prompt_scores=echoed)
+            if job.echo and row.sink is not None:
+                row.sink(job.prompts[prompt])  # the echoed prompt leads the streamed text
+            rows.append(Running(row, job, generator_for(row.seed, self.device), length=length))
+        if job.max_tokens == 0:
+            for running in rows:
+                running.row.finish_reason = "length"
+                flush(running.row, final=True)
+        else:
+            self._advance(rows, last.expand(len(rows), -1))
+        work.joined.extend(rows)
+        live = [i for i, r in enumerate(rows) if r.row.finish_reason is None]
+        if live:
+            batch = BatchCache(work.cache, torch.ones(1, length, dtype=torch.long, device=self.device))
+            batch = batch.repeat(job.n)
+            work.caches.append(batch.select(live) if len(live) < job.n else batch)
+
+    def _join(self, work: Prefill) -> None:
+        """``work``'s live rows join the running batch; a job with none left is answered now."""
+        live = [r for r in work.joined if r.row.finish_reason is None]
+        if not live:
+            self.answer(work.job, choices_of(work.job, [r.row for r in work.joined]))
+            return
+        self.batch = BatchCache.join(([self.batch] if self.batch is not None else []) + work.caches)
+        self.running.extend(live)
+        self._rows[id(work.job)] = (work.job, [r.row for r in work.joined])
 
     # -- decoding -------------------------------------------------------------------------------------
     def step(self) -> None:
