@@ -127,7 +127,8 @@ def server(args: argparse.Namespace, adapters: Path, *extra: str):
     command = [sys.executable, "-m", "splice", "serve", "--model", args.model, "--adapters", str(adapters),
                "--port", "0", "--device", args.device, "--max-batch-size", str(args.max_batch_size),
                "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(4 * args.requests),
-               "--device-slots", str(args.adapters), "--quiet", *extra]
+               "--device-slots", str(args.adapters), "--request-timeout", "3600",  # a saturated engine queues
+               "--quiet", *extra]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()

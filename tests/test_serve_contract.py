@@ -7,10 +7,14 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
+from splice.cli import build_parser, main
+from splice.cli.common import Steps
+from splice.cli.serve_app import build_app
 from splice.serve import Engine, create_app
 from splice.serve.errors import ErrorResponse
 
 from serving import char_tokenizer, decoder, decoder_app, encoder_app
+from tiny_models import tiny_model
 
 
 @pytest.fixture
@@ -48,6 +52,20 @@ def test_a_request_that_runs_out_of_time_is_a_504(tmp_path):
     engine = Engine(decoder(0), char_tokenizer(), max_wait_ms=1)
     with TestClient(create_app(engine, request_timeout=0)) as client:
         error_of(client.post("/v1/embeddings", json={"input": "x"}), 504)
+
+
+def test_serve_request_timeout_sets_the_apps_and_refuses_nonsense(tmp_path, capsys):
+    """``--request-timeout`` reaches the app (long completions on a CPU outlive the 300 s default)."""
+    tiny_model("llama", head="lm", seed=0).save_pretrained(tmp_path / "base")
+    char_tokenizer().save_pretrained(tmp_path / "base")
+    args = build_parser().parse_args(["serve", "--model", str(tmp_path / "base"), "--device", "cpu", "--quiet",
+                                      "--request-timeout", "1e-9"])
+    app, *_ = build_app(args, Steps(quiet=True))
+    with TestClient(app) as client:
+        error_of(client.post("/v1/embeddings", json={"input": "x"}), 504)
+    for bad in ("nan", "0", "-3", "inf"):
+        assert main(["serve", "--model", "unused", "--request-timeout", bad]) == 2
+        assert "--request-timeout must be a positive number of seconds" in capsys.readouterr().err
 
 
 def test_a_bug_still_answers_in_the_error_shape(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..errors import SpliceError
 from .common import Steps, add_command, add_quantize_options, table
@@ -32,6 +33,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-batch-size", type=int, default=32, help="rows per forward at most (default: 32)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0,
                         help="how long a batch waits to fill once its first request arrived (default: 5)")
+    parser.add_argument("--request-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="a request not answered by then gets 504 (default: 300; long completions on a CPU "
+                             "may need more)")
     parser.add_argument("--max-queue", type=int, default=256,
                         help="requests waiting at most; beyond it new ones get 429 (default: 256)")
     parser.add_argument("--device-slots", type=int, default=8, help="adapters on the model at once (default: 8)")
@@ -58,6 +62,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.replicas < 1:
         raise SpliceError(f"--replicas must be at least 1, got {args.replicas}.")
+    if not 0 < args.request_timeout < math.inf:  # NaN fails too
+        raise SpliceError(f"--request-timeout must be a positive number of seconds, got {args.request_timeout}.")
     if args.replicas > 1 or args.ray_address:
         from .serve_replicas import serve_replicas  # needs the ray extra; refuses in one line without it
 

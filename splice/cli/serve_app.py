@@ -38,7 +38,8 @@ def build_app(args: argparse.Namespace, steps: Steps):
         failures = engine.residency.preload(first)
     for name, why in failures.items():
         steps.say(f"adapter {name!r} failed to load: {why}")
-    return create_app(engine, base_name=base_name, hub=hub), engine, base_name, found
+    app = create_app(engine, base_name=base_name, hub=hub, request_timeout=args.request_timeout)
+    return app, engine, base_name, found
 
 
 def build_engine(args: argparse.Namespace, steps: Steps):
