@@ -1,5 +1,7 @@
 """The engines the multi-adapter benchmark compares: splice, peft (LoRA, ``adapter_names``) and
-AdapterHub's ``adapters`` (``BatchSplit``), each behind the same few calls.
+AdapterHub's ``adapters`` (``BatchSplit``), each behind the same few calls; and ``splice-generic``, splice with
+every delta's banked path switched off, so that a mixed batch runs each adapter on its own rows (the path a
+method without a bank takes), to measure what banking buys.
 
 Every engine gets its own copy of the same random base model (same config, same
 seed), adds ``count`` adapters of one method with random weights, and answers:
@@ -48,7 +50,7 @@ class Engine:
 
 class Splice(Engine):
     name = "splice"
-    methods = ("lora", "pfeiffer", "houlsby", "ia3")
+    methods = ("lora", "pfeiffer", "houlsby", "ia3", "dora", "vera", "loha", "lokr", "compacter")
 
     def __init__(self, make_model: Callable[[], nn.Module]):
         import splice
@@ -63,7 +65,13 @@ class Splice(Engine):
         return {"lora": lambda: s.LoRA(r=16, alpha=32, targets="all-linear"),
                 "pfeiffer": lambda: s.Bottleneck(reduction_factor=16),
                 "houlsby": lambda: s.Bottleneck(placement="houlsby", reduction_factor=16),
-                "ia3": lambda: s.IA3()}[method]()
+                "ia3": lambda: s.IA3(),
+                "dora": lambda: s.DoRA(r=16, alpha=32, targets="all-linear"),
+                "vera": lambda: s.VeRA(r=256, targets=("q", "v")),
+                "loha": lambda: s.LoHa(r=8, alpha=16, targets="all-linear"),
+                "lokr": lambda: s.LoKr(r=8, alpha=16, targets="all-linear"),
+                "compacter": lambda: s.Compacter(placement="houlsby", reduction_factor=32, non_linearity="gelu"),
+                }[method]()
 
     def add(self, method: str, count: int) -> list[str]:
         names = [f"{method}{i}" for i in range(count)]
@@ -82,6 +90,18 @@ class Splice(Engine):
 
     def row(self, inputs: Inputs, name: str):
         return self.one(inputs, name)
+
+
+class SpliceGeneric(Splice):
+    name = "splice-generic"
+
+    def add(self, method: str, count: int) -> list[str]:
+        names = super().add(method, count)
+        for name in names:
+            for delta in self.model.adapters[name].modules():
+                if isinstance(delta, self.splice.methods.Delta):
+                    delta.banked = False  # before the first forward: no plan has banked it yet
+        return names
 
 
 class Peft(Engine):
@@ -166,4 +186,4 @@ class Adapters(Engine):
         return self.one(inputs, name)
 
 
-ENGINES = {"splice": Splice, "peft": Peft, "adapters": Adapters}
+ENGINES = {"splice": Splice, "splice-generic": SpliceGeneric, "peft": Peft, "adapters": Adapters}

@@ -292,8 +292,8 @@ def adapters_lora(tmp_path) -> Path:
 
 @pytest.mark.parametrize("changes, words", [
     ({"use_gating": True}, ["use_gating", "gate"]),
-    ({"use_dora": True}, ["use_dora", "DoRA"]),
-    ({"vera_d": 0.1}, ["vera_d", "VeRA"]),
+    ({"use_dora": True}, ["DoRA", "m.weight"]),  # DoRA and VeRA are read (test_adapterhub_lora_variants.py):
+    ({"vera_d": 0.1}, ["VeRA", "shared projections"]),  # a plain LoRA's tensors are not theirs
     ({"composition_mode": "mix"}, ["composition_mode 'mix'"]),
     ({"n_up_projection": 3}, ["n_up_projection"]),
     ({"architecture": "mystery"}, ["architecture 'mystery'"]),

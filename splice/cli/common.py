@@ -8,6 +8,7 @@ not wait seconds for them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ MODEL_CLASSES = {
     "causal-lm": "AutoModelForCausalLM",
     "seq-cls": "AutoModelForSequenceClassification",
 }
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # the Hugging Face class names of causal language models
 
 
 QUIET_HELP = "print no progress lines on stderr"
@@ -69,13 +71,19 @@ def adapter_path(source: str) -> str:
     return str(inner) if is_folder(folder) and not is_adapter(folder) and is_adapter(inner) else source
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, auto: str | None = None) -> None:
+    """``--model`` and ``--model-class``; with ``auto`` (what it picks, for the help) the class defaults to
+    ``"auto"``, which the command resolves."""
     parser.add_argument("--model", required=True, metavar="NAME_OR_PATH",
                         help="folder of the base model, as save_pretrained wrote it, or a built-in demo model "
                              "(minilm, smollm2)")
-    parser.add_argument("--model-class", choices=list(MODEL_CLASSES), default="base",
-                        help="Auto class that reads the base: base (AutoModel, the default), causal-lm "
-                             "(AutoModelForCausalLM), seq-cls (AutoModelForSequenceClassification)")
+    classes = ("base (AutoModel), causal-lm (AutoModelForCausalLM), seq-cls (AutoModelForSequenceClassification)")
+    if auto is None:
+        parser.add_argument("--model-class", choices=list(MODEL_CLASSES), default="base",
+                            help=f"Auto class that reads the base (default: base): {classes}")
+    else:
+        parser.add_argument("--model-class", choices=["auto", *MODEL_CLASSES], default="auto",
+                            help=f"Auto class that reads the base: auto (the default: {auto}), {classes}")
 
 
 def add_quantize_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -87,6 +95,16 @@ def add_quantize_options(parser: argparse.ArgumentParser | argparse._ArgumentGro
                              "int8 weight-only); adapters stay float (the quantize extra)")
     parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES,
                         help="dtype 4-bit layers compute in (default: float32)")
+
+
+def base_model_class(folder: Path) -> str:
+    """``--model-class auto`` for a base model folder: causal-lm where its config.json names a causal-LM
+    architecture, else base."""
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        architectures = []
+    return "causal-lm" if any(str(a).endswith(CAUSAL_SUFFIXES) for a in architectures) else "base"
 
 
 def load_base(name_or_path: str, model_class: str, quantize: str | None = None, compute_dtype: str | None = None,

@@ -4,13 +4,10 @@ replica (:mod:`.serve_replicas`)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import SpliceError
-from .common import Steps, load_base
-
-CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+from .common import Steps, base_model_class, load_base
 
 
 def build_app(args: argparse.Namespace, steps: Steps):
@@ -52,7 +49,7 @@ def build_engine(args: argparse.Namespace, steps: Steps):
     from ..serve import Engine
 
     folder = model_path(args.model)
-    model_class = args.model_class if args.model_class != "auto" else _model_class(folder)
+    model_class = args.model_class if args.model_class != "auto" else base_model_class(folder)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     stored = f", {args.quantize}" if args.quantize else ""
     with steps(f"loading {args.model} ({model_class}{stored}) on {device}"):
@@ -66,12 +63,3 @@ def build_engine(args: argparse.Namespace, steps: Steps):
                     max_queue=args.max_queue, device_slots=args.device_slots, memory_slots=args.memory_slots,
                     continuous=args.continuous, cache_mb=args.kv_cache_mb, prefill_tokens=args.prefill_tokens)
     return engine, Path(str(args.model)).name or str(args.model)
-
-
-def _model_class(folder: Path) -> str:
-    """causal-lm when the folder's config.json names a causal-LM architecture, else base."""
-    try:
-        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError):
-        architectures = []
-    return "causal-lm" if any(a.endswith(CAUSAL_SUFFIXES) for a in architectures) else "base"

@@ -9,7 +9,8 @@ static head (``head_config.json`` with ``"config": null`` and
 
 In ``adapters``, LoRA with ``composition_mode="add"`` computes
 ``y + (alpha / r) · B A x`` (splice LoRA); ``"scale"`` computes
-``y · (alpha · lora_B)`` ((IA)³: splice IA3 on the outputs). On a fused
+``y · (alpha · lora_B)`` ((IA)³: splice IA3 on the outputs). Its DoRA and VeRA
+variants (``use_dora``, ``vera_d`` / ``vera_b``) are read in :mod:`.adapters_lora_variants`. On a fused
 projection (GPT-2 ``c_attn``) each matrix of ``attn_matrices`` has its own
 block of ``A`` rows and ``B`` rows, which become splice's per-role sites.
 Where the adapter lives (``selfattn_lora``, ``intermediate_lora``,
@@ -32,7 +33,7 @@ from ..anatomy import Site
 from ..checkpoint import Contents, load_sequence
 from ..errors import CheckpointError
 from ..file_names import ADAPTERHUB_HEAD_WEIGHTS, ADAPTERHUB_WEIGHTS
-from . import adapters_methods, adapters_soft
+from . import adapters_lora_variants, adapters_methods, adapters_soft
 from .bottleneck import bottleneck_from, is_bottleneck
 from .detect import FOREIGN_CONFIG, HEAD_CONFIG, read_json
 from .mapping import LoRAPiece, SiteIndex, head_state, ia3_from_vectors, lora_from_pieces
@@ -45,17 +46,16 @@ if TYPE_CHECKING:
 
 # LoRAConfig options splice honours (placement ones via the tensor names; initialisation and
 # dtype do not change what a trained adapter computes).
+# (use_dora, vera_d and vera_b by adapters_lora_variants; vera_b / vera_d are starting values of VeRA's scalings).
 _HONOURED = {
     "architecture", "r", "alpha", "dropout", "composition_mode", "selfattn_lora", "intermediate_lora",
-    "output_lora", "attn_matrices", "leave_out", "init_weights", "init_weights_seed", "dtype",
+    "output_lora", "attn_matrices", "leave_out", "init_weights", "init_weights_seed", "dtype", "use_dora",
+    "vera_d", "vera_b",
 }
 _REFUSED = {
     "use_gating": "a learned gate on the LoRA output (UniPELT)",
-    "use_dora": "DoRA (weight-decomposed LoRA)",
-    "vera_d": "VeRA (shared random matrices with trained scaling vectors)",
-    "vera_b": "VeRA (shared random matrices with trained scaling vectors)",
 }
-_KEY = re.compile(r"(?P<module>.+)\.loras\.(?P<name>[^.]+)\.(?P<param>lora_A|lora_B)")
+_KEY = re.compile(r"(?P<module>.+)\.loras\.(?P<name>[^.]+)\.(?P<param>lora_A|lora_B|m\.weight|vera_D|vera_B)")
 
 
 def read_adapterhub(anatomy: Anatomy, taken: Container[str], folder: Path,
@@ -92,9 +92,13 @@ def read_adapterhub(anatomy: Anatomy, taken: Container[str], folder: Path,
             else:
                 method, state = adapters_soft.prefix_from(anatomy, options, tensors, "version" in meta, weights_path)
         else:
+            shared, tensors = adapters_lora_variants.shared_of(tensors)
             modules = _group(tensors, weights_path)
             alpha = _alpha(meta, options)
-            if options.get("composition_mode", "add") == "scale":
+            if adapters_lora_variants.handles(options):
+                method, state = adapters_lora_variants.variant_from(anatomy, modules, shared, options, alpha,
+                                                                    weights_path)
+            elif options.get("composition_mode", "add") == "scale":
                 method, state = _ia3(anatomy, modules, options, alpha, weights_path)
             else:
                 method, state = _lora(anatomy, modules, options, options.get("r", 8), alpha, weights_path)
@@ -119,6 +123,9 @@ def _check_options(options: dict, source: Path) -> None:
         raise CheckpointError(f"{source}: composition_mode {mode!r} is unknown; adapters defines 'add' and 'scale'.")
     if mode == "scale" and (options.get("r", 8) != 1 or options.get("dropout", 0.0)):
         raise CheckpointError(f"{source}: composition_mode 'scale' ((IA)3) needs r=1 and no dropout.")
+    if mode == "scale" and adapters_lora_variants.handles(options):
+        raise CheckpointError(f"{source}: composition_mode 'scale' ((IA)3) with use_dora or vera_d / vera_b is "
+                              "not an adapter adapters can build (its DoRA and VeRA layers add).")
 
 
 def _alpha(meta: dict, options: dict) -> float:
@@ -138,8 +145,8 @@ def _group(tensors: dict[str, torch.Tensor], source: Path) -> dict[str, dict[str
         match = _KEY.fullmatch(key)
         if match is None:
             raise CheckpointError(
-                f"{source} holds {key!r}, which is not a LoRA tensor (<module>.loras.<name>.lora_A / lora_B); "
-                "splice does not know what it belongs to."
+                f"{source} holds {key!r}, which is not a LoRA tensor (<module>.loras.<name>.lora_A / lora_B, or "
+                "DoRA's m.weight, VeRA's vera_D / vera_B); splice does not know what it belongs to."
             )
         names.add(match["name"])
         modules.setdefault(match["module"], {})[match["param"]] = tensor

@@ -130,6 +130,11 @@ def read_vera(anatomy: Anatomy, config: dict, tensors: dict[str, torch.Tensor], 
 
 def export_dora(anatomy: Anatomy, adapter: Adapter, head: TaskHead | None) -> tuple[dict, dict[str, torch.Tensor]]:
     """A peft LoRA config with ``use_dora`` and its tensors, magnitudes stacked by rows over fused modules."""
+    if adapter.config.convention != "peft":
+        raise AdapterError(
+            f"This DoRA computes what AdapterHub's does (convention={adapter.config.convention!r}: the norm without "
+            "the scaling, the bias rescaled), which peft's use_dora cannot express. Save it with format='splice', "
+            "or convert it to a LoRA (model.to_lora / splice convert --lora-rank) first.")
     config, tensors = peft_lora.export_lora(anatomy, adapter, head)
     for path, items in peft_format.by_module(anatomy, adapter, head).items():
         vector = torch.zeros(linear_shape(items[0][0].module)[1])

@@ -24,8 +24,8 @@ from . import reference
 from .bank import Bank, Banks
 from .segments import RowSlots
 
-__all__ = ["Bank", "Banks", "RowSlots", "backend_for", "bottleneck", "lora", "scale_rows", "set_backend",
-           "shift_rows"]
+__all__ = ["Bank", "Banks", "RowSlots", "backend_for", "bottleneck", "kronecker", "lora", "scale_rows",
+           "set_backend", "shift_rows"]
 
 BACKENDS = ("auto", "reference")
 _state = {"backend": "auto", "broken": False}
@@ -59,6 +59,13 @@ def lora(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sca
     if backend_for(x, y, a, b) == "triton":
         return _run("triton_lora", "lora", reference.lora, (x, y, a, b, scale, rows))
     return reference.lora(x, y, a, b, scale, rows.slots)
+
+
+def kronecker(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, scale: torch.Tensor,
+              rows: RowSlots | torch.Tensor) -> torch.Tensor:
+    """``y + scale[s] * x @ (w1[s] ⊗ w2[s]).T`` per row (LoKr); the PyTorch reference on every device (no Triton
+    kernel yet: it is two batched matmuls with small factors)."""
+    return reference.kronecker(x, y, w1, w2, scale, _rows(rows).slots)
 
 
 def bottleneck(h: torch.Tensor, y: torch.Tensor, down_w: torch.Tensor, down_b: torch.Tensor, up_w: torch.Tensor,

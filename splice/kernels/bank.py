@@ -32,6 +32,12 @@ def bank_sources(delta: nn.Module) -> dict[str, torch.Tensor | float]:
     return type(delta).bank_sources(delta)
 
 
+def bank_inputs(delta: nn.Module) -> list[torch.Tensor]:
+    """The tensors one delta's slot is computed from (its class says: ``bank_inputs``); a slot is stale when one
+    of them changed since it was written."""
+    return type(delta).bank_inputs(delta)
+
+
 def layout(delta: nn.Module) -> tuple:
     """Deltas with equal layouts share a bank: same class, routing options and tensor shapes and dtypes."""
     cls = type(delta)
@@ -114,7 +120,8 @@ class Bank:
 
 
 class _Record:
-    """Where one delta sits, and the version stamps of the tensors it was copied from."""
+    """Where one delta sits, and the version stamps of the tensors its slot was computed from (its
+    ``bank_inputs``: the sources themselves, or what a computed source is made of, e.g. VeRA's vectors)."""
 
     __slots__ = ("delta", "bank", "slot", "sources", "stamps")
 
@@ -126,7 +133,7 @@ class _Record:
     def write(self) -> None:
         sources = bank_sources(self.delta)
         self.bank.write(self.slot, sources)
-        self.sources = [v for v in sources.values() if isinstance(v, torch.Tensor)]
+        self.sources = bank_inputs(self.delta)  # not computed sources: fresh tensors, whose versions never move
         self.stamps = [(t._version, t.data_ptr()) for t in self.sources]
 
     def stale(self) -> bool:

@@ -32,6 +32,22 @@ def lora(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sca
     return torch.baddbmm(y.reshape(h.shape[0], -1, y.shape[-1]), h, b).view(y.shape)
 
 
+def kronecker(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, scale: torch.Tensor,
+              slots: torch.Tensor) -> torch.Tensor:
+    """``y + scale[s] * x @ (w1[s] ⊗ w2[s]).T`` for each row, without building the Kronecker product (LoKr).
+
+    ``w1 [C, a, c]``, ``w2 [C, b, d]`` (outputs ``a·b``, inputs ``c·d``), ``scale [C]``: with ``x`` seen as a
+    ``[c, d]`` matrix ``X`` per token, ``(w1 ⊗ w2) x`` is ``w1 X w2ᵀ`` flattened.
+    """
+    take = gather_index(slots, w1)
+    (c, d), rows = (w1.shape[-1], w2.shape[-1]), x.shape[0]
+    h = x.to(w1.dtype).reshape(rows, -1, c, d)
+    h = torch.matmul(torch.matmul(w1.index_select(0, take)[:, None], h), w2.index_select(0, take)[:, None].transpose(
+        -1, -2))
+    h = h.reshape(rows, -1, w1.shape[1] * w2.shape[1]) * scale.index_select(0, take)[:, None, None]
+    return y + h.reshape(y.shape).to(y.dtype)
+
+
 def bottleneck(h: torch.Tensor, y: torch.Tensor, down_w: torch.Tensor, down_b: torch.Tensor, up_w: torch.Tensor,
                up_b: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor, activation: str) -> torch.Tensor:
     """``y + scale[s] * (act(h @ down_w[s].T + down_b[s]) @ up_w[s].T + up_b[s])`` for each row.

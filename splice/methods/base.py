@@ -236,7 +236,8 @@ class Delta(nn.Module):
       table, rows, x)`` for an input stage), which computes every row at once from ``table`` (``{name:
       [slots + 1, ...]}``, the last slot the identity, filled from ``bank_identity``, default 0) and ``rows``
       (a :class:`splice.kernels.RowSlots`), e.g. through :mod:`splice.kernels`. ``route_key(delta)`` names
-      options that must match to share a call;
+      options that must match to share a call; ``bank_inputs(delta)``, the tensors a slot is computed from
+      (default: the delta's parameters and buffers), whose in-place changes make the bank rewrite the slot;
     - fusion (``fusable = True``): ``change(x, y)`` (what the delta adds to ``y``) and ``adapter_input(x, y)``
       (what it reads), which a fusion with ``attend="deltas"`` or ``query_from="adapter_input"`` attends over.
     """
@@ -305,6 +306,12 @@ class Delta(nn.Module):
     def bank_sources(delta: "Delta") -> dict[str, torch.Tensor | float]:
         """The tensors (and per-adapter constants) one adapter puts in a bank slot (``banked`` deltas)."""
         raise NotImplementedError(f"{type(delta).__name__} is not banked.")
+
+    @staticmethod
+    def bank_inputs(delta: "Delta") -> list[torch.Tensor]:
+        """What :meth:`bank_sources` computes the slot from, watched for in-place changes (``banked`` deltas):
+        sources computed from parameters (VeRA's ``λ ⊙ A``) are fresh tensors, whose own versions never move."""
+        return [*delta.parameters(), *delta.buffers()]
 
     @staticmethod
     def routed(first: "Delta", table: dict[str, torch.Tensor], rows, *tensors: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,10 @@ Two training-time options come with them, as peft defines them:
 - ``module_dropout``: the whole update is skipped for a forward with this probability.
 
 Both draw their randomness as tensors and multiply, so they never synchronise with the host.
+
+Per-row routing runs them banked (each method says how in its ``bank_sources`` / ``routed``) — in
+eval, and in training without either dropout: a routed call cannot draw each row's adapter its own
+masks, so with a dropout set a delta takes the generic per-row path.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ class FactoredDelta(Delta):
         self.scaling = config.scaling
         self.rank_dropout = config.rank_dropout
         self.module_dropout = config.module_dropout
+        if config.rank_dropout or config.module_dropout:
+            self.banked = False
 
     def update(self) -> torch.Tensor:
         """The ``[out, in]`` update this delta adds to the base weight, scaled."""

@@ -5,6 +5,10 @@
 As peft initialises it, ``w2_b`` starts at zero (the others Kaiming-uniform), so a
 fresh adapter is the identity. Tensor names are peft's (``hada_w1_a`` ...), so
 peft's ``LOHA`` folders map one to one (:mod:`splice.convert.peft_products`).
+
+The Hadamard product of two rank-``r`` products is one product of rank ``r²``
+(``(w1_a w1_b) ⊙ (w2_a w2_b) = U V`` with ``U[:, i·r+j] = w1_a[:, i] ⊙ w2_a[:, j]`` and
+``V[i·r+j] = w1_b[i] ⊙ w2_b[j]``), so per-row routing runs LoHa as a LoRA bank of rank ``r²``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .. import kernels
 from ..anatomy import Anatomy, Site
+from ..kernels import RowSlots
 from .base import Delta, Recipe
 from .factored import FactoredConfig, FactoredDelta
 from .registry import register
@@ -41,6 +47,8 @@ class LoHa(FactoredConfig):
 class LoHaDelta(FactoredDelta):
     """The four LoHa factors at one projection."""
 
+    banked = True
+
     def __init__(self, in_features: int, out_features: int, config: LoHa):
         super().__init__(config)
         r = config.r
@@ -53,3 +61,21 @@ class LoHaDelta(FactoredDelta):
 
     def update(self) -> torch.Tensor:
         return (self.hada_w1_a @ self.hada_w1_b) * (self.hada_w2_a @ self.hada_w2_b) * self.scaling
+
+    def lora_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(V, U)`` of rank ``r²`` with ``U @ V`` = the unscaled update: a LoRA pair ``[r², in]``, ``[out, r²]``."""
+        r = self.hada_w1_a.shape[1]
+        a = (self.hada_w1_b[:, None, :] * self.hada_w2_b[None, :, :]).reshape(r * r, -1)
+        b = (self.hada_w1_a[:, :, None] * self.hada_w2_a[:, None, :]).reshape(-1, r * r)
+        return a, b
+
+    @staticmethod
+    def bank_sources(delta: "LoHaDelta") -> dict[str, torch.Tensor | float]:
+        a, b = delta.lora_factors()
+        return {"a": a, "b": b, "scale": delta.scaling}
+
+    @staticmethod
+    def routed(first: "LoHaDelta", table: dict[str, torch.Tensor], rows: RowSlots, x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
+        """Per-row LoHa, as a LoRA bank of the rank-``r²`` pairs :meth:`lora_factors` gives (slot -1: none)."""
+        return kernels.lora(x, y, table["a"], table["b"], table["scale"], rows)

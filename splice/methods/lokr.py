@@ -11,6 +11,10 @@ one, so peft's ``LOKR`` tensors (``lokr_w1``, ``lokr_w2_a`` ...) map one to one.
 ``w2`` (or ``w2_b``) at zero, as peft's ``init_weights="lycoris"``; either way a
 fresh adapter is the identity. ``decompose_factor`` (peft's option): ``-1`` splits
 each dimension near its square root; ``f > 0`` splits off ``f`` where it divides.
+
+Per-row routing banks ``w1`` and ``w2`` (built from their products where decomposed) and never
+builds ``w1 ⊗ w2``: a row's update is ``w1 X w2ᵀ`` with its input seen as a ``[c, d]`` matrix ``X``
+(:func:`splice.kernels.kronecker`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .. import kernels
 from ..anatomy import Anatomy, Site
 from ..errors import ConfigError
+from ..kernels import RowSlots
 from .base import Delta, Recipe
 from .factored import FactoredConfig, FactoredDelta
 from .registry import register
@@ -84,6 +90,8 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
 class LoKrDelta(FactoredDelta):
     """``w1`` (or ``w1_a``, ``w1_b``) and ``w2`` (or ``w2_a``, ``w2_b``) at one projection."""
 
+    banked = True
+
     def __init__(self, in_features: int, out_features: int, config: LoKr):
         super().__init__(config)
         self.rescale_rank_dropout = config.rank_dropout_scale
@@ -108,6 +116,16 @@ class LoKrDelta(FactoredDelta):
 
     def update(self) -> torch.Tensor:
         return torch.kron(self._part("w1"), self._part("w2")) * self.scaling
+
+    @staticmethod
+    def bank_sources(delta: "LoKrDelta") -> dict[str, torch.Tensor | float]:
+        return {"w1": delta._part("w1"), "w2": delta._part("w2"), "scale": delta.scaling}
+
+    @staticmethod
+    def routed(first: "LoKrDelta", table: dict[str, torch.Tensor], rows: RowSlots, x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
+        """Per-row LoKr: each row adds ``scale · (w1 ⊗ w2) x`` of its slot (slot -1: none)."""
+        return kernels.kronecker(x, y, table["w1"], table["w2"], table["scale"], rows)
 
 
 def _factor(rows: int, columns: int, zero: bool = False) -> nn.Parameter:

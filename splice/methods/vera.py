@@ -140,6 +140,10 @@ class VeRADelta(Delta):
         return {"a": a, "b": b, "scale": 1.0}
 
     @staticmethod
+    def bank_inputs(delta: "VeRADelta") -> list[torch.Tensor]:
+        return [*Delta.bank_inputs(delta), *delta._projections[0].buffers()]  # a loaded adapter rewrites them
+
+    @staticmethod
     def routed(first: "VeRADelta", table: dict[str, torch.Tensor], rows: RowSlots, x: torch.Tensor,
                y: torch.Tensor) -> torch.Tensor:
         """Per-row VeRA, as a LoRA bank of the pairs :meth:`factors` gives (slot -1: none)."""

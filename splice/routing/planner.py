@@ -336,5 +336,6 @@ class Planner:
 
 
 def _bankable(program: Program) -> bool:
-    """One delta that keeps its tensors in banks (LoRA, bottleneck, IA³, BitFit: ``banked`` deltas)."""
+    """One delta that keeps its tensors in banks (``banked`` deltas: LoRA, DoRA, VeRA, LoHa, LoKr, bottleneck,
+    Compacter, IA³, BitFit)."""
     return isinstance(program, Leaf) and program.delta.banked

@@ -1,6 +1,6 @@
 """The resident plan: every bankable adapter at a fixed routing position, and the room kept for more.
 
-Per-row batches of single bankable adapters (LoRA, bottleneck, IA³, BitFit without a head) run this
+Per-row batches of single bankable adapters (``banked`` deltas, without a head) run this
 one plan, whatever their mix; only the row index changes. Captured CUDA graphs and compiled forwards
 read its tensors in place, so what would move them (growth past the reserved room, a layout no
 captured forward runs) is checked here (see :mod:`.capture`).
