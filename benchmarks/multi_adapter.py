@@ -58,7 +58,8 @@ def common_parser(doc: str, methods: str) -> argparse.ArgumentParser:
     p.add_argument("--size", choices=SIZES, default=None, help="model shape (default: 1b on GPU, tiny otherwise)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    p.add_argument("--engines", default="splice,peft", help="comma-separated: splice, splice-generic (banking off), peft, adapters")
+    p.add_argument("--engines", default="splice,peft",
+                   help="comma-separated: splice, splice-generic (banking off), peft, adapters")
     p.add_argument("--methods", default=methods)
     return p
 
