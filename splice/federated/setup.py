@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data import Splits
+from ..errors import SpliceError
 from ..model import AdaptedModel, attach
 from ..train.backbone import load_backbone, task_head
 from ..train.config import TrainConfig
@@ -31,6 +32,9 @@ def build(config: TrainConfig) -> Federated:
 
     from ..methods import recipe
 
+    if config.streaming:
+        raise SpliceError("Federated training shards the rows among its clients in memory; it does not stream "
+                          "(drop --streaming).")
     splits = read_splits(config)
     base, tokenizer = load_backbone(config.model, config.task)
     set_seed(config.seed)
