@@ -144,8 +144,8 @@ def test_examples_train_on_a_tiny_llama_and_write_the_adapter(llama, tmp_path, s
 
 def test_the_reference_pass_builds_no_banks_and_saves_nothing_for_backward(llama):
     """DPO's reference forward (under no_grad, as TRL runs it) must cost what the base alone costs: routing every
-    row to the base used to build the serving path's resident banks (16 slots of every adapter's weights per site,
-    ~29 MB on SmolLM2 with LoRA r8 on q, v), kept for the whole run."""
+    row to the base used to build the serving path's resident banks (copies of every adapter's weights per site,
+    1.9 MB on SmolLM2 with LoRA r8 on q, v), kept for the whole run."""
     model, _ = adapted(llama, "lora")
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     saved = []
