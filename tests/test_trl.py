@@ -140,3 +140,18 @@ def test_examples_train_on_a_tiny_llama_and_write_the_adapter(llama, tmp_path, s
     assert len(logged) == 3 and logged[-1] < logged[0]
     assert_base_untouched(model, AutoModelForCausalLM.from_pretrained(llama).state_dict())
     assert (tmp_path / "adapter" / "adapter.safetensors").is_file()
+
+
+def test_the_reference_pass_builds_no_banks_and_saves_nothing_for_backward(llama):
+    """DPO's reference forward (under no_grad, as TRL runs it) must cost what the base alone costs: routing every
+    row to the base used to build the serving path's resident banks (copies of every adapter's weights per site,
+    1.9 MB on SmolLM2 with LoRA r8 on q, v), kept for the whole run."""
+    model, _ = adapted(llama, "lora")
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    saved = []
+    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ReferenceModel(model)(input_ids=ids)
+    assert not saved and not model.planner.banks.tensors() and model.planner.resident_plan is None
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        model(input_ids=ids).logits.sum().backward()  # the policy's pass does save tensors: the check above can fail
+    assert saved

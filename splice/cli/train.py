@@ -94,8 +94,8 @@ def register(commands: argparse._SubParsersAction) -> None:
            type=split_sizes, metavar="A,B,C")
     option(group, "--limit", "subsample the data to this many rows before splitting", type=int, metavar="N")
     option(group, "--data-seed", "seed of the train/validation/test shuffle", type=int, metavar="N")
-    option(group, "--streaming", "read a CSV/JSONL/Parquet file row by row instead of first "
-           "writing an Arrow copy of it to the datasets cache", action="store_true")
+    option(group, "--streaming", "read a CSV/JSONL/Parquet file row by row each time a split is used, never "
+           "holding it (splits drawn per row by a seeded hash; --sizes as fractions)", action="store_true")
     option(group, "--max-length", "tokens per example (default 64; 256 for causal-lm)", type=int, metavar="N")
     group = parser.add_argument_group("optimisation")
     option(group, "--epochs", "training epochs", type=float, metavar="N")

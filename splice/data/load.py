@@ -14,6 +14,7 @@ from .builtin import BUILTIN_DATA
 from .readers import ACCEPTED, CONLL_SUFFIXES, read_conll, read_folder, read_lines
 from .records import Columns, as_string, check_task, decide_labels, is_empty, missing_column, table_records
 from .splits import Splits, split_records
+from .stream import stream_splits
 from .tables import (
     TABLE_SUFFIXES,
     Table,
@@ -36,7 +37,8 @@ def load_data(source: str | os.PathLike | Any, task: str, *, columns: Columns = 
     (or a folder ``save_to_disk`` wrote; a DatasetDict's own train / validation / test
     splits are kept, see :func:`_dataset_dict`), a CSV / TSV / JSON-lines / Parquet
     file (read by ``datasets``: converted to Arrow once and memory-mapped, or with
-    ``streaming`` read row by row without converting), a CoNLL-style ``token<TAB>tag``
+    ``streaming`` read row by row each time a split is iterated, never held: see
+    :mod:`splice.data.stream`, which also takes a ``datasets.IterableDataset``), a CoNLL-style ``token<TAB>tag``
     file (tagging), a text file of one text per line (causal-lm), or a folder with one
     subfolder of .txt files per label.
     Rows with nothing to learn from (empty text) are dropped; then the rows are
@@ -52,6 +54,11 @@ def load_data(source: str | os.PathLike | Any, task: str, *, columns: Columns = 
         source = load_saved(Path(os.fspath(source)))
     if is_dataset(source) and hasattr(source, "keys"):
         return _dataset_dict(source, task, columns, sizes, seed, labels, limit)
+    if is_dataset(source) and not hasattr(source, "__len__"):  # an IterableDataset: streamed, whatever streaming says
+        return stream_splits(dataset_table(source, describe(source)), task, columns, sizes, seed, labels, limit)
+    if streaming and _is_table_file(source, task):
+        table = read_table(Path(os.fspath(source)), streaming=True)
+        return stream_splits(table, task, columns, sizes, seed, labels, limit)
     if is_dataset(source):
         records, places = _table_records(dataset_table(source, describe(source)), task, columns)
         where = describe(source)
@@ -160,6 +167,14 @@ def _note_repeats(records: list[dict], notes: list[str]) -> None:
     repeats = len(records) - len({_content(record) for record in records})
     if repeats:
         notes.append(f"{repeats:,} rows repeat an earlier text; the copies are kept and may fall in different splits")
+
+
+def _is_table_file(source, task: str) -> bool:
+    """Whether ``source`` names a CSV / TSV / JSON / Parquet file read as a table (a .tsv is CoNLL for tagging)."""
+    path = Path(os.fspath(source))
+    suffix = path.suffix.lower()
+    return (os.fspath(source) not in BUILTIN_DATA and suffix in TABLE_SUFFIXES and path.is_file()
+            and not (task == "tagging" and suffix in CONLL_SUFFIXES))
 
 
 def _from_path(path: Path, task: str, columns: Columns, streaming: bool) -> tuple[list[dict], Sequence[str]]:

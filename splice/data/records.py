@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import DataError
@@ -41,28 +41,36 @@ def check_task(task: str) -> None:
 
 def table_records(table: Table, task: str, columns: Columns) -> list[dict]:
     """Each row of ``table`` as a normalised record of ``task``, read from the columns ``columns`` names."""
+    make = record_maker(table, task, columns)
+    return [make(row, place) for row, place in zip(table.rows, table.places)]
+
+
+def record_maker(table: Table, task: str, columns: Columns) -> Callable[[dict, str], dict]:
+    """What turns one row of ``table`` (found at ``place``) into a record of ``task``; the columns are checked
+    now, so a missing one fails before any row is read (a streamed file is then not read at all)."""
     if task == "classification":
         text, label = _require(table, columns, "text", "label")
-        return [{"text": as_string(row.get(text)), "label": as_string(row.get(label))} for row in table.rows]
+        return lambda row, place: {"text": as_string(row.get(text)), "label": as_string(row.get(label))}
     if task == "tagging":
         tokens, tags = _require(table, columns, "tokens", "tags")
-        records = []
-        for row, place in zip(table.rows, table.places):
+
+        def tagged(row: dict, place: str) -> dict:
             record = {"tokens": _as_sequence(row.get(tokens), table, place, tokens),
                       "tags": _as_sequence(row.get(tags), table, place, tags)}
             check_tags(record, f"{table.where} {place}")
-            records.append(record)
-        return records
+            return record
+
+        return tagged
     if columns.prompt in table.columns and columns.completion in table.columns:
-        return [{"prompt": as_string(row.get(columns.prompt)), "completion": as_string(row.get(columns.completion))}
-                for row in table.rows]
+        prompt, completion = columns.prompt, columns.completion
+        return lambda row, place: {"prompt": as_string(row.get(prompt)), "completion": as_string(row.get(completion))}
     if columns.text not in table.columns:
         raise DataError(
             f"{table.where} has neither a {columns.text!r} column nor {columns.prompt!r} and {columns.completion!r} "
             f"columns (its columns: {_listed(table.columns)}). Name them with --text-column, or --prompt-column and "
             "--completion-column (Columns(text=...) / Columns(prompt=..., completion=...) in Python)."
         )
-    return [{"text": as_string(row.get(columns.text))} for row in table.rows]
+    return lambda row, place: {"text": as_string(row.get(columns.text))}
 
 
 def _require(table: Table, columns: Columns, *fields: str) -> list[str]:
@@ -132,40 +140,57 @@ def record_labels(record: dict) -> list[str]:
     return record.get("tags", [])
 
 
-def decide_labels(task: str, records: list[dict], places: list[str], where: str,
+def decide_labels(task: str, records: Iterable[dict], places: Iterable[str], where: str,
                   given: Sequence[str] | None) -> tuple[str, ...] | None:
     """The label set: ``given`` after checking every record against it, else the labels the records use.
 
     Classification labels are sorted (numerically when every label is an integer, so
     ``"2"`` comes before ``"10"``); tagging puts ``"O"`` first and sorts the rest.
     """
-    if task == "causal-lm":
-        if given is not None:
-            raise DataError("labels= applies to classification and tagging only; causal-lm data has no labels.")
-        return None
-    if task == "classification":
-        missing = [place for record, place in zip(records, places) if not record["label"].strip()]
-        if missing:
-            raise DataError(f"{where} {missing[0]} has no label ({len(missing)} rows without one); every row of "
-                            "classification data needs a label.")
-    if given is not None:
-        labels = tuple(as_string(label) for label in given)
-        known = set(labels)
-        for record, place in zip(records, places):
-            for label in record_labels(record):
-                if label not in known:
-                    kind = "label" if task == "classification" else "tag"
-                    raise DataError(f"{where} {place}: {kind} {label!r} is not one of the known {kind}s "
-                                    f"({', '.join(labels)}).")
-    else:
-        used = {label for record in records for label in record_labels(record)}
-        if task == "tagging":
-            labels = (("O",) if "O" in used else ()) + tuple(sorted(used - {"O"}))
-        else:
-            numeric = all(label.lstrip("-").isdigit() for label in used)
-            labels = tuple(sorted(used, key=int if numeric else None))
-    if task == "classification" and len(labels) < 2:
-        raise DataError(f"{where} has a single class ({_listed(labels)}); classification needs at least two. "
-                        "Check the label column (--label-column).")
-    return labels
+    tally = LabelTally(task, where, given)
+    for record, place in zip(records, places):
+        tally.add(record, place)
+    return tally.labels()
 
+
+class LabelTally:
+    """The labels of records seen one at a time, each checked as it comes, so that a streamed file is checked in
+    the one pass that also counts it (:func:`decide_labels` for records in memory)."""
+
+    def __init__(self, task: str, where: str, given: Sequence[str] | None):
+        if task == "causal-lm" and given is not None:
+            raise DataError("labels= applies to classification and tagging only; causal-lm data has no labels.")
+        self.task, self.where = task, where
+        self.given = None if given is None else tuple(as_string(label) for label in given)
+        self.used: set[str] = set()
+        self.unlabelled: list[str] = []  # places of classification rows without a label
+
+    def add(self, record: dict, place: str) -> None:
+        if self.task == "classification" and not record["label"].strip():
+            self.unlabelled.append(place)
+            return
+        for label in record_labels(record):
+            if self.given is not None and label not in self.given:
+                kind = "label" if self.task == "classification" else "tag"
+                raise DataError(f"{self.where} {place}: {kind} {label!r} is not one of the known {kind}s "
+                                f"({', '.join(self.given)}).")
+            self.used.add(label)
+
+    def labels(self) -> tuple[str, ...] | None:
+        """The label set of everything added (None for causal-lm); an error for unlabelled rows or a single class."""
+        if self.task == "causal-lm":
+            return None
+        if self.unlabelled:
+            raise DataError(f"{self.where} {self.unlabelled[0]} has no label ({len(self.unlabelled)} rows without "
+                            "one); every row of classification data needs a label.")
+        if self.given is not None:
+            labels = self.given
+        elif self.task == "tagging":
+            labels = (("O",) if "O" in self.used else ()) + tuple(sorted(self.used - {"O"}))
+        else:
+            numeric = all(label.lstrip("-").isdigit() for label in self.used)
+            labels = tuple(sorted(self.used, key=int if numeric else None))
+        if self.task == "classification" and len(labels) < 2:
+            raise DataError(f"{self.where} has a single class ({_listed(labels)}); classification needs at least "
+                            "two. Check the label column (--label-column).")
+        return labels

@@ -8,7 +8,7 @@ the same split on every machine and Python version.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import DataError
@@ -21,14 +21,15 @@ class Splits:
     """The three splits of one data set for one task, its label set, and where it came from."""
 
     task: str
-    train: list[dict]
-    validation: list[dict]
-    test: list[dict]
+    # Lists, or for streamed data (splice.data.stream.StreamedSplit) records read anew on each iteration.
+    train: Collection[dict]
+    validation: Collection[dict]
+    test: Collection[dict]
     labels: tuple[str, ...] | None  # classification: classes; tagging: tags, "O" first; causal-lm: None
     source: str  # what the data is, for model cards: a built-in name and its package, or the file path
     notes: list[str] = field(default_factory=list)  # what was done to the data, in words
 
-    def split(self, name: str) -> list[dict]:
+    def split(self, name: str) -> Collection[dict]:
         """The records of split ``name``: train, validation, test, or all (the three in that order)."""
         if name == "all":
             return self.train + self.validation + self.test

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..adapted import attach
 from ..data import Splits
+from ..errors import SpliceError
 from ..model import AdaptedModel
 from ..train.backbone import load_backbone, task_head
 from ..train.config import TrainConfig
@@ -32,6 +33,9 @@ def build(config: TrainConfig) -> Federated:
 
     from ..methods import recipe
 
+    if config.streaming:
+        raise SpliceError("Federated training shards the rows among its clients in memory; it does not stream "
+                          "(drop --streaming).")
     splits = read_splits(config)
     base, tokenizer = load_backbone(config.model, config.task)
     set_seed(config.seed)

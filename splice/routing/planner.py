@@ -180,6 +180,10 @@ class Planner:
         A batch with splice heads finds each head's rows with ``.nonzero()``, once per batch and outside
         the hooks (resident adapters have no heads, so the serving path does not pay it).
         """
+        if all(e == BASE_NAME for e in entries) and not (static or self.banks.frozen):
+            # The base alone (DPO's reference pass): no routing, and no resident banks built for it, which
+            # would hold copies of every adapter's weights for as long as the model lives.
+            return {}, []
         if not torch.is_grad_enabled():
             resident = self.resident()
             if all(e == BASE_NAME or (isinstance(e, str) and e in resident.position) for e in entries):

@@ -57,7 +57,7 @@ class TrainConfig:
     sizes: tuple[float, float, float] | None = None  # train/validation/test: fractions or row counts (see split_sizes)
     limit: int | None = None              # subsample the data to this many rows before splitting
     data_seed: int = 0                    # the split's shuffle; fixed across training seeds
-    streaming: bool = False               # read CSV/JSON/Parquet row by row instead of converting to Arrow first
+    streaming: bool = False               # read CSV/JSON/Parquet row by row per pass, never held (splice.data.stream)
     max_length: int | None = None         # tokens per example (default 64 for classification/tagging, 256 for LM)
     # optimisation
     epochs: float = 3.0

@@ -13,7 +13,9 @@ One function per task turns a record into ``input_ids`` (+ ``attention_mask``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import itertools
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -24,27 +26,49 @@ IGNORE = -100
 KEEP_PROMPT_END = 8  # a prompt cut to fit keeps its last tokens: they hold the cue ("Headline:")
 
 
-def encode(records: Sequence[dict], task: str, tokenizer, max_length: int,
-           labels: Sequence[str] | None = None) -> list[dict[str, list[int]]]:
-    """Token ids (and targets) for every record, cut to ``max_length`` tokens."""
+def encode(records: Collection[dict], task: str, tokenizer, max_length: int,
+           labels: Sequence[str] | None = None) -> list[dict[str, list[int]]] | EncodedStream:
+    """Token ids (and targets) for every record, cut to ``max_length`` tokens: a list, or for streamed records
+    (anything but a list) a stream that encodes each record as it is read."""
     index = {label: i for i, label in enumerate(labels or ())}
     if task == "classification":
-        return [_classification(r, tokenizer, max_length, index) for r in records]
-    if task == "tagging":
+        one = functools.partial(_classification, tokenizer=tokenizer, max_length=max_length, index=index)
+    elif task == "tagging":
         if not getattr(tokenizer, "is_fast", False):
             raise SpliceError(
                 "Tagging needs a fast tokenizer (it maps tokens back to words); this model has a slow one.")
-        return [_tagging(r, tokenizer, max_length, index) for r in records]
-    return [_causal(r, tokenizer, max_length) for r in records]
+        one = functools.partial(_tagging, tokenizer=tokenizer, max_length=max_length, index=index)
+    else:
+        one = functools.partial(_causal, tokenizer=tokenizer, max_length=max_length)
+    return [one(r) for r in records] if isinstance(records, list) else EncodedStream(records, one)
 
 
-def _classification(record: dict, tokenizer, max_length: int, index: dict[str, int]) -> dict[str, Any]:
+class EncodedStream(torch.utils.data.IterableDataset):
+    """Streamed records, encoded one at a time as the Trainer reads them; its length is the records'.
+
+    Each DataLoader worker reads every row but keeps only its share, so that workers do not repeat examples.
+    """
+
+    def __init__(self, records: Collection[dict], encode_one: Callable[[dict], dict]):
+        self.records, self.encode_one = records, encode_one
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = torch.utils.data.get_worker_info()
+        records = iter(self.records) if worker is None else itertools.islice(
+            self.records, worker.id, None, worker.num_workers)
+        return map(self.encode_one, records)
+
+
+def _classification(record: dict, *, tokenizer, max_length: int, index: dict[str, int]) -> dict[str, Any]:
     features = dict(tokenizer(record["text"], truncation=True, max_length=max_length))
     features["labels"] = index[record["label"]]
     return features
 
 
-def _tagging(record: dict, tokenizer, max_length: int, index: dict[str, int]) -> dict[str, Any]:
+def _tagging(record: dict, *, tokenizer, max_length: int, index: dict[str, int]) -> dict[str, Any]:
     encoded = tokenizer(record["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
     targets, previous = [], None
     for word in encoded.word_ids():
@@ -55,7 +79,7 @@ def _tagging(record: dict, tokenizer, max_length: int, index: dict[str, int]) ->
     return features
 
 
-def _causal(record: dict, tokenizer, max_length: int) -> dict[str, Any]:
+def _causal(record: dict, *, tokenizer, max_length: int) -> dict[str, Any]:
     if "text" in record:
         ids = tokenizer(record["text"], truncation=True, max_length=max_length)["input_ids"]
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
