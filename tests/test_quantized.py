@@ -270,3 +270,13 @@ def test_a_tied_embedding_is_counted_once():
     model = tiny_model("gemma", head="lm")
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert parameter_count(model) == model.num_parameters() == splice.attach(model).summary(False).base_parameters
+
+
+def test_torchao_int4_is_refused_with_the_reason_and_what_to_use():
+    from splice.quantize import load_pretrained
+    from splice.train import TrainConfig
+
+    with pytest.raises(QuantizationError, match="only on CUDA.*nf4 or fp4.*torchao-int8"):
+        load_pretrained(AutoModelForCausalLM, str(LLAMA), "torchao-int4")
+    with pytest.raises(QuantizationError, match="torchao-int4 is not offered"):
+        TrainConfig(model=str(LLAMA), data="x.jsonl", task="causal-lm", quantize="torchao-int4")
