@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 BITSANDBYTES = ("nf4", "fp4", "int8")
 TORCHAO = ("torchao-int8",)
 QUANTIZATIONS = BITSANDBYTES + TORCHAO
+# Asked for, checked, and not offered: why, and what to use instead. torchao 0.18 packs int4 weights only for
+# CUDA (Int4WeightOnlyConfig: the mslk kernels or tinygemm's bfloat16 tile packing); on the CPU its int4
+# (IntxWeightOnlyConfig) keeps every 4-bit value in a whole byte, so it would save nothing over torchao-int8.
+NOT_OFFERED = {
+    "torchao-int4": "torchao packs int4 weights only on CUDA, and its CPU int4 keeps each value in a whole byte "
+                    "(no smaller than torchao-int8); for a 4-bit base use --quantize nf4 or fp4 (bitsandbytes, CPU "
+                    "and GPU), for torchao use torchao-int8",
+}
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -90,7 +98,9 @@ def dequantize_model(model: nn.Module) -> nn.Module:
 
 
 def check_choice(kind: str, compute_dtype: str = "float32") -> None:
-    """A clear error for an unknown ``--quantize`` or compute dtype."""
+    """A clear error for an unknown or not offered ``--quantize``, or an unknown compute dtype."""
+    if kind in NOT_OFFERED:
+        raise QuantizationError(f"--quantize {kind} is not offered: {NOT_OFFERED[kind]}.")
     if kind not in QUANTIZATIONS:
         raise QuantizationError(f"Unknown quantization {kind!r}; choose one of {', '.join(QUANTIZATIONS)}.")
     if compute_dtype not in COMPUTE_DTYPES:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .adapter import Adapter
 from .anatomy import Anatomy
+from .anatomy.quantized import parameter_count
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Summary:
     def of(cls, anatomy: Anatomy, adapters: Mapping[str, Adapter], active: Collection[str],
            merged: Collection[str]) -> "Summary":
         """The table for the adapters on ``anatomy``'s base, of which ``active`` are active and ``merged`` merged."""
-        base = sum(p.numel() for p in anatomy.model.parameters())
+        base = parameter_count(anatomy.model)  # a packed 4-bit weight's numel() is half its size
         rows = []
         for name, adapter in adapters.items():
             flags = (("active", name in active), ("merged", name in merged))

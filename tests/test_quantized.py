@@ -246,3 +246,37 @@ def test_the_base_is_counted_at_its_logical_size_on_a_quantized_load(kind):
 
     float_base = AutoModelForCausalLM.from_pretrained(str(LLAMA))
     assert parameter_count(quantized(kind).base) == parameter_count(float_base) == float_base.num_parameters()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_summary_gives_a_quantized_base_the_float_bases_size_and_trainable_share(kind):
+    """summary() used to count a packed NF4 weight's numel(): half the base, twice the trainable share."""
+    float_base = AutoModelForCausalLM.from_pretrained(str(LLAMA))
+    reports = []
+    for model in (splice.attach(float_base), quantized(kind)):
+        model.add("task", LoRA(targets=("q", "v")))
+        reports.append(model.summary(print_table=False))
+    on_float, on_quantized = reports
+    assert on_quantized.base_parameters == on_float.base_parameters == float_base.num_parameters()
+    assert on_quantized.rows[0].percent_of_base == on_float.rows[0].percent_of_base
+
+
+def test_a_tied_embedding_is_counted_once():
+    """SmolLM2 ties its head to its embeddings: counting the shared matrix twice would add 28 M parameters."""
+    from splice.anatomy.quantized import parameter_count
+
+    from tiny_models import tiny_model
+
+    model = tiny_model("gemma", head="lm")
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert parameter_count(model) == model.num_parameters() == splice.attach(model).summary(False).base_parameters
+
+
+def test_torchao_int4_is_refused_with_the_reason_and_what_to_use():
+    from splice.quantize import load_pretrained
+    from splice.train import TrainConfig
+
+    with pytest.raises(QuantizationError, match="only on CUDA.*nf4 or fp4.*torchao-int8"):
+        load_pretrained(AutoModelForCausalLM, str(LLAMA), "torchao-int4")
+    with pytest.raises(QuantizationError, match="torchao-int4 is not offered"):
+        TrainConfig(model=str(LLAMA), data="x.jsonl", task="causal-lm", quantize="torchao-int4")

@@ -85,6 +85,17 @@ def test_refusals_are_one_line(files, tmp_path, capsys):
     assert code == 2 and "int3" in err and "nf4" in err
 
 
+def test_torchao_int4_is_refused_on_one_line_naming_what_to_use(files, tmp_path, capsys):
+    """torchao packs int4 only on CUDA; its CPU int4 is a byte per value: refused before the model loads."""
+    code, _, err = run(capsys, "train", "--model", files["llama"], "--data", files["jsonl"], "--task", "causal-lm",
+                       "--quantize", "torchao-int4", "--out", tmp_path / "int4", "-q")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "torchao-int4 is not offered" in lines[0]
+    assert "nf4" in lines[0] and "torchao-int8" in lines[0] and not (tmp_path / "int4").exists()
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0 and "torchao-int8" in out and "torchao-int4" not in out  # help lists only what is offered
+
+
 def test_serve_on_the_quantized_base_answers_as_the_adapter_does_there(trained, files):
     """``splice serve --quantize nf4``: the engine's base is stored NF4 and a greedy completion through the HTTP
     API is the one the adapter gives on an NF4 load directly."""

@@ -149,11 +149,16 @@ def quantization_summary(model: nn.Module) -> dict | None:
 
 
 def parameter_count(model: nn.Module) -> int:
-    """``model``'s parameters, a quantized layer's weight counted at its logical size (in × out): a packed
-    4-bit weight holds two values per byte, so its ``numel()`` would halve the count."""
+    """``model``'s parameters, as ``model.parameters()`` counts them (a tied weight once), except that a
+    quantized layer's weight counts at its logical size (in × out): a packed 4-bit weight holds two values
+    per byte, so its ``numel()`` would halve the count."""
+    seen: set[int] = set()
     total = 0
     for module in model.modules():
         for name, parameter in module.named_parameters(recurse=False):
+            if id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
             if name == "weight" and is_quantized(module):
                 in_features, out_features = features(module)
                 total += in_features * out_features

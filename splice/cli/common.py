@@ -88,9 +88,11 @@ def add_model_options(parser: argparse.ArgumentParser, auto: str | None = None) 
 
 def add_quantize_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--quantize`` and ``--compute-dtype``: store the frozen base in 4 or 8 bits (the adapters stay float)."""
-    from ..quantize import COMPUTE_DTYPES, QUANTIZATIONS
+    from ..quantize import COMPUTE_DTYPES, NOT_OFFERED, QUANTIZATIONS
 
-    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+    # A not-offered choice parses, so that loading refuses it with its reason on one line; help lists only offers.
+    parser.add_argument("--quantize", choices=QUANTIZATIONS + tuple(NOT_OFFERED),
+                        metavar="{" + ",".join(QUANTIZATIONS) + "}",
                         help="load the base quantized: nf4 / fp4 / int8 (bitsandbytes) or torchao-int8 (torchao "
                              "int8 weight-only); adapters stay float (the quantize extra)")
     parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES,
