@@ -131,7 +131,7 @@ def test_a_non_object_json_line_is_named(tmp_path):
 
 def test_train_config_takes_a_dataset_and_names_the_run_after_it():
     config = TrainConfig(data=datasets.Dataset.from_list(ROWS), streaming=False)
-    assert config.sizes == (0.8, 0.1, 0.1) and config.out_dir == Path("out/dataset-pfeiffer")
+    assert config.sizes == (0.8, 0.1, 0.1) and config.out_dir == Path("out/dataset-houlsby")
     assert config.to_dict()["data"] == "a Dataset"
 
 

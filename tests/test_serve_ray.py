@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 
@@ -37,6 +38,11 @@ def replicas(tmp_path_factory):
                                       "--device", "cpu", "--device-slots", "2", "--quiet"])
     options = {k: v for k, v in vars(args).items() if k not in ("run", "replicas", "ray_address")}
     port = free_port()
+    # Ray Serve kills a proxy that is not ready within 5 s or misses health checks of 10 s: on 2 cores shared with
+    # the other test worker that happens, so the local instance (whose processes inherit this) waits longer.
+    patience = {f"RAY_SERVE_PROXY_{what}_TIMEOUT_S": "120" for what in ("READY_CHECK", "HEALTH_CHECK")}
+    saved = {key: os.environ.get(key) for key in patience}
+    os.environ.update(patience)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -45,6 +51,8 @@ def replicas(tmp_path_factory):
     finally:
         serve.shutdown()
         ray.shutdown()
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 def complete(url: str, adapter: str, prompt: str) -> httpx.Response:

@@ -70,7 +70,7 @@ def test_classification_run_writes_adapter_metrics_curves_and_eval_reproduces_th
     assert 0 < metrics["trainable_percent"] < 100
     assert (out / "curves.png").stat().st_size > 1000
     meta = json.loads((out / "adapter" / "adapter.json").read_text())
-    assert meta["training"]["method"] == "pfeiffer" and meta["training"]["metrics"]["test"]["accuracy"] == \
+    assert meta["training"]["method"] == "houlsby" and meta["training"]["metrics"]["test"]["accuracy"] == \
         metrics["test"]["accuracy"]
     assert "## Training" in (out / "adapter" / "README.md").read_text()
     after = load_file(files["bert"] / "model.safetensors")
