@@ -104,7 +104,7 @@ async def run_scenario(url: str, names: list[str], items: list[dict], clients: i
             if count > 1:
                 per_token.append((last - first) / (count - 1))
 
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=clients + 1)) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=httpx.Limits(max_connections=clients + 1)) as http:
         began = time.perf_counter()
         watch = asyncio.create_task(queue_at(http, began + items[-1]["at"]))
         await asyncio.gather(*(one(http, item, began) for item in items))
