@@ -4,6 +4,7 @@ server, and an adapter's requests kept on the replica that holds it (Ray Serve's
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import socket
@@ -43,6 +44,9 @@ def replicas(tmp_path_factory):
     patience = {f"RAY_SERVE_PROXY_{what}_TIMEOUT_S": "120" for what in ("READY_CHECK", "HEALTH_CHECK")}
     saved = {key: os.environ.get(key) for key in patience}
     os.environ.update(patience)
+    # and serve.start gives the proxy 60 s to start (a constant, read at call time): on busy cores it needs more
+    serve_api = importlib.import_module("ray.serve._private.api")
+    serve_api.HTTP_PROXY_TIMEOUT = max(getattr(serve_api, "HTTP_PROXY_TIMEOUT", 0), 300)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
